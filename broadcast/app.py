@@ -1,0 +1,48 @@
+"""create_app(config): the aiohttp application — routes, startup and cleanup."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from broadcast.config import Config
+from broadcast.registry import StreamRegistry
+from broadcast.signaling.http import errors_middleware
+from broadcast.signaling.session import delete_session, options, patch_session
+from broadcast.signaling.whep import post_whep
+from broadcast.signaling.whip import post_whip
+from broadcast.web_keys import REGISTRY
+
+logger = logging.getLogger(__name__)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def create_app(config: Config) -> web.Application:
+    """Build the server for `config`; streams live on `app[REGISTRY]`."""
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=config.max_sdp_bytes
+    )
+    app[REGISTRY] = StreamRegistry(config)
+    if not config.publish_keys:
+        logger.warning("No publish key is set: anyone who can reach us may publish.")
+    session = "/{kind:whip|whep}/{stream_id}/{session_id}"
+    app.router.add_post("/whip", post_whip)
+    app.router.add_post("/whip/{stream_id}", post_whip)
+    app.router.add_post("/whep/{stream_id}", post_whep)
+    for path in ("/whip", "/whip/{stream_id}", "/whep/{stream_id}", session):
+        app.router.add_route("OPTIONS", path, options)
+    app.router.add_patch(session, patch_session)
+    app.router.add_delete(session, delete_session)
+    app.router.add_get("/healthz", healthz)
+    app.cleanup_ctx.append(_close_streams)
+    return app
+
+
+async def _close_streams(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[REGISTRY].close()

@@ -1,0 +1,53 @@
+"""Merge keyframe requests (viewer joins, PLI, FIR) into one upstream PLI per interval."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+# One PLI per second per track at most: each one costs the publisher a large frame.
+KEYFRAME_MIN_INTERVAL_S = 1.0
+
+
+class KeyframeRequester:
+    """Throttle keyframe requests of one source track; a request is never lost, only merged."""
+
+    def __init__(self, send_pli: Callable[[], bool]) -> None:
+        self._send_pli = send_pli
+        self._last_sent = -KEYFRAME_MIN_INTERVAL_S
+        self._timer: asyncio.TimerHandle | None = None
+        self.pending = False
+        self.sent = 0
+
+    def request(self) -> None:
+        """Ask for a keyframe now, or as soon as the interval allows."""
+        self.pending = True
+        if self._timer is not None:
+            return
+        wait = self._last_sent + KEYFRAME_MIN_INTERVAL_S - time.monotonic()
+        if wait <= 0:
+            self._fire()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(wait, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        if self._send_pli():
+            self._last_sent = time.monotonic()
+            self.pending = False
+            self.sent += 1
+
+    def retry(self) -> None:
+        """Send a pending request now that a publisher is (back) on the air."""
+        if self.pending:
+            self._last_sent = -KEYFRAME_MIN_INTERVAL_S
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self.request()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

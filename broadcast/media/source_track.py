@@ -1,0 +1,152 @@
+"""SourceTrack: one incoming track, rewritten once and fanned out to its viewer tracks."""
+
+from __future__ import annotations
+
+import secrets
+import struct
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiortc import RTCRtpCodecParameters
+from aiortc.clock import current_ntp_time
+from aiortc.rtp import RtpPacket
+
+from broadcast.media.history import (
+    AUDIO_HISTORY_PACKETS,
+    VIDEO_HISTORY_PACKETS,
+    PacketHistory,
+)
+from broadcast.media.keyframe import keyframe_test
+from broadcast.media.keyframes import KeyframeRequester
+
+if TYPE_CHECKING:
+    from broadcast.media.viewer_track import ViewerTrack
+
+RTP_HEADER = struct.Struct("!BBHII")
+RTP_VERSION_BITS = 0x80
+RTP_PADDING_BIT = 0x20
+NTP_ONE_SECOND = 1 << 32
+
+
+def _uint16_newer(a: int, b: int) -> bool:
+    return a != b and ((a - b) & 0xFFFF) < 0x8000
+
+
+class SourceTrack:
+    """One media track of a stream, as all its viewers receive it.
+
+    Packets are rewritten here once per track: our own SSRC (one for all viewers),
+    sequence numbers and timestamps kept continuous across publisher reconnects, header
+    extensions dropped (their ids were negotiated with the publisher, not the viewers).
+    The codec is fixed by the first publish, since viewers negotiated it.
+    """
+
+    def __init__(self, kind: str, codec: RTCRtpCodecParameters) -> None:
+        self.kind = kind
+        self.codec = codec
+        self.payload_type = codec.payloadType
+        self.clock_rate = codec.clockRate
+        self.ssrc = secrets.randbits(32) or 1
+        self.viewers: list[ViewerTrack] = []
+        self.history = PacketHistory(
+            VIDEO_HISTORY_PACKETS if kind == "video" else AUDIO_HISTORY_PACKETS
+        )
+        self._starts_keyframe = keyframe_test(codec.mimeType)
+        self.needs_keyframe = self._starts_keyframe is not None
+        self.request_pli: Callable[[], bool] = lambda: False
+        self.keyframes = KeyframeRequester(lambda: self.request_pli())
+        self._upstream_ssrc: int | None = None
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._highest_seq: int | None = None
+        self._last_ts = 0
+        self._last_arrival = 0.0
+        self._sender_report: tuple[int, int, float] | None = None
+        self.packets_in = 0
+        self.bytes_in = 0
+
+    def __repr__(self) -> str:
+        return f"SourceTrack({self.kind} {self.codec.mimeType})"
+
+    def forward(self, packet: RtpPacket) -> None:
+        """Rewrite one upstream packet, keep it for NACKs, send it to every viewer."""
+        if packet.ssrc != self._upstream_ssrc:
+            self._rebase(packet)
+        seq = (packet.sequence_number + self._seq_offset) & 0xFFFF
+        ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
+        payload = packet.payload
+        first = RTP_VERSION_BITS
+        if packet.padding_size:
+            first |= RTP_PADDING_BIT
+            payload += bytes(packet.padding_size - 1) + bytes([packet.padding_size])
+        data = (
+            RTP_HEADER.pack(
+                first, (packet.marker << 7) | self.payload_type, seq, ts, self.ssrc
+            )
+            + payload
+        )
+        keyframe = self._starts_keyframe is not None and self._starts_keyframe(
+            packet.payload
+        )
+        if self._highest_seq is None or _uint16_newer(seq, self._highest_seq):
+            self._highest_seq = seq
+            self._last_ts = ts
+            self._last_arrival = time.monotonic()
+        self.packets_in += 1
+        self.bytes_in += len(data)
+        self.history.add(seq, data)
+        for viewer in self.viewers:
+            viewer.send(data, keyframe)
+
+    def _rebase(self, packet: RtpPacket) -> None:
+        """Continue our sequence and timeline where the previous upstream left off."""
+        self._upstream_ssrc = packet.ssrc
+        self._sender_report = None
+        if self._highest_seq is None:
+            return
+        elapsed = max(time.monotonic() - self._last_arrival, 0.001)
+        self._seq_offset = (self._highest_seq + 1 - packet.sequence_number) & 0xFFFF
+        self._ts_offset = (
+            self._last_ts + int(elapsed * self.clock_rate) - packet.timestamp
+        ) & 0xFFFFFFFF
+
+    def upstream_changed(self) -> None:
+        """A new publisher takes over: rebase at its first packet, whatever its SSRC."""
+        self._upstream_ssrc = None
+
+    def take_sender_report(self, ntp_time: int, rtp_timestamp: int) -> None:
+        """Remember the publisher's NTP/RTP clock pairing for viewers' sender reports."""
+        self._sender_report = (
+            ntp_time,
+            (rtp_timestamp + self._ts_offset) & 0xFFFFFFFF,
+            time.monotonic(),
+        )
+
+    def clock_now(self) -> tuple[int, int]:
+        """NTP time and our RTP timestamp for 'now', for sender reports to viewers."""
+        now = time.monotonic()
+        if self._sender_report is not None:
+            ntp, rtp, at = self._sender_report
+            elapsed = now - at
+            return (
+                (ntp + int(elapsed * NTP_ONE_SECOND)) & 0xFFFFFFFFFFFFFFFF,
+                (rtp + int(elapsed * self.clock_rate)) & 0xFFFFFFFF,
+            )
+        elapsed = now - self._last_arrival if self._last_arrival else 0.0
+        return current_ntp_time(), (
+            self._last_ts + int(elapsed * self.clock_rate)
+        ) & 0xFFFFFFFF
+
+    def add_viewer(self, viewer: ViewerTrack) -> None:
+        self.viewers.append(viewer)
+        if viewer.waiting_for_keyframe:
+            self.keyframes.request()
+
+    def remove_viewer(self, viewer: ViewerTrack) -> None:
+        if viewer in self.viewers:
+            self.viewers.remove(viewer)
+
+    def close(self) -> None:
+        self.keyframes.close()
+        self.viewers.clear()

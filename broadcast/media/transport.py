@@ -1,0 +1,199 @@
+"""One BUNDLEd ICE + DTLS-SRTP transport per session, built from aiortc's ORTC objects.
+
+This is the only module that touches aiortc/aioice internals (DESIGN §7). We use aiortc
+for ICE, DTLS and SRTP keys and nothing else: no RTCPeerConnection, no RTCRtpReceiver
+(which would start a decoder thread), no RTCRtpSender (which packetizes per viewer).
+Decrypted RTP/RTCP is handed to our callbacks; outgoing packets are protected and sent
+synchronously, one `sendto` each, without a coroutine per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import aioice
+from aiortc import (
+    RTCCertificate,
+    RTCDtlsFingerprint,
+    RTCDtlsParameters,
+    RTCDtlsTransport,
+    RTCIceCandidate,
+    RTCIceGatherer,
+    RTCIceParameters,
+    RTCIceTransport,
+)
+from aiortc.rtcdtlstransport import State as DtlsState
+
+logger = logging.getLogger(__name__)
+
+RtpHandler = Callable[[bytes], None]
+StateHandler = Callable[[str], Awaitable[None] | None]
+
+
+def _gather_only_on(connection: aioice.Connection, addresses: Sequence[str]) -> None:
+    """Make aioice gather host candidates on `addresses` only.
+
+    aioice gathers on every interface except loopback and has no option to choose;
+    a server bound to one address must offer that address and nothing else.
+    """
+
+    async def gather_candidates() -> None:
+        if connection._local_candidates_start:
+            return
+        connection._local_candidates_start = True
+        for component in connection._components:
+            connection._local_candidates += await connection.get_component_candidates(
+                component=component, addresses=list(addresses)
+            )
+        connection._local_candidates_end = True
+
+    connection.gather_candidates = gather_candidates  # type: ignore[method-assign]
+
+
+class SecureTransport:
+    """The ICE + DTLS-SRTP transport of one WHIP or WHEP session."""
+
+    def __init__(
+        self,
+        certificate: RTCCertificate,
+        host_addresses: Sequence[str],
+        name: str,
+    ) -> None:
+        self.name = name
+        self._gatherer = RTCIceGatherer()
+        if host_addresses:
+            _gather_only_on(self._gatherer._connection, host_addresses)
+        self._ice = RTCIceTransport(self._gatherer)
+        self._dtls = RTCDtlsTransport(self._ice, [certificate])
+        self._connection: aioice.Connection = self._gatherer._connection
+        self._on_rtp: RtpHandler | None = None
+        self._on_rtcp: RtpHandler | None = None
+        self._dtls._handle_rtp_data = self._handle_rtp_data  # type: ignore[method-assign]
+        self._dtls._handle_rtcp_data = self._handle_rtcp_data  # type: ignore[method-assign]
+        self._start_task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    # --- setup -------------------------------------------------------------------
+
+    async def gather(self) -> None:
+        """Gather local candidates (host candidates are immediate on our addresses)."""
+        await self._gatherer.gather()
+
+    @property
+    def local_ice(self) -> RTCIceParameters:
+        return self._gatherer.getLocalParameters()
+
+    @property
+    def local_candidates(self) -> list[RTCIceCandidate]:
+        return self._gatherer.getLocalCandidates()
+
+    @property
+    def local_fingerprints(self) -> list[RTCDtlsFingerprint]:
+        return self._dtls.getLocalParameters().fingerprints
+
+    @property
+    def state(self) -> str:
+        """`new`, `connecting`, `connected`, `closed` or `failed` (the DTLS state)."""
+        return str(self._dtls.state)
+
+    def on_packets(self, rtp: RtpHandler, rtcp: RtpHandler) -> None:
+        """Deliver decrypted RTP and RTCP datagrams to these handlers."""
+        self._on_rtp = rtp
+        self._on_rtcp = rtcp
+
+    def on_state(self, handler: Callable[[str], None]) -> None:
+        """Call `handler(state)` whenever the DTLS state changes."""
+        self._dtls.on("statechange", lambda: handler(self.state))
+
+    def start(
+        self,
+        remote_ice: RTCIceParameters,
+        remote_candidates: Sequence[RTCIceCandidate],
+        remote_fingerprints: Sequence[RTCDtlsFingerprint],
+        candidates_complete: bool,
+    ) -> None:
+        """Start ICE then DTLS in the background, as the answerer (DTLS client)."""
+        # The answerer is ICE-controlled unless the offerer is ICE-lite (RFC 8445 §6.1.1).
+        self._connection.ice_controlling = bool(remote_ice.iceLite)
+        self._ice._role_set = True
+        # We answer `a=setup:active`, so we initiate the handshake.
+        self._dtls._set_role("client")
+        self._start_task = asyncio.create_task(
+            self._start(
+                remote_ice,
+                list(remote_candidates),
+                list(remote_fingerprints),
+                candidates_complete,
+            )
+        )
+
+    async def _start(
+        self,
+        remote_ice: RTCIceParameters,
+        remote_candidates: list[RTCIceCandidate],
+        remote_fingerprints: list[RTCDtlsFingerprint],
+        candidates_complete: bool,
+    ) -> None:
+        try:
+            for candidate in remote_candidates:
+                await self._ice.addRemoteCandidate(candidate)
+            if candidates_complete:
+                await self._ice.addRemoteCandidate(None)
+            await self._ice.start(remote_ice)
+            if self._ice.state != "completed":
+                logger.info("%s ICE failed", self.name)
+                self._dtls._set_state(DtlsState.FAILED)
+                return
+            await self._dtls.start(
+                RTCDtlsParameters(fingerprints=remote_fingerprints, role="auto")
+            )
+        except (ConnectionError, OSError) as exc:
+            logger.info("%s connection failed: %s", self.name, exc)
+            self._dtls._set_state(DtlsState.FAILED)
+
+    async def add_remote_candidate(self, candidate: RTCIceCandidate | None) -> None:
+        """Add a trickled remote candidate, or `None` for end-of-candidates."""
+        await self._ice.addRemoteCandidate(candidate)
+
+    async def close(self) -> None:
+        """Stop DTLS and ICE; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+            try:
+                await self._start_task
+            except asyncio.CancelledError:
+                pass
+        await self._dtls.stop()
+        await self._ice.stop()
+
+    # --- media -------------------------------------------------------------------
+
+    async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
+        if self._on_rtp is not None:
+            self._on_rtp(data)
+
+    async def _handle_rtcp_data(self, data: bytes) -> None:
+        if self._on_rtcp is not None:
+            self._on_rtcp(data)
+
+    def send_rtp(self, data: bytes) -> None:
+        """Protect one serialized RTP packet and send it; dropped if not connected."""
+        pair = self._connection._nominated.get(1)
+        tx = self._dtls._tx_srtp
+        if pair is None or tx is None or self.closed:
+            return
+        pair.protocol.transport.sendto(tx.protect(data), pair.remote_addr)
+
+    def send_rtcp(self, data: bytes) -> None:
+        """Protect one serialized (compound) RTCP packet and send it."""
+        pair = self._connection._nominated.get(1)
+        tx = self._dtls._tx_srtp
+        if pair is None or tx is None or self.closed:
+            return
+        pair.protocol.transport.sendto(tx.protect_rtcp(data), pair.remote_addr)
+

@@ -1,0 +1,143 @@
+"""Publisher: a WHIP session feeding a stream's source tracks, and their feedback."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpByePacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    pack_remb_fci,
+)
+
+from broadcast.media.transport import SecureTransport
+from broadcast.media.upstream import BandwidthEstimate, UpstreamTrack
+from broadcast.session import Session
+from broadcast.stream import Stream
+
+logger = logging.getLogger(__name__)
+
+
+class Publisher(Session):
+    """The upstream side of a stream: routes its RTP to source tracks, gives feedback."""
+
+    kind = "whip"
+
+    def __init__(
+        self,
+        stream: Stream,
+        transport: SecureTransport,
+        remote_ufrag: str,
+        upstream: list[UpstreamTrack],
+        bandwidth: BandwidthEstimate,
+    ) -> None:
+        super().__init__(stream.id, transport, remote_ufrag)
+        self.stream = stream
+        self.upstream = upstream
+        self.bandwidth = bandwidth
+        self.rtcp_ssrc = secrets.randbits(32) or 1
+        self._by_ssrc: dict[int, UpstreamTrack] = {}
+        self._by_payload_type: dict[int, UpstreamTrack] = {}
+        for track in upstream:
+            self._by_payload_type[track.payload_type] = track
+            if track.rtx_payload_type is not None:
+                self._by_payload_type[track.rtx_payload_type] = track
+            for ssrc in track.announced_ssrcs:
+                self._by_ssrc[ssrc] = track
+            track.source.request_pli = lambda t=track: self._send_pli(t)
+        self._last_report = time.monotonic()
+        self.hung_up = False
+
+    def connected(self) -> None:
+        self.stream.publisher_connected(self)
+
+    def receive_rtp(self, data: bytes) -> None:
+        try:
+            packet = RtpPacket.parse(data)
+        except ValueError:
+            return
+        track = self._by_ssrc.get(packet.ssrc)
+        if track is None:
+            track = self._by_payload_type.get(packet.payload_type)
+            if track is None:
+                return
+            self._by_ssrc[packet.ssrc] = track
+        if packet.payload_type == track.payload_type and track.ssrc != packet.ssrc:
+            track.ssrc = packet.ssrc
+            track.source.keyframes.retry()  # a request may have waited for the SSRC
+        media = track.unwrap(packet)
+        if media is None:
+            return
+        if track.receive(media, len(data)):
+            self._send_nack(track)
+        track.source.forward(media)
+
+    def receive_rtcp(self, packet: object) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            for track in self.upstream:
+                if track.ssrc == packet.ssrc:
+                    ntp = packet.sender_info.ntp_timestamp
+                    track.last_sr = ((ntp >> 16) & 0xFFFFFFFF, time.monotonic())
+                    track.source.take_sender_report(
+                        ntp, packet.sender_info.rtp_timestamp
+                    )
+        elif isinstance(packet, RtcpByePacket):
+            logger.debug("%r got RTCP BYE", self)
+
+    def rtcp_report(self) -> bytes:
+        """Receiver reports for every track and a REMB for the video (RFC 3550, REMB)."""
+        now = time.monotonic()
+        interval, self._last_report = now - self._last_report, now
+        reports = [r for r in (t.report() for t in self.upstream) if r is not None]
+        if not reports:
+            return b""
+        compound = bytes(RtcpRrPacket(ssrc=self.rtcp_ssrc, reports=reports))
+        received = sum(t.bytes_received for t in self.upstream)
+        for track in self.upstream:
+            track.bytes_received = 0
+        lost = max((r.fraction_lost for r in reports), default=0) / 256
+        bitrate = self.bandwidth.update(received * 8 / max(interval, 0.001), lost)
+        ssrcs = [t.ssrc for t in self.upstream if t.ssrc is not None]
+        remb = RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP,
+            ssrc=self.rtcp_ssrc,
+            media_ssrc=0,
+            fci=pack_remb_fci(bitrate, ssrcs),
+        )
+        return compound + bytes(remb)
+
+    def _send_nack(self, track: UpstreamTrack) -> None:
+        if track.ssrc is None or track.nack is None or not track.nack.missing:
+            return
+        packet = RtcpRtpfbPacket(
+            fmt=RTCP_RTPFB_NACK, ssrc=self.rtcp_ssrc, media_ssrc=track.ssrc
+        )
+        packet.lost = sorted(track.nack.missing)
+        self.transport.send_rtcp(bytes(packet))
+
+    def _send_pli(self, track: UpstreamTrack) -> bool:
+        """Ask the publisher for a keyframe; False if it cannot hear us yet."""
+        if track.ssrc is None or self.transport.state != "connected":
+            return False
+        packet = RtcpPsfbPacket(
+            fmt=RTCP_PSFB_PLI, ssrc=self.rtcp_ssrc, media_ssrc=track.ssrc
+        )
+        self.transport.send_rtcp(bytes(packet))
+        return True
+
+    async def hang_up(self) -> None:
+        """The presenter stopped: the broadcast ends now, without a grace period."""
+        self.hung_up = True
+        await super().hang_up()
+
+    def detach(self) -> None:
+        self.stream.publisher_left(self, ended=self.hung_up)

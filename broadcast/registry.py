@@ -1,0 +1,68 @@
+"""StreamRegistry: the live streams and sessions of one server process."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from typing import TYPE_CHECKING
+
+from aiortc import RTCCertificate
+
+from broadcast.config import Config
+from broadcast.errors import BadRequest
+from broadcast.stream import Stream
+
+if TYPE_CHECKING:
+    from broadcast.session import Session
+
+STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_stream_id(stream_id: str) -> str:
+    """Return a valid stream id or raise BadRequest (DESIGN §4)."""
+    if not STREAM_ID.fullmatch(stream_id):
+        raise BadRequest(
+            "bad_stream_id", "Stream ids are 1-64 characters of A-Z, a-z, 0-9, _ and -."
+        )
+    return stream_id
+
+
+def new_stream_id() -> str:
+    """An unguessable stream id: 128 random bits."""
+    return secrets.token_urlsafe(16)
+
+
+class StreamRegistry:
+    """Streams by id and sessions by their URL token."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.certificate = RTCCertificate.generateCertificate()
+        self.streams: dict[str, Stream] = {}
+        self.sessions: dict[str, Session] = {}
+
+    def get(self, stream_id: str) -> Stream | None:
+        return self.streams.get(stream_id)
+
+    def get_or_create(self, stream_id: str) -> Stream:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            stream = Stream(stream_id, self.config.reconnect_grace_s, self._forget)
+            self.streams[stream_id] = stream
+        return stream
+
+    def _forget(self, stream: Stream) -> None:
+        if self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
+
+    def add_session(self, session: Session) -> None:
+        self.sessions[session.id] = session
+
+    def remove_session(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+
+    async def close(self) -> None:
+        """End every stream (publishers and viewers), as at server shutdown."""
+        await asyncio.gather(*(s.close() for s in list(self.streams.values())))
+        await asyncio.gather(*(s.close("server shutdown") for s in list(self.sessions.values())))

@@ -1,0 +1,95 @@
+"""What every WHIP/WHEP handler needs from a request: the SDP body, keys, CORS."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from broadcast.config import Config
+from broadcast.errors import ClientError, NotFound, json_error
+
+SDP_TYPE = "application/sdp"
+TRICKLE_TYPE = "application/trickle-ice-sdpfrag"
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "OPTIONS, POST, PATCH, DELETE",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Patch",
+}
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+
+
+class Unauthorized(ClientError):
+    status = 401
+
+
+async def read_body(request: web.Request, content_type: str, limit: int) -> str:
+    """The request body as text, if it has the right type and size."""
+    if request.content_type != content_type:
+        raise UnsupportedMediaType(
+            "unsupported_media_type",
+            f"Send the body as '{content_type}', not '{request.content_type}'.",
+        )
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise _too_large(limit)
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ClientError("malformed_sdp", "The body is not valid UTF-8 text.")
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        "body_too_large", f"The body is larger than {limit // 1024} KiB."
+    )
+
+
+def check_publish_key(request: web.Request, config: Config) -> None:
+    """Require `Authorization: Bearer <key>` when publish keys are configured."""
+    if not config.publish_keys:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    valid = scheme.lower() == "bearer" and any(
+        hmac.compare_digest(token.encode(), key.encode()) for key in config.publish_keys
+    )
+    if not valid:
+        raise Unauthorized(
+            "unauthorized",
+            "Publishing needs a valid key: 'Authorization: Bearer <publish key>'.",
+            headers={"WWW-Authenticate": 'Bearer realm="broadcast"'},
+        )
+
+
+def session_not_found() -> NotFound:
+    return NotFound("session_not_found", "No such session: it ended or never existed.")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Turn ClientError into its JSON response; add CORS to every answer."""
+    try:
+        response = await handler(request)
+    except ClientError as error:
+        response = error.response()
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        response = json_error(exc.status, code, f"{exc.reason}.", kept)
+    for name, value in CORS_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response

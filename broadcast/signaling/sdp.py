@@ -1,0 +1,203 @@
+"""Offers in, answers out: codec choice and SDP answers for WHIP and WHEP sessions.
+
+We answer with exactly what we forward: one codec per kind (plus RTX from publishers),
+the feedback we implement, no header extensions (we strip them when forwarding).
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from dataclasses import dataclass, field
+
+from aiortc import RTCDtlsFingerprint, RTCIceCandidate, RTCIceParameters
+from aiortc import sdp as aiortc_sdp
+from aiortc.codecs import is_rtx
+from aiortc.rtcdtlstransport import RTCDtlsParameters
+from aiortc.rtcpeerconnection import is_codec_compatible
+from aiortc.rtcrtpparameters import (
+    RTCRtcpFeedback,
+    RTCRtpCodecParameters,
+    RTCRtpParameters,
+)
+
+from broadcast.errors import BadRequest
+
+# What we forward, by kind, in our order of preference when the offer gives no order.
+FORWARDED_CODECS = {
+    "video": ("video/vp8", "video/h264"),
+    "audio": ("audio/opus", "audio/pcma", "audio/pcmu"),
+}
+# Feedback we act on: from publishers we need NACK/PLI/FIR answered and REMB read;
+# from viewers we answer NACK, PLI and FIR.
+PUBLISHER_FEEDBACK = {("nack", None), ("nack", "pli"), ("ccm", "fir"), ("goog-remb", None)}
+VIEWER_FEEDBACK = {("nack", None), ("nack", "pli"), ("ccm", "fir")}
+
+
+@dataclass
+class Offer:
+    """A parsed offer and the session-wide transport parameters it carries."""
+
+    description: aiortc_sdp.SessionDescription
+    ice: RTCIceParameters
+    candidates: list[RTCIceCandidate]
+    candidates_complete: bool
+    fingerprints: list[RTCDtlsFingerprint]
+
+
+@dataclass
+class MediaAnswer:
+    """What we answer for one m-line; `codecs` empty means rejected."""
+
+    offered: aiortc_sdp.MediaDescription
+    direction: str = "inactive"
+    codecs: list[RTCRtpCodecParameters] = field(default_factory=list)
+    ssrc: int | None = None
+    msid: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return bool(self.codecs)
+
+
+def parse_offer(text: str) -> Offer:
+    """Parse an SDP offer, or raise BadRequest saying what is wrong with it."""
+    if not text.strip():
+        raise BadRequest("empty_sdp", "The request body holds no SDP offer.")
+    if not text.lstrip().startswith("v=0"):
+        raise BadRequest("malformed_sdp", "The SDP offer must start with 'v=0'.")
+    try:
+        description = aiortc_sdp.SessionDescription.parse(text)
+    except Exception as exc:  # aiortc's parser raises whatever it trips on
+        raise BadRequest("malformed_sdp", f"The SDP offer cannot be parsed: {exc!r}.")
+    media = [m for m in description.media if m.kind in ("audio", "video")]
+    if not media:
+        raise BadRequest("malformed_sdp", "The SDP offer has no audio or video m-line.")
+    first = media[0]
+    if not first.ice or not first.ice.usernameFragment or not first.ice.password:
+        raise BadRequest("malformed_sdp", "The SDP offer has no a=ice-ufrag/a=ice-pwd.")
+    if not first.dtls or not first.dtls.fingerprints:
+        raise BadRequest("malformed_sdp", "The SDP offer has no a=fingerprint.")
+    if any(m.rtp.muxId is None for m in media):
+        raise BadRequest("malformed_sdp", "Every m-line of the offer needs an a=mid.")
+    candidates = [c for m in media for c in m.ice_candidates if _is_udp(c)]
+    return Offer(
+        description=description,
+        ice=first.ice,
+        candidates=candidates,
+        candidates_complete=any(m.ice_candidates_complete for m in media),
+        fingerprints=first.dtls.fingerprints,
+    )
+
+
+def _is_udp(candidate: RTCIceCandidate) -> bool:
+    return candidate.protocol.lower() == "udp"
+
+
+def _feedback(offered: RTCRtpCodecParameters, allowed: set) -> list[RTCRtcpFeedback]:
+    return [f for f in offered.rtcpFeedback if (f.type, f.parameter) in allowed]
+
+
+def _forwardable(codec: RTCRtpCodecParameters) -> bool:
+    mime = codec.mimeType.lower()
+    if mime not in FORWARDED_CODECS["video"] + FORWARDED_CODECS["audio"]:
+        return False
+    if mime == "video/h264":
+        # Mode 0 cannot carry a frame larger than the MTU (RFC 6184 §6.2).
+        return str(codec.parameters.get("packetization-mode", "0")) == "1"
+    return True
+
+
+def choose_publisher_codec(
+    media: aiortc_sdp.MediaDescription,
+    required: RTCRtpCodecParameters | None,
+    video_hints: dict[str, int],
+) -> list[RTCRtpCodecParameters]:
+    """The codec (and its RTX) we take from a publisher's m-line; [] if none fits.
+
+    `required` is the stream's codec when the stream already has viewers: a republish
+    must keep it, since viewers negotiated it.
+    """
+    for offered in media.rtp.codecs:
+        if is_rtx(offered) or not _forwardable(offered):
+            continue
+        if required is not None and not is_codec_compatible(required, offered):
+            continue
+        codec = copy.deepcopy(offered)
+        codec.rtcpFeedback = _feedback(offered, PUBLISHER_FEEDBACK)
+        if media.kind == "video":
+            codec.parameters.update(video_hints)
+        chosen = [codec]
+        for rtx in media.rtp.codecs:
+            if is_rtx(rtx) and rtx.parameters.get("apt") == offered.payloadType:
+                chosen.append(copy.deepcopy(rtx))
+                break
+        return chosen
+    return []
+
+
+def choose_viewer_codec(
+    media: aiortc_sdp.MediaDescription, source: RTCRtpCodecParameters
+) -> RTCRtpCodecParameters | None:
+    """The viewer's payload type for the stream's codec, with the stream's parameters."""
+    for offered in media.rtp.codecs:
+        if is_rtx(offered) or not is_codec_compatible(source, offered):
+            continue
+        if offered.mimeType.lower() == "video/h264" and not _forwardable(offered):
+            continue
+        codec = copy.deepcopy(source)
+        codec.payloadType = offered.payloadType
+        codec.rtcpFeedback = _feedback(offered, VIEWER_FEEDBACK)
+        return codec
+    return None
+
+
+def describe_codecs(media: list[aiortc_sdp.MediaDescription]) -> str:
+    """Name the codecs of an offer, for error messages."""
+    names = sorted(
+        {c.mimeType for m in media for c in m.rtp.codecs if not is_rtx(c)}
+    )
+    return ", ".join(names) or "none"
+
+
+def build_answer(
+    offer: Offer,
+    answers: list[MediaAnswer],
+    ice: RTCIceParameters,
+    candidates: list[RTCIceCandidate],
+    fingerprints: list[RTCDtlsFingerprint],
+    cname: str,
+) -> str:
+    """Our SDP answer: BUNDLEd, rtcp-mux, `a=setup:active`, full candidates."""
+    description = aiortc_sdp.SessionDescription()
+    description.origin = f"- {secrets.randbits(62)} 1 IN IP4 0.0.0.0"
+    description.msid_semantic.append(
+        aiortc_sdp.GroupDescription(semantic="WMS", items=["*"])
+    )
+    description.type = "answer"
+    bundle = aiortc_sdp.GroupDescription(semantic="BUNDLE", items=[])
+    for answer in answers:
+        offered = answer.offered
+        media = aiortc_sdp.MediaDescription(
+            kind=offered.kind,
+            port=candidates[0].port if answer.accepted and candidates else 0,
+            profile=offered.profile,
+            fmt=[c.payloadType for c in answer.codecs] or offered.fmt[:1],
+        )
+        media.host = candidates[0].ip if candidates else "0.0.0.0"
+        media.direction = answer.direction
+        media.rtp = RTCRtpParameters(codecs=answer.codecs, muxId=offered.rtp.muxId)
+        media.rtcp_mux = True
+        media.ice = ice
+        media.dtls = RTCDtlsParameters(fingerprints=fingerprints, role="client")
+        if answer.accepted:
+            bundle.items.append(offered.rtp.muxId)
+            media.ice_candidates = candidates
+            media.ice_candidates_complete = True
+            if answer.ssrc is not None:
+                media.msid = answer.msid
+                media.ssrc = [aiortc_sdp.SsrcDescription(ssrc=answer.ssrc, cname=cname)]
+        description.media.append(media)
+    if bundle.items:
+        description.group.append(bundle)
+    return str(description)

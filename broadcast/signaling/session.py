@@ -1,0 +1,153 @@
+"""Session resources shared by WHIP and WHEP: create, trickle (PATCH), end (DELETE)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+from aiortc import sdp as aiortc_sdp
+
+from broadcast.errors import BadRequest, ClientError
+from broadcast.media.transport import SecureTransport
+from broadcast.session import Session
+from broadcast.signaling.http import (
+    CORS_HEADERS,
+    SDP_TYPE,
+    TRICKLE_TYPE,
+    read_body,
+    session_not_found,
+)
+from broadcast.signaling.sdp import MediaAnswer, Offer, build_answer
+from broadcast.web_keys import REGISTRY
+
+logger = logging.getLogger(__name__)
+
+
+class PreconditionFailed(ClientError):
+    status = 412
+
+
+class UnprocessableContent(ClientError):
+    status = 422
+
+
+async def answer_session(
+    request: web.Request,
+    offer: Offer,
+    answers: list[MediaAnswer],
+    make_session: Callable[[SecureTransport], Session],
+    kind: str,
+    stream_id: str,
+) -> web.Response:
+    """Create the session's transport, answer the offer and start connecting."""
+    registry = request.app[REGISTRY]
+    transport = SecureTransport(
+        registry.certificate, registry.config.ice_addresses, f"{kind} {stream_id}"
+    )
+    session = make_session(transport)
+    registry.add_session(session)
+    session.on_close.append(registry.remove_session)
+    try:
+        await transport.gather()
+        if not transport.local_candidates:
+            raise OSError("no ICE candidate could be gathered")
+    except OSError as exc:
+        await session.close(f"cannot gather candidates: {exc}")
+        raise ClientError("no_candidates", f"The server cannot open media ports: {exc}.")
+    answer = build_answer(
+        offer,
+        answers,
+        transport.local_ice,
+        transport.local_candidates,
+        transport.local_fingerprints,
+        cname=session.stream_id,
+    )
+    transport.start(
+        offer.ice, offer.candidates, offer.fingerprints, offer.candidates_complete
+    )
+    logger.info("%r created for %s", session, request.remote)
+    location = f"/{kind}/{session.stream_id}/{session.id}"
+    return web.Response(
+        status=201,
+        text=answer,
+        content_type=SDP_TYPE,
+        headers={
+            "Location": location,
+            "ETag": session.etag,
+            "Accept-Patch": TRICKLE_TYPE,
+        },
+    )
+
+
+def _find_session(request: web.Request) -> Session:
+    registry = request.app[REGISTRY]
+    session = registry.sessions.get(request.match_info["session_id"])
+    kind = request.path.split("/")[1]
+    if (
+        session is None
+        or session.kind != kind
+        or session.stream_id != request.match_info["stream_id"]
+    ):
+        raise session_not_found()
+    return session
+
+
+async def patch_session(request: web.Request) -> web.Response:
+    """Trickle ICE candidates into a session (RFC 9725 §4.3.1)."""
+    session = _find_session(request)
+    if_match = request.headers.get("If-Match")
+    if if_match is not None and if_match not in ("*", session.etag):
+        raise PreconditionFailed(
+            "etag_mismatch", "If-Match does not name this session's ICE session."
+        )
+    limit = request.app[REGISTRY].config.max_sdp_bytes
+    fragment = await read_body(request, TRICKLE_TYPE, limit)
+    ufrag, candidates, complete = _parse_fragment(fragment)
+    if ufrag is not None and ufrag != session.remote_ufrag:
+        raise UnprocessableContent(
+            "ice_restart_unsupported",
+            "ICE restarts are not supported: end this session and start a new one.",
+        )
+    for candidate in candidates:
+        await session.transport.add_remote_candidate(candidate)
+    if complete:
+        await session.transport.add_remote_candidate(None)
+    return web.Response(status=204)
+
+
+def _parse_fragment(
+    fragment: str,
+) -> tuple[str | None, list[aiortc_sdp.RTCIceCandidate], bool]:
+    ufrag = None
+    candidates = []
+    complete = False
+    for raw in fragment.splitlines():
+        line = raw.strip()
+        if line.startswith("a=ice-ufrag:"):
+            ufrag = line.split(":", 1)[1]
+        elif line.startswith("a=candidate:"):
+            try:
+                candidate = aiortc_sdp.candidate_from_sdp(line.split(":", 1)[1])
+            except (ValueError, IndexError) as exc:
+                raise BadRequest("malformed_candidate", f"Bad candidate line: {exc}.")
+            if candidate.protocol.lower() == "udp":
+                candidates.append(candidate)
+        elif line == "a=end-of-candidates":
+            complete = True
+    return ufrag, candidates, complete
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    """End a publish or watch session (RFC 9725 §4.2)."""
+    session = _find_session(request)
+    await session.hang_up()
+    return web.Response(status=200)
+
+
+async def options(request: web.Request) -> web.Response:
+    """CORS pre-flight, and the ICE servers a client may use (RFC 9725 §4.6)."""
+    response = web.Response(status=204, headers=CORS_HEADERS)
+    for url in request.app[REGISTRY].config.stun_servers:
+        response.headers.add("Link", f'<{url}>; rel="ice-server"')
+    return response

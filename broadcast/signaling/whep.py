@@ -1,0 +1,67 @@
+"""WHEP: a viewer POSTs an offer and receives a stream's tracks."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broadcast.errors import BadRequest, NotFound
+from broadcast.media.transport import SecureTransport
+from broadcast.registry import check_stream_id
+from broadcast.signaling.http import SDP_TYPE, read_body
+from broadcast.signaling.sdp import (
+    MediaAnswer,
+    Offer,
+    choose_viewer_codec,
+    describe_codecs,
+    parse_offer,
+)
+from broadcast.signaling.session import answer_session
+from broadcast.stream import Stream
+from broadcast.viewer import Viewer
+from broadcast.web_keys import REGISTRY
+
+
+async def post_whep(request: web.Request) -> web.Response:
+    """Watch: `POST /whep/<id>`; 404 while no such stream is known."""
+    registry = request.app[REGISTRY]
+    stream_id = check_stream_id(request.match_info["stream_id"])
+    offer = parse_offer(await read_body(request, SDP_TYPE, registry.config.max_sdp_bytes))
+    stream = registry.get(stream_id)
+    if stream is None:
+        raise NotFound("stream_not_found", f"There is no stream '{stream_id}' (yet).")
+    answers, payload_types = _choose_codecs(offer, stream)
+    if not payload_types:
+        stream_codecs = ", ".join(t.codec.mimeType for t in stream.tracks.values())
+        raise BadRequest(
+            "no_common_codec",
+            f"Stream '{stream_id}' carries {stream_codecs or 'nothing yet'}; the offer "
+            f"can receive {describe_codecs(offer.description.media)}.",
+        )
+
+    def make_viewer(transport: SecureTransport) -> Viewer:
+        return Viewer(
+            stream, transport, offer.ice.usernameFragment, payload_types, stream_id
+        )
+
+    return await answer_session(request, offer, answers, make_viewer, "whep", stream_id)
+
+
+def _choose_codecs(
+    offer: Offer, stream: Stream
+) -> tuple[list[MediaAnswer], dict[str, int]]:
+    answers = []
+    payload_types: dict[str, int] = {}
+    for media in offer.description.media:
+        answer = MediaAnswer(offered=media)
+        source = stream.tracks.get(media.kind)
+        receives = media.direction in ("recvonly", "sendrecv")
+        if source is not None and media.kind not in payload_types and receives:
+            codec = choose_viewer_codec(media, source.codec)
+            if codec is not None:
+                answer.codecs = [codec]
+                answer.direction = "sendonly"
+                answer.ssrc = source.ssrc
+                answer.msid = f"{stream.id} {stream.id}-{media.kind}"
+                payload_types[media.kind] = codec.payloadType
+        answers.append(answer)
+    return answers, payload_types

@@ -1,0 +1,118 @@
+"""WHIP (RFC 9725): a publisher POSTs an offer and becomes a stream's source."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+from aiohttp import web
+
+from broadcast.errors import BadRequest, Conflict
+from broadcast.media.source_track import SourceTrack
+from broadcast.media.upstream import BandwidthEstimate, UpstreamTrack
+from broadcast.publisher import Publisher
+from broadcast.registry import check_stream_id, new_stream_id
+from broadcast.signaling.http import SDP_TYPE, check_publish_key, read_body
+from broadcast.signaling.sdp import (
+    MediaAnswer,
+    Offer,
+    choose_publisher_codec,
+    describe_codecs,
+    parse_offer,
+)
+from broadcast.signaling.session import answer_session
+from broadcast.stream import Stream
+from broadcast.web_keys import REGISTRY
+
+logger = logging.getLogger(__name__)
+
+BITRATE_HINTS = ("x-google-start-bitrate", "x-google-max-bitrate")
+
+
+async def post_whip(request: web.Request) -> web.Response:
+    """Publish: `POST /whip/<id>`, or `POST /whip` for a server-chosen id."""
+    registry = request.app[REGISTRY]
+    config = registry.config
+    named = "stream_id" in request.match_info
+    stream_id = check_stream_id(request.match_info["stream_id"]) if named else new_stream_id()
+    check_publish_key(request, config)
+    offer = parse_offer(await read_body(request, SDP_TYPE, config.max_sdp_bytes))
+
+    existing = registry.get(stream_id)
+    if existing is not None and existing.publisher is not None:
+        raise Conflict("stream_busy", f"Stream '{stream_id}' already has a publisher.")
+    hints = {
+        "x-google-start-bitrate": config.start_bitrate_kbps,
+        "x-google-max-bitrate": config.max_bitrate_kbps,
+    }
+    answers = _choose_codecs(offer, existing, hints)
+    if not any(a.accepted for a in answers):
+        raise BadRequest(
+            "no_common_codec",
+            "None of the offered codecs can be forwarded "
+            f"(offered: {describe_codecs(offer.description.media)}; we forward VP8, "
+            "H264 with packetization-mode=1, opus, PCMA and PCMU).",
+        )
+
+    stream = registry.get_or_create(stream_id)
+    upstream = [_upstream_track(stream, a) for a in answers if a.accepted]
+    bandwidth = BandwidthEstimate(
+        config.start_bitrate_kbps * 1000, config.max_bitrate_kbps * 1000
+    )
+
+    def make_publisher(transport) -> Publisher:  # type: ignore[no-untyped-def]
+        publisher = Publisher(
+            stream, transport, offer.ice.usernameFragment, upstream, bandwidth
+        )
+        stream.attach_publisher(publisher)
+        return publisher
+
+    response = await answer_session(
+        request, offer, answers, make_publisher, "whip", stream_id
+    )
+    if not named:
+        response.headers.add("Link", f'</watch/{stream_id}>; rel="alternate"')
+    return response
+
+
+def _choose_codecs(
+    offer: Offer, stream: Stream | None, hints: dict[str, int]
+) -> list[MediaAnswer]:
+    answers = []
+    taken: set[str] = set()
+    for media in offer.description.media:
+        answer = MediaAnswer(offered=media)
+        sends = media.direction in ("sendonly", "sendrecv")
+        if media.kind in ("audio", "video") and media.kind not in taken and sends:
+            track = stream.tracks.get(media.kind) if stream else None
+            answer.codecs = choose_publisher_codec(
+                media, track.codec if track else None, hints
+            )
+            if answer.accepted:
+                answer.direction = "recvonly"
+                taken.add(media.kind)
+        answers.append(answer)
+    return answers
+
+
+def _upstream_track(stream: Stream, answer: MediaAnswer) -> UpstreamTrack:
+    """The stream's source track for this m-line (made at first publish), fed by it."""
+    media = answer.offered
+    codec = answer.codecs[0]
+    source = stream.tracks.get(media.kind)
+    if source is None:
+        stream_codec = copy.deepcopy(codec)
+        for hint in BITRATE_HINTS:
+            stream_codec.parameters.pop(hint, None)
+        source = SourceTrack(media.kind, stream_codec)
+        stream.tracks[media.kind] = source
+    rtx = answer.codecs[1].payloadType if len(answer.codecs) > 1 else None
+    return UpstreamTrack(source, codec.payloadType, rtx, _announced_ssrcs(media))
+
+
+def _announced_ssrcs(media) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
+    """The media SSRC then its RTX SSRC, from `a=ssrc-group:FID` or `a=ssrc`."""
+    for group in media.ssrc_group:
+        if group.semantic == "FID":
+            return tuple(int(s) for s in group.items)
+    return tuple(s.ssrc for s in media.ssrc[:1])

@@ -1,0 +1,103 @@
+"""Stream: one broadcast — its publisher slot, its source tracks, its viewers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from broadcast.errors import Conflict
+from broadcast.media.source_track import SourceTrack
+
+if TYPE_CHECKING:
+    from broadcast.publisher import Publisher
+    from broadcast.viewer import Viewer
+
+logger = logging.getLogger(__name__)
+
+WAITING, LIVE, RECONNECTING, ENDED = "waiting", "live", "reconnecting", "ended"
+
+
+class Stream:
+    """A broadcast named by its id; it outlives a publisher that drops and comes back."""
+
+    def __init__(
+        self,
+        stream_id: str,
+        reconnect_grace_s: float,
+        on_end: Callable[[Stream], None],
+    ) -> None:
+        self.id = stream_id
+        self.state = WAITING
+        self.publisher: Publisher | None = None
+        self.tracks: dict[str, SourceTrack] = {}
+        self.viewers: set[Viewer] = set()
+        self._reconnect_grace_s = reconnect_grace_s
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._on_end = on_end
+
+    def __repr__(self) -> str:
+        return f"Stream({self.id})"
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            logger.info("%r %s -> %s", self, self.state, state)
+            self.state = state
+
+    def attach_publisher(self, publisher: Publisher) -> None:
+        """Take `publisher` as the source; a second live publisher is refused."""
+        if self.state == ENDED:
+            raise Conflict("stream_ended", f"Stream '{self.id}' has just ended.")
+        if self.publisher is not None:
+            raise Conflict(
+                "stream_busy", f"Stream '{self.id}' already has a publisher."
+            )
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+        self.publisher = publisher
+        for track in self.tracks.values():
+            track.upstream_changed()
+
+    def publisher_connected(self, publisher: Publisher) -> None:
+        if publisher is self.publisher:
+            self._set_state(LIVE)
+            for track in self.tracks.values():
+                track.keyframes.retry()
+
+    def publisher_left(self, publisher: Publisher, ended: bool) -> None:
+        """The publisher hung up (`ended`) or dropped: end now, or wait for it."""
+        if publisher is not self.publisher:
+            return
+        self.publisher = None
+        for track in self.tracks.values():
+            track.request_pli = lambda: False
+        if ended or self.state == WAITING:
+            asyncio.get_running_loop().create_task(self.close())
+            return
+        self._set_state(RECONNECTING)
+        self._grace_timer = asyncio.get_running_loop().call_later(
+            self._reconnect_grace_s,
+            lambda: asyncio.get_running_loop().create_task(self.close()),
+        )
+
+    def add_viewer(self, viewer: Viewer) -> None:
+        self.viewers.add(viewer)
+
+    def remove_viewer(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+
+    async def close(self) -> None:
+        """End the broadcast: its publisher and every viewer session; idempotent."""
+        if self.state == ENDED:
+            return
+        self._set_state(ENDED)
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+        self._on_end(self)
+        sessions = [*self.viewers, *([self.publisher] if self.publisher else [])]
+        await asyncio.gather(*(s.close("stream ended") for s in sessions))
+        for track in self.tracks.values():
+            track.close()

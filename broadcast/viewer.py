@@ -1,0 +1,116 @@
+"""Viewer: a WHEP session receiving copies of a stream's tracks."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from aiortc.rtp import (
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+)
+
+from broadcast.media.transport import SecureTransport
+from broadcast.media.viewer_track import ViewerTrack
+from broadcast.session import Session
+from broadcast.stream import Stream
+
+logger = logging.getLogger(__name__)
+
+RTCP_PSFB_FIR = 4  # RFC 5104 §4.3.1
+RTCP_SDES_CNAME = 1
+
+
+class Viewer(Session):
+    """One browser (or any WHEP client) watching a stream."""
+
+    kind = "whep"
+
+    def __init__(
+        self,
+        stream: Stream,
+        transport: SecureTransport,
+        remote_ufrag: str,
+        payload_types: dict[str, int],
+        cname: str,
+    ) -> None:
+        super().__init__(stream.id, transport, remote_ufrag)
+        self.stream = stream
+        self.cname = cname
+        self.rtcp_ssrc = secrets.randbits(32) or 1
+        self.tracks = [
+            ViewerTrack(stream.tracks[kind], transport.send_rtp, payload_type)
+            for kind, payload_type in payload_types.items()
+        ]
+        self._by_ssrc = {t.source.ssrc: t for t in self.tracks}
+        self.fraction_lost = 0
+        stream.add_viewer(self)
+
+    def connected(self) -> None:
+        """Start receiving; video waits for the keyframe this join asks for."""
+        for track in self.tracks:
+            track.source.add_viewer(track)
+
+    def receive_rtcp(self, packet: object) -> None:
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            track = self._by_ssrc.get(packet.media_ssrc)
+            if track is not None:
+                track.retransmit(seq & 0xFFFF for seq in packet.lost)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI:
+            track = self._by_ssrc.get(packet.media_ssrc)
+            if track is not None:
+                track.request_keyframe()
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_FIR:
+            # FIR names its target SSRCs in the FCI, 8 bytes per entry.
+            for offset in range(0, len(packet.fci) - 7, 8):
+                ssrc = int.from_bytes(packet.fci[offset : offset + 4], "big")
+                track = self._by_ssrc.get(ssrc)
+                if track is not None:
+                    track.request_keyframe()
+        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc in self._by_ssrc:
+                    self.fraction_lost = report.fraction_lost
+
+    def rtcp_report(self) -> bytes:
+        """Sender reports (for lip sync and RTT) and our CNAME (RFC 3550 §6.4.1)."""
+        compound = b""
+        for track in self.tracks:
+            if track.packets_sent == 0:
+                continue
+            ntp, rtp = track.source.clock_now()
+            compound += bytes(
+                RtcpSrPacket(
+                    ssrc=track.source.ssrc,
+                    sender_info=RtcpSenderInfo(
+                        ntp_timestamp=ntp,
+                        rtp_timestamp=rtp,
+                        packet_count=track.packets_sent & 0xFFFFFFFF,
+                        octet_count=track.octets_sent & 0xFFFFFFFF,
+                    ),
+                )
+            )
+        if compound:
+            sdes = RtcpSdesPacket(
+                chunks=[
+                    RtcpSourceInfo(
+                        ssrc=self.tracks[0].source.ssrc,
+                        items=[(RTCP_SDES_CNAME, self.cname.encode())],
+                    )
+                ]
+            )
+            compound += bytes(sdes)
+        return compound
+
+    def detach(self) -> None:
+        for track in self.tracks:
+            track.source.remove_viewer(track)
+        self.stream.remove_viewer(self)
+
