@@ -187,7 +187,8 @@ def build_answer(
         media.host = candidates[0].ip if candidates else "0.0.0.0"
         media.direction = answer.direction
         media.rtp = RTCRtpParameters(codecs=answer.codecs, muxId=offered.rtp.muxId)
-        media.rtcp_mux = True
+        # aiortc prints a=rtcp-mux only along with an a=rtcp line (RFC 5761 §5.1.3).
+        media.rtcp_port, media.rtcp_host, media.rtcp_mux = 9, "0.0.0.0", True
         media.ice = ice
         media.dtls = RTCDtlsParameters(fingerprints=fingerprints, role="client")
         if answer.accepted:

@@ -1,0 +1,47 @@
+"""Fixtures: a real server on 127.0.0.1 and an HTTP client for it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import aioice.ice
+import pytest
+from aiohttp.test_utils import TestServer
+
+from broadcast.app import create_app
+from broadcast.config import Config
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test peers (aiortc) gather on 127.0.0.1 only, like the server (DESIGN §7)."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda **_: ["127.0.0.1"])
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[Callable[..., TestServer]]:
+    """Start servers with `Config(host="127.0.0.1", **overrides)`."""
+    servers: list[TestServer] = []
+
+    async def start(**overrides: object) -> TestServer:
+        config = Config(host="127.0.0.1", **overrides)  # type: ignore[arg-type]
+        server = TestServer(create_app(config), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def server(make_server: Callable[..., TestServer]) -> TestServer:
+    return await make_server()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
