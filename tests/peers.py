@@ -149,18 +149,36 @@ class Peer:
     sent: RtpLog
     received: RtpLog
     tracks: list[MediaStreamTrack] = field(default_factory=list)
+    connected_at: float | None = None
 
     async def wait_connected(self, timeout: float = 10) -> None:
         async def connected() -> None:
             while self.pc.connectionState != "connected":
                 if self.pc.connectionState in ("failed", "closed"):
                     raise AssertionError(f"peer connection {self.pc.connectionState}")
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.01)
+            self.connected_at = time.monotonic()
 
         await asyncio.wait_for(connected(), timeout)
 
+    def ssrc_of(self, kind: str) -> int:
+        """The SSRC this peer sends `kind` with."""
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == kind:
+                return transceiver.sender._ssrc
+        raise KeyError(kind)
+
     async def close(self) -> None:
         await self.pc.close()
+
+
+async def wait_for(condition, timeout: float = 10, message: str = "") -> None:  # type: ignore[no-untyped-def]
+    """Poll `condition()` until true; fail with `message` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(message or f"timed out after {timeout} s")
+        await asyncio.sleep(0.05)
 
 
 async def _exchange(
