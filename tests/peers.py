@@ -113,7 +113,11 @@ def _record_sent(pc: RTCPeerConnection, log: RtpLog) -> None:
 
 
 def _record_received(pc: RTCPeerConnection, log: RtpLog, drop=None) -> None:  # type: ignore[no-untyped-def]
-    """Record every decrypted RTP packet; `drop(packet)` True loses it on purpose."""
+    """Record every decrypted RTP packet.
+
+    `drop(packet)` True loses a packet on the wire, before SRTP: its retransmission
+    must then get through the receiver's replay protection, as in real life.
+    """
     for transceiver in pc.getTransceivers():
         transport = transceiver.receiver.transport
         if getattr(transport, "_recorded", False):
@@ -122,12 +126,21 @@ def _record_received(pc: RTCPeerConnection, log: RtpLog, drop=None) -> None:  # 
         handle = transport._handle_rtp_data
 
         async def handle_and_record(data: bytes, arrival_time_ms: int, handle=handle) -> None:  # type: ignore[no-untyped-def]
-            if drop is not None and drop(data):
-                return
             log.add(data)
             await handle(data, arrival_time_ms)
 
         transport._handle_rtp_data = handle_and_record
+        if drop is not None:
+            ice = transport.transport
+            receive = ice._recv
+
+            async def lossy_receive(receive=receive) -> bytes:  # type: ignore[no-untyped-def]
+                while True:
+                    data = await receive()
+                    if not (127 < data[0] < 192 and not is_rtcp(data) and drop(data)):
+                        return data
+
+            ice._recv = lossy_receive
 
 
 def _prefer(pc: RTCPeerConnection, kind: str, mime_type: str) -> None:
