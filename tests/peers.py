@@ -205,6 +205,7 @@ async def _exchange(
     ) as response:
         body = await response.text()
         if response.status != 201:
+            await pc.close()
             raise AssertionError(f"{url} answered {response.status}: {body}")
         location = response.headers["Location"]
         etag = response.headers["ETag"]

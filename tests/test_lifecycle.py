@@ -1,0 +1,104 @@
+"""Stream lifecycle: one publisher per id, reconnect within grace, end after it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from broadcast.web_keys import REGISTRY
+from tests.peers import publish, wait_for, watch
+
+
+def video_packets(viewer, stream):  # type: ignore[no-untyped-def]
+    return viewer.received.packets.get(stream.tracks["video"].ssrc, [])
+
+
+async def test_second_publisher_gets_409(server, http):
+    first = await publish(http, str(server.make_url("/whip/busy")))
+    try:
+        await publish(http, str(server.make_url("/whip/busy")))
+    except AssertionError as error:
+        assert "409" in str(error) and "stream_busy" in str(error)
+    else:
+        raise AssertionError("a second publisher was accepted")
+    await first.close()
+
+
+async def test_republish_within_grace_keeps_viewers_with_continuous_numbering(
+    make_server, http
+):
+    server = await make_server(reconnect_grace_s=10)
+    url = str(server.make_url("/whip/re"))
+    first = await publish(http, url)
+    await first.wait_connected()
+    viewer = await watch(http, str(server.make_url("/whep/re")))
+    await viewer.wait_connected()
+    stream = server.app[REGISTRY].get("re")
+    await wait_for(lambda: len(viewer.frames.get("video", [])) >= 10)
+    await first.close()
+    await wait_for(lambda: stream.state == "reconnecting", message=stream.state)
+    before = len(video_packets(viewer, stream))
+    last = video_packets(viewer, stream)[-1]
+
+    second = await publish(http, url)
+    await second.wait_connected()
+    frames_before = len(viewer.frames["video"])
+    await wait_for(
+        lambda: len(viewer.frames["video"]) >= frames_before + 10,
+        message="viewer saw no frames from the new publisher",
+    )
+    assert stream.state == "live"
+    after = video_packets(viewer, stream)[before:]
+    assert after[0].sequence_number == (last.sequence_number + 1) & 0xFFFF
+    assert 0 < (after[0].timestamp - last.timestamp) & 0xFFFFFFFF < 90000 * 5
+    assert viewer.pc.connectionState == "connected"
+    await asyncio.gather(viewer.close(), second.close())
+
+
+async def test_stream_ends_after_grace_and_its_viewers_are_closed(make_server, http):
+    server = await make_server(reconnect_grace_s=0.5)
+    publisher = await publish(http, str(server.make_url("/whip/g")))
+    await publisher.wait_connected()
+    viewer = await watch(http, str(server.make_url("/whep/g")))
+    await viewer.wait_connected()
+    registry = server.app[REGISTRY]
+    await publisher.close()
+    await wait_for(lambda: registry.get("g") is None, message="stream did not end")
+    assert not registry.sessions
+    async with http.post(
+        server.make_url("/whep/g"),
+        data="v=0\r\n",
+        headers={"Content-Type": "application/sdp"},
+    ) as response:
+        assert response.status in (400, 404)
+    await viewer.close()
+
+
+async def test_delete_ends_the_broadcast_at_once(server, http):
+    publisher = await publish(http, str(server.make_url("/whip/del")))
+    await publisher.wait_connected()
+    viewer = await watch(http, str(server.make_url("/whep/del")))
+    await viewer.wait_connected()
+    async with http.delete(server.make_url(publisher.location)) as response:
+        assert response.status == 200
+    registry = server.app[REGISTRY]
+    assert registry.get("del") is None
+    assert not registry.sessions
+    async with http.delete(server.make_url(publisher.location)) as response:
+        assert response.status == 404
+    await asyncio.gather(viewer.close(), publisher.close())
+
+
+async def test_viewer_may_join_while_the_publisher_reconnects(make_server, http):
+    server = await make_server(reconnect_grace_s=10)
+    url = str(server.make_url("/whip/late"))
+    first = await publish(http, url)
+    await first.wait_connected()
+    stream = server.app[REGISTRY].get("late")
+    await first.close()
+    await wait_for(lambda: stream.state == "reconnecting")
+    viewer = await watch(http, str(server.make_url("/whep/late")))
+    await viewer.wait_connected()
+    second = await publish(http, url)
+    await second.wait_connected()
+    await wait_for(lambda: viewer.frames.get("video"), message="no frame after return")
+    await asyncio.gather(viewer.close(), second.close())
