@@ -1,0 +1,197 @@
+"""WHIP/WHEP signaling: headers of RFC 9725, and clean JSON errors for bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from broadcast.web_keys import REGISTRY
+from tests.peers import publish, wait_for, watch
+
+SDP = {"Content-Type": "application/sdp"}
+TRICKLE = {"Content-Type": "application/trickle-ice-sdpfrag"}
+
+# A valid offer of a codec we do not forward (G722) and nothing else.
+G722_OFFER = """v=0\r
+o=- 1 1 IN IP4 0.0.0.0\r
+s=-\r
+t=0 0\r
+a=group:BUNDLE 0\r
+m=audio 9 UDP/TLS/RTP/SAVPF 9\r
+c=IN IP4 0.0.0.0\r
+a=mid:0\r
+a=sendonly\r
+a=rtcp-mux\r
+a=rtpmap:9 G722/8000\r
+a=ice-ufrag:abcd\r
+a=ice-pwd:abcdefghijklmnopqrstuvwx\r
+a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r
+a=setup:actpass\r
+"""
+
+
+async def error_of(response) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert body["message"] and "Traceback" not in body["message"]
+    return response.status, body["error"], body["message"]
+
+
+@pytest.mark.parametrize(
+    "body,code",
+    [
+        ("", "empty_sdp"),
+        ("hello", "malformed_sdp"),
+        ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8\r\n", "malformed_sdp"),
+        ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "malformed_sdp"),
+        (G722_OFFER.replace("a=ice-ufrag:abcd\r\n", ""), "malformed_sdp"),
+        (re.sub(r"a=fingerprint.*\r\n", "", G722_OFFER), "malformed_sdp"),
+        ("v=0\r\n" + "\x00\xff" * 100, "malformed_sdp"),
+    ],
+)
+async def test_malformed_offers_get_400(server, http, body, code):
+    for path in ("/whip/bad", "/whep/bad"):
+        async with http.post(server.make_url(path), data=body, headers=SDP) as response:
+            status, error, _ = await error_of(response)
+            assert (status, error) in ((400, code), (404, "stream_not_found"))
+    assert server.app[REGISTRY].get("bad") is None
+
+
+async def test_no_common_codec_names_the_codecs(server, http):
+    async with http.post(server.make_url("/whip/x"), data=G722_OFFER, headers=SDP) as r:
+        status, error, message = await error_of(r)
+    assert (status, error) == (400, "no_common_codec")
+    assert "G722" in message and "VP8" in message
+    assert server.app[REGISTRY].get("x") is None
+
+
+async def test_viewer_without_the_streams_codec_gets_400(server, http):
+    publisher = await publish(http, str(server.make_url("/whip/c")), "video/H264", None)
+    offer = G722_OFFER.replace("a=sendonly", "a=recvonly")
+    async with http.post(server.make_url("/whep/c"), data=offer, headers=SDP) as r:
+        status, error, message = await error_of(r)
+    assert (status, error) == (400, "no_common_codec")
+    assert "H264" in message
+    await publisher.close()
+
+
+async def test_oversized_body_gets_413(server, http):
+    body = G722_OFFER + "a=x-padding:" + "x" * (65 * 1024) + "\r\n"
+    async with http.post(server.make_url("/whip/big"), data=body, headers=SDP) as r:
+        assert (await error_of(r))[:2] == (413, "body_too_large")
+
+
+async def test_wrong_content_type_gets_415(server, http):
+    headers = {"Content-Type": "application/json"}
+    async with http.post(server.make_url("/whip/t"), data="{}", headers=headers) as r:
+        assert (await error_of(r))[:2] == (415, "unsupported_media_type")
+
+
+async def test_unknown_stream_gets_404(server, http):
+    async with http.post(server.make_url("/whep/nobody"), data=G722_OFFER, headers=SDP) as r:
+        assert (await error_of(r))[:2] == (404, "stream_not_found")
+
+
+@pytest.mark.parametrize("stream_id", ["a" * 65, "sp%20ace", "dot.ted", "%C3%A9"])
+async def test_bad_stream_id_gets_400(server, http, stream_id):
+    async with http.post(
+        server.make_url(f"/whip/{stream_id}"), data=G722_OFFER, headers=SDP
+    ) as r:
+        assert (await error_of(r))[:2] == (400, "bad_stream_id")
+
+
+async def test_unknown_session_gets_404(server, http):
+    url = server.make_url("/whip/s/nosuchsession")
+    async with http.delete(url) as r:
+        assert (await error_of(r))[:2] == (404, "session_not_found")
+    async with http.patch(url, data="a=end-of-candidates\r\n", headers=TRICKLE) as r:
+        assert (await error_of(r))[:2] == (404, "session_not_found")
+
+
+async def test_publish_key_is_required_when_configured(make_server, http):
+    server = await make_server(publish_keys=("s3cret",))
+    url = server.make_url("/whip/k")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        async with http.post(url, data=G722_OFFER, headers={**SDP, **headers}) as r:
+            assert (await error_of(r))[:2] == (401, "unauthorized")
+            assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    publisher = await publish(
+        http, str(url), headers={"Authorization": "Bearer s3cret"}
+    )
+    await publisher.close()
+
+
+async def test_whip_without_id_gets_an_unguessable_id_and_watch_link(server, http):
+    publisher = await publish(http, str(server.make_url("/whip")))
+    stream_id = publisher.location.split("/")[2]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22,64}", stream_id)  # >= 128 bits, base64url
+    assert server.app[REGISTRY].get(stream_id) is not None
+    await publisher.close()
+
+
+async def test_created_session_has_location_etag_and_accept_patch(server, http):
+    publisher = await publish(http, str(server.make_url("/whip/h")))
+    assert re.fullmatch(r"/whip/h/[A-Za-z0-9_-]{22}", publisher.location)
+    assert re.fullmatch(r'"[0-9a-f]+"', publisher.etag)
+    url = server.make_url(publisher.location)
+    # Trickle: a candidate fragment is taken with 204.
+    fragment = "a=ice-ufrag:{}\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n"
+    ufrag = publisher.pc.localDescription.sdp.split("a=ice-ufrag:")[1].split()[0]
+    async with http.patch(
+        url, data=fragment.format(ufrag), headers={**TRICKLE, "If-Match": publisher.etag}
+    ) as r:
+        assert r.status == 204
+    async with http.patch(
+        url, data=fragment.format(ufrag), headers={**TRICKLE, "If-Match": '"stale"'}
+    ) as r:
+        assert (await error_of(r))[:2] == (412, "etag_mismatch")
+    async with http.patch(
+        url, data=fragment.format("newufrag"), headers={**TRICKLE, "If-Match": "*"}
+    ) as r:
+        assert (await error_of(r))[:2] == (422, "ice_restart_unsupported")
+    async with http.patch(url, data="junk", headers=SDP) as r:
+        assert (await error_of(r))[:2] == (415, "unsupported_media_type")
+    await publisher.close()
+
+
+async def test_options_answers_cors_preflight(server, http):
+    async with http.options(
+        server.make_url("/whep/any"),
+        headers={"Origin": "https://example.org", "Access-Control-Request-Method": "POST"},
+    ) as r:
+        assert r.status == 204
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        assert "POST" in r.headers["Access-Control-Allow-Methods"]
+        assert "Location" in r.headers["Access-Control-Expose-Headers"]
+
+
+async def test_unknown_route_and_method_are_json_errors(server, http):
+    async with http.get(server.make_url("/nope")) as r:
+        assert (await error_of(r))[0] == 404
+    async with http.get(server.make_url("/whip/x")) as r:
+        assert (await error_of(r))[0] == 405
+
+
+async def test_healthz(server, http):
+    async with http.get(server.make_url("/healthz")) as r:
+        assert r.status == 200 and await r.text() == "ok"
+
+
+async def test_bad_input_does_not_disturb_a_live_stream(server, http):
+    publisher = await publish(http, str(server.make_url("/whip/live")))
+    await publisher.wait_connected()
+    viewer = await watch(http, str(server.make_url("/whep/live")))
+    await viewer.wait_connected()
+    await wait_for(lambda: viewer.frames.get("video"))
+    garbage = ["", "v=0", G722_OFFER, "v=0\r\nm=video 0 X 1\r\n" * 500, "\x00" * 5000]
+    for body in garbage:
+        for path in ("/whip/live", "/whep/live", "/whip", "/whep/nobody"):
+            async with http.post(server.make_url(path), data=body, headers=SDP) as r:
+                assert 400 <= r.status < 500
+    async with http.post(server.make_url("/whip/live"), data=G722_OFFER, headers=SDP) as r:
+        assert r.status == 409
+    before = len(viewer.frames["video"])
+    await wait_for(lambda: len(viewer.frames["video"]) > before + 10)
+    await asyncio.gather(viewer.close(), publisher.close())
