@@ -94,12 +94,13 @@ async def launch_chromium(
 
 
 # Evaluate with: status = await page.evaluate(WHIP_PUBLISH_JS,
-#     {"whipUrl": url, "width": 1280, "height": 720})
+#     {"whipUrl": url, "width": 1280, "height": 720, "degradation": None})
+# `degradation`: an RTCDegradationPreference to set on the video sender, or None.
 # Side effects: window.pc (the RTCPeerConnection), window.stream,
 # window.whipResource (absolute Location URL, or null), window.whipError
 # (response body when status is not 2xx), window.degradationPreferenceSet.
 WHIP_PUBLISH_JS = r"""
-async ({whipUrl, width, height}) => {
+async ({whipUrl, width, height, degradation}) => {
   const stream = await navigator.mediaDevices.getUserMedia({
     video: {width: {exact: width}, height: {exact: height}},
     audio: true,
@@ -113,13 +114,13 @@ async ({whipUrl, width, height}) => {
     if (track.kind === 'video') videoSender = tr.sender;
   }
   window.degradationPreferenceSet = false;
-  if (videoSender) {
+  if (videoSender && degradation) {
     try {
       const params = videoSender.getParameters();
-      params.degradationPreference = 'maintain-resolution';
+      params.degradationPreference = degradation;
       await videoSender.setParameters(params);
       window.degradationPreferenceSet =
-        videoSender.getParameters().degradationPreference === 'maintain-resolution';
+        videoSender.getParameters().degradationPreference === degradation;
     } catch (e) {
       window.degradationPreferenceError = String(e);
     }

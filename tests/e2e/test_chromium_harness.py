@@ -9,10 +9,7 @@ import contextlib
 import pytest
 from aiohttp import web
 
-try:  # works whether or not tests/e2e is a package
-    from .chromium import OUTBOUND_VIDEO_STATS_JS, WHIP_PUBLISH_JS, launch_chromium
-except ImportError:
-    from chromium import OUTBOUND_VIDEO_STATS_JS, WHIP_PUBLISH_JS, launch_chromium
+from tests.e2e.chromium import OUTBOUND_VIDEO_STATS_JS, WHIP_PUBLISH_JS, launch_chromium
 
 GUM_AND_GATHER_JS = r"""
 async () => {
