@@ -21,6 +21,9 @@ class Config:
     max_bitrate_kbps: int = 6000
     # A publisher that drops may come back within this time and keep its viewers.
     reconnect_grace_s: float = 30.0
+    # A publisher that sends nothing for this long has gone (a closed laptop lid sends
+    # no DTLS close): the stream turns `reconnecting` instead of waiting ~30 s for ICE.
+    publisher_timeout_s: float = 10.0
     max_sdp_bytes: int = 64 * 1024
     stun_servers: tuple[str, ...] = field(default=())
 

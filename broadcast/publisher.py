@@ -39,6 +39,7 @@ class Publisher(Session):
         remote_ufrag: str,
         upstream: list[UpstreamTrack],
         bandwidth: BandwidthEstimate,
+        silence_timeout_s: float,
     ) -> None:
         super().__init__(stream.id, transport, remote_ufrag)
         self.stream = stream
@@ -55,12 +56,15 @@ class Publisher(Session):
                 self._by_ssrc[ssrc] = track
             track.source.request_pli = lambda t=track: self._send_pli(t)
         self._last_report = time.monotonic()
+        self._last_packet = time.monotonic()
+        self._silence_timeout_s = silence_timeout_s
         self.hung_up = False
 
     def connected(self) -> None:
         self.stream.publisher_connected(self)
 
     def receive_rtp(self, data: bytes) -> None:
+        self._last_packet = time.monotonic()
         try:
             packet = RtpPacket.parse(data)
         except ValueError:
@@ -93,6 +97,12 @@ class Publisher(Session):
         elif isinstance(packet, RtcpByePacket):
             logger.debug("%r got RTCP BYE", self)
 
+    def failure(self) -> str | None:
+        silent = time.monotonic() - self._last_packet
+        if silent > self._silence_timeout_s:
+            return f"no media for {silent:.0f} s"
+        return None
+
     def rtcp_report(self) -> bytes:
         """Receiver reports for every track and a REMB for the video (RFC 3550, REMB)."""
         now = time.monotonic()
@@ -113,16 +123,23 @@ class Publisher(Session):
             media_ssrc=0,
             fci=pack_remb_fci(bitrate, ssrcs),
         )
-        return compound + bytes(remb)
+        nacks = b"".join(self._nack(t) for t in self.upstream)
+        return compound + bytes(remb) + nacks
 
     def _send_nack(self, track: UpstreamTrack) -> None:
+        nack = self._nack(track)
+        if nack:
+            self.transport.send_rtcp(nack)
+
+    def _nack(self, track: UpstreamTrack) -> bytes:
+        """A NACK for what is still missing (sent at once, repeated with each report)."""
         if track.ssrc is None or track.nack is None or not track.nack.missing:
-            return
+            return b""
         packet = RtcpRtpfbPacket(
             fmt=RTCP_RTPFB_NACK, ssrc=self.rtcp_ssrc, media_ssrc=track.ssrc
         )
         packet.lost = sorted(track.nack.missing)
-        self.transport.send_rtcp(bytes(packet))
+        return bytes(packet)
 
     def _send_pli(self, track: UpstreamTrack) -> bool:
         """Ask the publisher for a keyframe; False if it cannot hear us yet."""

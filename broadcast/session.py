@@ -59,6 +59,10 @@ class Session:
     def receive_rtcp(self, packet: object) -> None:
         """One RTCP packet (of a compound) from the peer."""
 
+    def failure(self) -> str | None:
+        """Why this session should be closed now, checked every RTCP interval."""
+        return None
+
     def rtcp_report(self) -> bytes:
         """The periodic RTCP compound packet we send to the peer (may be empty)."""
         return b""
@@ -75,6 +79,10 @@ class Session:
     async def _run_rtcp(self) -> None:
         while not self.closed:
             await asyncio.sleep(RTCP_INTERVAL_S)
+            failure = self.failure()
+            if failure is not None:
+                asyncio.get_running_loop().create_task(self.close(failure))
+                return
             report = self.rtcp_report()
             if report:
                 self.transport.send_rtcp(report)

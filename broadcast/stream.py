@@ -64,7 +64,8 @@ class Stream:
         if publisher is self.publisher:
             self._set_state(LIVE)
             for track in self.tracks.values():
-                track.keyframes.retry()
+                if track.viewers or track.keyframes.pending:
+                    track.keyframes.request_now()
 
     def publisher_left(self, publisher: Publisher, ended: bool) -> None:
         """The publisher hung up (`ended`) or dropped: end now, or wait for it."""

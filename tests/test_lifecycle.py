@@ -102,3 +102,20 @@ async def test_viewer_may_join_while_the_publisher_reconnects(make_server, http)
     await second.wait_connected()
     await wait_for(lambda: viewer.frames.get("video"), message="no frame after return")
     await asyncio.gather(viewer.close(), second.close())
+
+
+async def test_silent_publisher_is_dropped_and_the_stream_waits(make_server, http):
+    server = await make_server(publisher_timeout_s=1.5, reconnect_grace_s=10)
+    publisher = await publish(http, str(server.make_url("/whip/mute")))
+    await publisher.wait_connected()
+    stream = server.app[REGISTRY].get("mute")
+    await wait_for(lambda: stream.state == "live")
+    for transceiver in publisher.pc.getTransceivers():
+
+        async def swallow(data: bytes) -> None:
+            return None
+
+        transceiver.sender.transport._send_rtp = swallow
+    await wait_for(lambda: stream.state == "reconnecting", timeout=5, message=stream.state)
+    assert stream.publisher is None
+    await publisher.close()

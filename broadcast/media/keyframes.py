@@ -38,14 +38,18 @@ class KeyframeRequester:
             self.pending = False
             self.sent += 1
 
+    def request_now(self) -> None:
+        """Ask at once, whatever the interval: a new publisher has not been asked yet."""
+        self._last_sent = -KEYFRAME_MIN_INTERVAL_S
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.request()
+
     def retry(self) -> None:
-        """Send a pending request now that a publisher is (back) on the air."""
+        """Send a request that could not be sent (no publisher yet) as soon as it can."""
         if self.pending:
-            self._last_sent = -KEYFRAME_MIN_INTERVAL_S
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self.request()
+            self.request_now()
 
     def close(self) -> None:
         if self._timer is not None:

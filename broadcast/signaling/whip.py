@@ -62,7 +62,12 @@ async def post_whip(request: web.Request) -> web.Response:
 
     def make_publisher(transport) -> Publisher:  # type: ignore[no-untyped-def]
         publisher = Publisher(
-            stream, transport, offer.ice.usernameFragment, upstream, bandwidth
+            stream,
+            transport,
+            offer.ice.usernameFragment,
+            upstream,
+            bandwidth,
+            config.publisher_timeout_s,
         )
         stream.attach_publisher(publisher)
         return publisher
