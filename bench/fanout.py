@@ -25,7 +25,7 @@ import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.peers import publish  # noqa: E402
+from tests.peers import publish
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -55,7 +55,9 @@ class CountingViewer:
             self.pc.addTransceiver(kind, direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         headers = {"Content-Type": "application/sdp"}
-        async with http.post(url, data=self.pc.localDescription.sdp, headers=headers) as r:
+        async with http.post(
+            url, data=self.pc.localDescription.sdp, headers=headers
+        ) as r:
             if r.status != 201:
                 raise RuntimeError(f"WHEP {r.status}: {await r.text()}")
             answer = await r.text()
@@ -78,8 +80,16 @@ async def main(viewers: int, duration: float) -> None:
     aioice.ice.get_host_addresses = lambda **_: ["127.0.0.1"]
     port = free_port()
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broadcast", "serve", "--host", "127.0.0.1",
-        "--port", str(port), "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "broadcast",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -97,15 +107,25 @@ async def main(viewers: int, duration: float) -> None:
             for viewer in crowd:
                 await viewer.start(http, f"{base}/whep/bench")
             await asyncio.sleep(3)  # connections settle, keyframes arrive
-            cpu0, packets0, t0 = cpu_seconds(server.pid), sum(v.packets for v in crowd), time.monotonic()
+            cpu0, packets0, t0 = (
+                cpu_seconds(server.pid),
+                sum(v.packets for v in crowd),
+                time.monotonic(),
+            )
             await asyncio.sleep(duration)
-            cpu1, packets1, t1 = cpu_seconds(server.pid), sum(v.packets for v in crowd), time.monotonic()
+            cpu1, packets1, t1 = (
+                cpu_seconds(server.pid),
+                sum(v.packets for v in crowd),
+                time.monotonic(),
+            )
             delivered = packets1 - packets0
             cpu = cpu1 - cpu0
             print(f"viewers              {viewers}")
             print(f"window               {t1 - t0:.1f} s")
             print(f"packets delivered    {delivered} ({delivered / (t1 - t0):.0f}/s)")
-            print(f"server CPU           {cpu:.2f} s ({100 * cpu / (t1 - t0):.0f} % of a core)")
+            print(
+                f"server CPU           {cpu:.2f} s ({100 * cpu / (t1 - t0):.0f} % of a core)"
+            )
             print(f"server RSS           {rss_mib(server.pid):.0f} MiB")
             if delivered:
                 print(f"µs/pkt-viewer        {1e6 * cpu / delivered:.1f}")

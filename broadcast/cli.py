@@ -19,8 +19,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument("--host", default=Config.host, help="address to bind (default %(default)s)")
-    serve.add_argument("--port", type=int, default=Config.port, help="HTTP port (default %(default)s)")
+    serve.add_argument(
+        "--host", default=Config.host, help="address to bind (default %(default)s)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=Config.port, help="HTTP port (default %(default)s)"
+    )
     serve.add_argument(
         "--publish-key",
         action="append",

@@ -34,6 +34,12 @@ class Conflict(ClientError):
     status = 409
 
 
+class ServiceUnavailable(ClientError):
+    """Not the client's fault, but still an answer the client can act on (retry)."""
+
+    status = 503
+
+
 def json_error(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import time
@@ -54,7 +55,7 @@ class Publisher(Session):
                 self._by_payload_type[track.rtx_payload_type] = track
             for ssrc in track.announced_ssrcs:
                 self._by_ssrc[ssrc] = track
-            track.source.request_pli = lambda t=track: self._send_pli(t)
+            track.source.request_pli = functools.partial(self._send_pli, track)
         self._last_report = time.monotonic()
         self._last_packet = time.monotonic()
         self._silence_timeout_s = silence_timeout_s

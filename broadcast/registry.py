@@ -65,4 +65,6 @@ class StreamRegistry:
     async def close(self) -> None:
         """End every stream (publishers and viewers), as at server shutdown."""
         await asyncio.gather(*(s.close() for s in list(self.streams.values())))
-        await asyncio.gather(*(s.close("server shutdown") for s in list(self.sessions.values())))
+        await asyncio.gather(
+            *(s.close("server shutdown") for s in list(self.sessions.values()))
+        )

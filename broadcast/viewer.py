@@ -113,4 +113,3 @@ class Viewer(Session):
         for track in self.tracks:
             track.source.remove_viewer(track)
         self.stream.remove_viewer(self)
-

@@ -22,7 +22,12 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import AUDIO_PTIME, VIDEO_CLOCK_RATE, VIDEO_PTIME
+from aiortc.mediastreams import (
+    AUDIO_PTIME,
+    VIDEO_CLOCK_RATE,
+    VIDEO_PTIME,
+    MediaStreamError,
+)
 from aiortc.rtp import RtpPacket, is_rtcp
 
 WIDTH, HEIGHT = 320, 240
@@ -75,7 +80,9 @@ class Tone(MediaStreamTrack):
             await asyncio.sleep(max(self._start + self._pts / rate - time.time(), 0))
         t = (numpy.arange(samples) + self._pts) / rate
         wave = (numpy.sin(2 * math.pi * 440 * t) * 8000).astype(numpy.int16)
-        frame = av.AudioFrame.from_ndarray(wave.reshape(1, -1), format="s16", layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            wave.reshape(1, -1), format="s16", layout="mono"
+        )
         frame.pts = self._pts
         frame.sample_rate = rate
         frame.time_base = fractions.Fraction(1, rate)
@@ -125,7 +132,9 @@ def _record_received(pc: RTCPeerConnection, log: RtpLog, drop=None) -> None:  # 
         transport._recorded = True
         handle = transport._handle_rtp_data
 
-        async def handle_and_record(data: bytes, arrival_time_ms: int, handle=handle) -> None:  # type: ignore[no-untyped-def]
+        async def handle_and_record(
+            data: bytes, arrival_time_ms: int, handle=handle
+        ) -> None:  # type: ignore[no-untyped-def]
             log.add(data)
             await handle(data, arrival_time_ms)
 
@@ -195,7 +204,10 @@ async def wait_for(condition, timeout: float = 10, message: str = "") -> None:  
 
 
 async def _exchange(
-    http: aiohttp.ClientSession, url: str, pc: RTCPeerConnection, headers: dict[str, str]
+    http: aiohttp.ClientSession,
+    url: str,
+    pc: RTCPeerConnection,
+    headers: dict[str, str],
 ) -> tuple[str, str]:
     await pc.setLocalDescription(await pc.createOffer())
     async with http.post(
@@ -244,7 +256,10 @@ class Viewer(Peer):
 
 
 async def watch(
-    http: aiohttp.ClientSession, url: str, kinds=("video", "audio"), drop=None  # type: ignore[no-untyped-def]
+    http: aiohttp.ClientSession,
+    url: str,
+    kinds=("video", "audio"),
+    drop=None,  # type: ignore[no-untyped-def]
 ) -> Viewer:
     """Watch over WHEP; decoded frames are collected by kind."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -257,12 +272,14 @@ async def watch(
         while True:
             try:
                 frame = await track.recv()
-            except Exception:
+            except MediaStreamError:
                 return
             viewer.frames.setdefault(track.kind, []).append(frame)
             viewer.first_frame_at.setdefault(track.kind, time.monotonic())
 
-    pc.on("track", lambda track: consumers.append(asyncio.ensure_future(consume(track))))
+    pc.on(
+        "track", lambda track: consumers.append(asyncio.ensure_future(consume(track)))
+    )
     viewer.location, viewer.etag = await _exchange(http, url, pc, {})
     _record_received(pc, viewer.received, drop)
     return viewer

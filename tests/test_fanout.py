@@ -48,7 +48,8 @@ async def test_every_viewer_decodes_byte_identical_media(server, http, video, au
     await asyncio.gather(*(v.wait_connected() for v in viewers))
     await wait_for(
         lambda: all(
-            len(v.frames.get("video", [])) >= 15 and len(v.frames.get("audio", [])) >= 10
+            len(v.frames.get("video", [])) >= 15
+            and len(v.frames.get("audio", [])) >= 10
             for v in viewers
         ),
         timeout=20,

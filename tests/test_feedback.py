@@ -42,7 +42,9 @@ async def test_nack_is_answered_for_the_lossy_viewer_only(server, http):
     received = {p.sequence_number for ps in lossy.received.packets.values() for p in ps}
     repaired = lossy_rule.dropped & received
     assert len(repaired) >= len(lossy_rule.dropped) - 3, "NACKed packets not resent"
-    clean_seqs = [p.sequence_number for ps in clean.received.packets.values() for p in ps]
+    clean_seqs = [
+        p.sequence_number for ps in clean.received.packets.values() for p in ps
+    ]
     assert len(clean_seqs) == len(set(clean_seqs)), "the clean viewer got duplicates"
     lossy_track, clean_track = (
         next(v for v in stream.viewers if v.transport is t).tracks[0]
@@ -78,7 +80,9 @@ async def test_publisher_loss_is_nacked_upstream_and_repaired(server, http):
     await viewer.wait_connected()
     await wait_for(lambda: len(rule.dropped) >= 10, message="nothing dropped")
     await asyncio.sleep(1.0)
-    received = {p.sequence_number for ps in viewer.received.packets.values() for p in ps}
+    received = {
+        p.sequence_number for ps in viewer.received.packets.values() for p in ps
+    }
     first = min(received)
     lost_after_join = {s for s in rule.dropped if s > first + 5}
     assert lost_after_join and lost_after_join <= received, "upstream gaps not repaired"

@@ -116,6 +116,8 @@ async def test_silent_publisher_is_dropped_and_the_stream_waits(make_server, htt
             return None
 
         transceiver.sender.transport._send_rtp = swallow
-    await wait_for(lambda: stream.state == "reconnecting", timeout=5, message=stream.state)
+    await wait_for(
+        lambda: stream.state == "reconnecting", timeout=5, message=stream.state
+    )
     assert stream.publisher is None
     await publisher.close()

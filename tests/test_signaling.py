@@ -27,9 +27,9 @@ a=rtcp-mux\r
 a=rtpmap:9 G722/8000\r
 a=ice-ufrag:abcd\r
 a=ice-pwd:abcdefghijklmnopqrstuvwx\r
-a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r
+a=fingerprint:sha-256 {fingerprint}\r
 a=setup:actpass\r
-"""
+""".format(fingerprint=":".join(["00", "11", "22", "33"] * 8))
 
 
 async def error_of(response) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
@@ -44,7 +44,10 @@ async def error_of(response) -> tuple[int, str, str]:  # type: ignore[no-untyped
     [
         ("", "empty_sdp"),
         ("hello", "malformed_sdp"),
-        ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8\r\n", "malformed_sdp"),
+        (
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8\r\n",
+            "malformed_sdp",
+        ),
         ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "malformed_sdp"),
         (G722_OFFER.replace("a=ice-ufrag:abcd\r\n", ""), "malformed_sdp"),
         (re.sub(r"a=fingerprint.*\r\n", "", G722_OFFER), "malformed_sdp"),
@@ -90,7 +93,9 @@ async def test_wrong_content_type_gets_415(server, http):
 
 
 async def test_unknown_stream_gets_404(server, http):
-    async with http.post(server.make_url("/whep/nobody"), data=G722_OFFER, headers=SDP) as r:
+    async with http.post(
+        server.make_url("/whep/nobody"), data=G722_OFFER, headers=SDP
+    ) as r:
         assert (await error_of(r))[:2] == (404, "stream_not_found")
 
 
@@ -137,10 +142,15 @@ async def test_created_session_has_location_etag_and_accept_patch(server, http):
     assert re.fullmatch(r'"[0-9a-f]+"', publisher.etag)
     url = server.make_url(publisher.location)
     # Trickle: a candidate fragment is taken with 204.
-    fragment = "a=ice-ufrag:{}\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n"
+    fragment = (
+        "a=ice-ufrag:{}\r\na=mid:0\r\n"
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n"
+    )
     ufrag = publisher.pc.localDescription.sdp.split("a=ice-ufrag:")[1].split()[0]
     async with http.patch(
-        url, data=fragment.format(ufrag), headers={**TRICKLE, "If-Match": publisher.etag}
+        url,
+        data=fragment.format(ufrag),
+        headers={**TRICKLE, "If-Match": publisher.etag},
     ) as r:
         assert r.status == 204
     async with http.patch(
@@ -159,7 +169,10 @@ async def test_created_session_has_location_etag_and_accept_patch(server, http):
 async def test_options_answers_cors_preflight(server, http):
     async with http.options(
         server.make_url("/whep/any"),
-        headers={"Origin": "https://example.org", "Access-Control-Request-Method": "POST"},
+        headers={
+            "Origin": "https://example.org",
+            "Access-Control-Request-Method": "POST",
+        },
     ) as r:
         assert r.status == 204
         assert r.headers["Access-Control-Allow-Origin"] == "*"
@@ -190,7 +203,9 @@ async def test_bad_input_does_not_disturb_a_live_stream(server, http):
         for path in ("/whip/live", "/whep/live", "/whip", "/whep/nobody"):
             async with http.post(server.make_url(path), data=body, headers=SDP) as r:
                 assert 400 <= r.status < 500
-    async with http.post(server.make_url("/whip/live"), data=G722_OFFER, headers=SDP) as r:
+    async with http.post(
+        server.make_url("/whip/live"), data=G722_OFFER, headers=SDP
+    ) as r:
         assert r.status == 409
     before = len(viewer.frames["video"])
     await wait_for(lambda: len(viewer.frames["video"]) > before + 10)

@@ -6,7 +6,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from aiortc import RTCRtpCodecParameters
 from aiortc.clock import current_ntp_time
@@ -45,7 +45,7 @@ class SourceTrack:
     def __init__(self, kind: str, codec: RTCRtpCodecParameters) -> None:
         self.kind = kind
         self.codec = codec
-        self.payload_type = codec.payloadType
+        self.payload_type: int = cast(int, codec.payloadType)  # set by the SDP parser
         self.clock_rate = codec.clockRate
         self.ssrc = secrets.randbits(32) or 1
         self.viewers: list[ViewerTrack] = []

@@ -196,4 +196,3 @@ class SecureTransport:
         if pair is None or tx is None or self.closed:
             return
         pair.protocol.transport.sendto(tx.protect_rtcp(data), pair.remote_addr)
-

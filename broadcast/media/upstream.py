@@ -35,7 +35,9 @@ class UpstreamTrack:
         self.stats = StreamStatistics(source.clock_rate)
         self.nack = NackGenerator() if source.kind == "video" else None
         self.bytes_received = 0
-        self.last_sr: tuple[int, float] | None = None  # (middle 32 bits of NTP, arrival)
+        self.last_sr: tuple[int, float] | None = (
+            None  # (middle 32 bits of NTP, arrival)
+        )
 
     def unwrap(self, packet: RtpPacket) -> RtpPacket | None:
         """The media packet carried by `packet` (RTX unwrapped), or None to drop it."""
@@ -76,7 +78,7 @@ class BandwidthEstimate:
     """A REMB value that follows what actually arrives, so the publisher ramps up fast.
 
     aiortc's delay-based estimator ramps slowly (DESIGN §7). Here: while loss stays
-    under 2 % we allow 1.5× the measured rate (and at least the start bitrate), so the
+    under 2 % we allow 1.5 times the measured rate (and at least the start bitrate), so the
     encoder reaches the camera's native resolution within seconds; above 10 % loss we
     cut to what arrived, scaled down by half the loss, as GCC's loss controller does.
     """

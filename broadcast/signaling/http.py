@@ -47,7 +47,9 @@ async def read_body(request: web.Request, content_type: str, limit: int) -> str:
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
-        raise ClientError("malformed_sdp", "The body is not valid UTF-8 text.")
+        raise ClientError(
+            "malformed_sdp", "The body is not valid UTF-8 text."
+        ) from None
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

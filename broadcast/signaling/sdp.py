@@ -30,7 +30,12 @@ FORWARDED_CODECS = {
 }
 # Feedback we act on: from publishers we need NACK/PLI/FIR answered and REMB read;
 # from viewers we answer NACK, PLI and FIR.
-PUBLISHER_FEEDBACK = {("nack", None), ("nack", "pli"), ("ccm", "fir"), ("goog-remb", None)}
+PUBLISHER_FEEDBACK = {
+    ("nack", None),
+    ("nack", "pli"),
+    ("ccm", "fir"),
+    ("goog-remb", None),
+}
 VIEWER_FEEDBACK = {("nack", None), ("nack", "pli"), ("ccm", "fir")}
 
 
@@ -40,6 +45,7 @@ class Offer:
 
     description: aiortc_sdp.SessionDescription
     ice: RTCIceParameters
+    ufrag: str
     candidates: list[RTCIceCandidate]
     candidates_complete: bool
     fingerprints: list[RTCDtlsFingerprint]
@@ -68,8 +74,10 @@ def parse_offer(text: str) -> Offer:
         raise BadRequest("malformed_sdp", "The SDP offer must start with 'v=0'.")
     try:
         description = aiortc_sdp.SessionDescription.parse(text)
-    except Exception as exc:  # aiortc's parser raises whatever it trips on
-        raise BadRequest("malformed_sdp", f"The SDP offer cannot be parsed: {exc!r}.")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise BadRequest(
+            "malformed_sdp", f"The SDP offer cannot be parsed: {exc!r}."
+        ) from exc
     media = [m for m in description.media if m.kind in ("audio", "video")]
     if not media:
         raise BadRequest("malformed_sdp", "The SDP offer has no audio or video m-line.")
@@ -84,6 +92,7 @@ def parse_offer(text: str) -> Offer:
     return Offer(
         description=description,
         ice=first.ice,
+        ufrag=first.ice.usernameFragment,
         candidates=candidates,
         candidates_complete=any(m.ice_candidates_complete for m in media),
         fingerprints=first.dtls.fingerprints,
@@ -154,9 +163,7 @@ def choose_viewer_codec(
 
 def describe_codecs(media: list[aiortc_sdp.MediaDescription]) -> str:
     """Name the codecs of an offer, for error messages."""
-    names = sorted(
-        {c.mimeType for m in media for c in m.rtp.codecs if not is_rtx(c)}
-    )
+    names = sorted({c.mimeType for m in media for c in m.rtp.codecs if not is_rtx(c)})
     return ", ".join(names) or "none"
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from aiohttp import web
 from aiortc import sdp as aiortc_sdp
 
-from broadcast.errors import BadRequest, ClientError
+from broadcast.errors import BadRequest, ClientError, ServiceUnavailable
 from broadcast.media.transport import SecureTransport
 from broadcast.session import Session
 from broadcast.signaling.http import (
@@ -54,7 +54,9 @@ async def answer_session(
             raise OSError("no ICE candidate could be gathered")
     except OSError as exc:
         await session.close(f"cannot gather candidates: {exc}")
-        raise ClientError("no_candidates", f"The server cannot open media ports: {exc}.")
+        raise ServiceUnavailable(
+            "no_candidates", f"The server cannot open media ports: {exc}."
+        ) from exc
     answer = build_answer(
         offer,
         answers,
@@ -130,7 +132,9 @@ def _parse_fragment(
             try:
                 candidate = aiortc_sdp.candidate_from_sdp(line.split(":", 1)[1])
             except (ValueError, IndexError) as exc:
-                raise BadRequest("malformed_candidate", f"Bad candidate line: {exc}.")
+                raise BadRequest(
+                    "malformed_candidate", f"Bad candidate line: {exc}."
+                ) from exc
             if candidate.protocol.lower() == "udp":
                 candidates.append(candidate)
         elif line == "a=end-of-candidates":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from aiohttp import web
 
 from broadcast.errors import BadRequest, NotFound
@@ -25,7 +27,9 @@ async def post_whep(request: web.Request) -> web.Response:
     """Watch: `POST /whep/<id>`; 404 while no such stream is known."""
     registry = request.app[REGISTRY]
     stream_id = check_stream_id(request.match_info["stream_id"])
-    offer = parse_offer(await read_body(request, SDP_TYPE, registry.config.max_sdp_bytes))
+    offer = parse_offer(
+        await read_body(request, SDP_TYPE, registry.config.max_sdp_bytes)
+    )
     stream = registry.get(stream_id)
     if stream is None:
         raise NotFound("stream_not_found", f"There is no stream '{stream_id}' (yet).")
@@ -39,9 +43,7 @@ async def post_whep(request: web.Request) -> web.Response:
         )
 
     def make_viewer(transport: SecureTransport) -> Viewer:
-        return Viewer(
-            stream, transport, offer.ice.usernameFragment, payload_types, stream_id
-        )
+        return Viewer(stream, transport, offer.ufrag, payload_types, stream_id)
 
     return await answer_session(request, offer, answers, make_viewer, "whep", stream_id)
 
@@ -62,6 +64,6 @@ def _choose_codecs(
                 answer.direction = "sendonly"
                 answer.ssrc = source.ssrc
                 answer.msid = f"{stream.id} {stream.id}-{media.kind}"
-                payload_types[media.kind] = codec.payloadType
+                payload_types[media.kind] = cast(int, codec.payloadType)
         answers.append(answer)
     return answers, payload_types

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import cast
 
 from aiohttp import web
 
@@ -34,7 +35,9 @@ async def post_whip(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     config = registry.config
     named = "stream_id" in request.match_info
-    stream_id = check_stream_id(request.match_info["stream_id"]) if named else new_stream_id()
+    stream_id = (
+        check_stream_id(request.match_info["stream_id"]) if named else new_stream_id()
+    )
     check_publish_key(request, config)
     offer = parse_offer(await read_body(request, SDP_TYPE, config.max_sdp_bytes))
 
@@ -64,7 +67,7 @@ async def post_whip(request: web.Request) -> web.Response:
         publisher = Publisher(
             stream,
             transport,
-            offer.ice.usernameFragment,
+            offer.ufrag,
             upstream,
             bandwidth,
             config.publisher_timeout_s,
@@ -112,7 +115,8 @@ def _upstream_track(stream: Stream, answer: MediaAnswer) -> UpstreamTrack:
         source = SourceTrack(media.kind, stream_codec)
         stream.tracks[media.kind] = source
     rtx = answer.codecs[1].payloadType if len(answer.codecs) > 1 else None
-    return UpstreamTrack(source, codec.payloadType, rtx, _announced_ssrcs(media))
+    payload_type = cast(int, codec.payloadType)  # set by the SDP parser
+    return UpstreamTrack(source, payload_type, rtx, _announced_ssrcs(media))
 
 
 def _announced_ssrcs(media) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
