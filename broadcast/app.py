@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from broadcast.config import Config
+from broadcast.pages import add_routes
 from broadcast.registry import StreamRegistry
 from broadcast.signaling.http import errors_middleware
 from broadcast.signaling.session import delete_session, options, patch_session
 from broadcast.signaling.whep import post_whep
 from broadcast.signaling.whip import post_whip
+from broadcast.signaling.ws import WEBSOCKETS, close_websockets, websocket
 from broadcast.web_keys import REGISTRY
 
 logger = logging.getLogger(__name__)
@@ -39,6 +42,10 @@ def create_app(config: Config) -> web.Application:
     app.router.add_patch(session, patch_session)
     app.router.add_delete(session, delete_session)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/ws", websocket)
+    app[WEBSOCKETS] = weakref.WeakSet()
+    app.on_shutdown.append(close_websockets)
+    add_routes(app)
     app.cleanup_ctx.append(_close_streams)
     return app
 

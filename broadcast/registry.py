@@ -11,6 +11,7 @@ from aiortc import RTCCertificate
 
 from broadcast.config import Config
 from broadcast.errors import BadRequest
+from broadcast.events import StreamEvents
 from broadcast.stream import Stream
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class StreamRegistry:
         self.certificate = RTCCertificate.generateCertificate()
         self.streams: dict[str, Stream] = {}
         self.sessions: dict[str, Session] = {}
+        self.events = StreamEvents()
 
     def get(self, stream_id: str) -> Stream | None:
         return self.streams.get(stream_id)
@@ -48,7 +50,9 @@ class StreamRegistry:
     def get_or_create(self, stream_id: str) -> Stream:
         stream = self.streams.get(stream_id)
         if stream is None:
-            stream = Stream(stream_id, self.config.reconnect_grace_s, self._forget)
+            stream = Stream(
+                stream_id, self.config.reconnect_grace_s, self._forget, self.events
+            )
             self.streams[stream_id] = stream
         return stream
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from broadcast.errors import Conflict
+from broadcast.events import StreamEvents, state_event, viewers_event
 from broadcast.media.source_track import SourceTrack
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ class Stream:
         stream_id: str,
         reconnect_grace_s: float,
         on_end: Callable[[Stream], None],
+        events: StreamEvents,
     ) -> None:
         self.id = stream_id
         self.state = WAITING
@@ -36,6 +38,8 @@ class Stream:
         self._reconnect_grace_s = reconnect_grace_s
         self._grace_timer: asyncio.TimerHandle | None = None
         self._on_end = on_end
+        self._events = events
+        events.publish(state_event(stream_id, self.state))
 
     def __repr__(self) -> str:
         return f"Stream({self.id})"
@@ -44,6 +48,7 @@ class Stream:
         if state != self.state:
             logger.info("%r %s -> %s", self, self.state, state)
             self.state = state
+            self._events.publish(state_event(self.id, state))
 
     def attach_publisher(self, publisher: Publisher) -> None:
         """Take `publisher` as the source; a second live publisher is refused."""
@@ -85,9 +90,12 @@ class Stream:
 
     def add_viewer(self, viewer: Viewer) -> None:
         self.viewers.add(viewer)
+        self._events.publish(viewers_event(self.id, len(self.viewers)))
 
     def remove_viewer(self, viewer: Viewer) -> None:
-        self.viewers.discard(viewer)
+        if viewer in self.viewers:
+            self.viewers.discard(viewer)
+            self._events.publish(viewers_event(self.id, len(self.viewers)))
 
     async def close(self) -> None:
         """End the broadcast: its publisher and every viewer session; idempotent."""

@@ -1,0 +1,45 @@
+"""Stream events for the web client: state changes and viewer counts, by stream id."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Event = dict[str, Any]
+Listener = Callable[[Event], None]
+
+
+class StreamEvents:
+    """Deliver each stream's events to whoever listens to that stream id.
+
+    Listening does not need the stream to exist: a viewer page may wait for a
+    broadcast that has not started yet.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, set[Listener]] = {}
+
+    def listen(self, stream_id: str, listener: Listener) -> Callable[[], None]:
+        """Call `listener(event)` for events of `stream_id`; returns the way to stop."""
+        self._listeners.setdefault(stream_id, set()).add(listener)
+
+        def stop() -> None:
+            listeners = self._listeners.get(stream_id)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._listeners[stream_id]
+
+        return stop
+
+    def publish(self, event: Event) -> None:
+        for listener in list(self._listeners.get(event["stream"], ())):
+            listener(event)
+
+
+def state_event(stream_id: str, state: str) -> Event:
+    return {"type": "state", "stream": stream_id, "state": state}
+
+
+def viewers_event(stream_id: str, count: int) -> Event:
+    return {"type": "viewers", "stream": stream_id, "count": count}

@@ -1,0 +1,112 @@
+"""`GET /ws`: push stream events (state, viewer count) to web pages (DESIGN §4).
+
+A page sends `{"type": "subscribe", "stream": "<id>"}` and then receives that stream's
+events, starting with its current state (`offline` while no such stream exists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import weakref
+from collections.abc import Callable
+
+from aiohttp import WSMsgType, web
+
+from broadcast.errors import ClientError
+from broadcast.events import Event, state_event, viewers_event
+from broadcast.registry import StreamRegistry, check_stream_id
+from broadcast.web_keys import REGISTRY
+
+logger = logging.getLogger(__name__)
+
+# A page watches one stream, a presenter one or two; a few more is harmless.
+MAX_SUBSCRIPTIONS = 16
+# Events are small and rare; a page that cannot keep up loses the oldest.
+QUEUE_EVENTS = 64
+HEARTBEAT_S = 20.0
+OFFLINE = "offline"
+
+WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=4096)
+    await ws.prepare(request)
+    request.app[WEBSOCKETS].add(ws)
+    registry = request.app[REGISTRY]
+    queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_EVENTS)
+
+    def deliver(event: Event) -> None:
+        if queue.full():
+            queue.get_nowait()
+        queue.put_nowait(event)
+
+    subscriptions: dict[str, Callable[[], None]] = {}
+    sender = asyncio.create_task(_send_events(ws, queue))
+    try:
+        async for message in ws:
+            if message.type != WSMsgType.TEXT:
+                continue
+            try:
+                _handle(message.data, registry, subscriptions, deliver)
+            except ClientError as error:
+                deliver(
+                    {"type": "error", "error": error.code, "message": error.message}
+                )
+    finally:
+        for stop in subscriptions.values():
+            stop()
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+    return ws
+
+
+def _handle(
+    text: str,
+    registry: StreamRegistry,
+    subscriptions: dict[str, Callable[[], None]],
+    deliver: Callable[[Event], None],
+) -> None:
+    try:
+        request = json.loads(text)
+    except ValueError:
+        raise ClientError("bad_message", "Messages are JSON objects.") from None
+    if not isinstance(request, dict) or not isinstance(request.get("stream"), str):
+        raise ClientError(
+            "bad_message", 'Send {"type": "subscribe", "stream": "<id>"}.'
+        )
+    stream_id = check_stream_id(request["stream"])
+    if request.get("type") == "subscribe":
+        if stream_id in subscriptions:
+            return
+        if len(subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise ClientError("too_many_subscriptions", "Subscribe to fewer streams.")
+        subscriptions[stream_id] = registry.events.listen(stream_id, deliver)
+        stream = registry.get(stream_id)
+        deliver(state_event(stream_id, stream.state if stream else OFFLINE))
+        deliver(viewers_event(stream_id, len(stream.viewers) if stream else 0))
+    elif request.get("type") == "unsubscribe":
+        stop = subscriptions.pop(stream_id, None)
+        if stop is not None:
+            stop()
+    else:
+        raise ClientError("bad_message", "The type is 'subscribe' or 'unsubscribe'.")
+
+
+async def _send_events(ws: web.WebSocketResponse, queue: asyncio.Queue[Event]) -> None:
+    while True:
+        event = await queue.get()
+        try:
+            await ws.send_json(event)
+        except ConnectionError:
+            return
+
+
+async def close_websockets(app: web.Application) -> None:
+    """At shutdown, tell pages we are going away (they reconnect by themselves)."""
+    for ws in list(app[WEBSOCKETS]):
+        await ws.close(code=1001, message=b"server shutdown")

@@ -1,0 +1,274 @@
+// Presenter page: camera (or screen) → WHIP, share link, live status and viewer count.
+
+import qrcode from '../vendor/qrcode-generator.mjs';
+import {subscribe} from './events.js';
+import {ServerError, describe, hangUp, negotiate, sendingVideo} from './webrtc.js';
+
+const $ = (id) => document.getElementById(id);
+const STATS_INTERVAL_MS = 1000;
+// The server keeps a dropped broadcast's viewers this long (reconnect_grace_s).
+const RECONNECT_WINDOW_MS = 30000;
+const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000];
+const SAVED = 'broadcast.presenter';
+
+const state = {
+  media: null, pc: null, session: null, streamId: null, events: null,
+  statsTimer: null, live: false, stopping: false, limitedFor: 0,
+  key: new URLSearchParams(location.search).get('key') || sessionStorage.getItem(SAVED + '.key') || '',
+};
+
+function setStatus(text, live = false) {
+  $('status').textContent = text;
+  $('status').classList.toggle('live', live);
+}
+
+function showMessage(text) {
+  $('message').textContent = text;
+}
+
+/** Camera errors in words a presenter can act on. */
+function mediaErrorMessage(error) {
+  switch (error.name) {
+    case 'NotAllowedError': return 'Camera access was denied. Allow it in the address bar and press Start again.';
+    case 'NotFoundError': return 'No camera or microphone was found. Connect one and press Start again.';
+    case 'NotReadableError': return 'The camera is busy in another application. Close it and press Start again.';
+    case 'OverconstrainedError': return 'The chosen camera cannot be used with these settings. Pick another one.';
+    default: return `The camera could not be opened: ${error.message || error.name}.`;
+  }
+}
+
+function serverErrorMessage(error) {
+  if (error instanceof ServerError) {
+    if (error.status === 401) return 'This server needs a publish key. Enter it and press Start.';
+    if (error.status === 409) return 'This stream is already being broadcast from somewhere else.';
+    return `The server refused the broadcast: ${error.message}`;
+  }
+  return 'The server cannot be reached. Check your connection and press Start again.';
+}
+
+async function openMedia() {
+  const screen = $('source-screen').checked;
+  const cameraId = $('camera-select').value;
+  const micId = $('mic-select').value;
+  const audio = micId ? {deviceId: {exact: micId}} : true;
+  // Ask for up to 1080p and take what the camera gives: its native size, not a guess.
+  const media = screen
+    ? await navigator.mediaDevices.getDisplayMedia({video: {frameRate: 30}, audio: true})
+    : await navigator.mediaDevices.getUserMedia({
+      video: {
+        ...(cameraId ? {deviceId: {exact: cameraId}} : {}),
+        width: {ideal: 1920}, height: {ideal: 1080}, frameRate: {ideal: 30},
+      },
+      audio,
+    });
+  for (const track of media.getVideoTracks()) {
+    // Keep resolution (camera) or keep detail (screen) when the encoder is squeezed.
+    track.contentHint = screen ? 'text' : 'detail';
+  }
+  return media;
+}
+
+async function listDevices() {
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  for (const [kind, select] of [['videoinput', $('camera-select')], ['audioinput', $('mic-select')]]) {
+    const chosen = select.value;
+    select.replaceChildren(select.options[0]);
+    devices.filter((d) => d.kind === kind && d.deviceId).forEach((d, i) => {
+      select.add(new Option(d.label || `${kind === 'videoinput' ? 'Camera' : 'Microphone'} ${i + 1}`, d.deviceId));
+    });
+    select.value = chosen;
+  }
+}
+
+async function connect() {
+  const pc = new RTCPeerConnection();
+  for (const track of state.media.getTracks()) {
+    const {sender} = pc.addTransceiver(track, {direction: 'sendonly', streams: [state.media]});
+    if (track.kind === 'video') {
+      const parameters = sender.getParameters();
+      parameters.degradationPreference = 'maintain-resolution';
+      await sender.setParameters(parameters).catch(() => {});
+    }
+  }
+  const url = state.streamId ? `/whip/${encodeURIComponent(state.streamId)}` : '/whip';
+  try {
+    state.session = await negotiate(pc, new URL(url, location.href).href, state.key);
+  } catch (error) {
+    pc.close();
+    throw error;
+  }
+  state.pc = pc;
+  state.streamId = new URL(state.session).pathname.split('/')[2];
+  sessionStorage.setItem(SAVED + '.stream', state.streamId);
+  pc.addEventListener('connectionstatechange', () => onConnectionState(pc));
+}
+
+function onConnectionState(pc) {
+  if (pc !== state.pc || state.stopping) return;
+  if (pc.connectionState === 'connected') {
+    state.live = true;
+    setStatus('LIVE', true);
+    showMessage('');
+  } else if (pc.connectionState === 'failed' || pc.connectionState === 'closed') {
+    reconnect();
+  }
+}
+
+/** The network dropped: publish again under the same id while viewers wait for us. */
+async function reconnect() {
+  const pc = state.pc;
+  state.pc = null;
+  if (pc) pc.close();
+  setStatus('Reconnecting…');
+  const deadline = Date.now() + RECONNECT_WINDOW_MS;
+  for (let attempt = 0; Date.now() < deadline && !state.stopping; attempt++) {
+    await new Promise((r) => setTimeout(r, RECONNECT_DELAYS_MS[Math.min(attempt, RECONNECT_DELAYS_MS.length - 1)]));
+    try {
+      await connect();
+      return;
+    } catch (error) {
+      // 409: the server has not noticed yet that our old connection is gone; retry.
+      if (error instanceof ServerError && error.status !== 409) {
+        showMessage(serverErrorMessage(error));
+        break;
+      }
+    }
+  }
+  if (!state.stopping) {
+    showMessage('The connection to the server was lost and could not be restored.');
+    await stop();
+  }
+}
+
+function showSharing() {
+  const link = new URL(`/watch/${state.streamId}`, location.href).href;
+  $('share-link').value = link;
+  const qr = qrcode(0, 'M');
+  qr.addData(link);
+  qr.make();
+  $('qr').src = qr.createDataURL(4, 8);
+  $('embed').value = `<iframe src="${link}" width="640" height="360" allow="autoplay; fullscreen" allowfullscreen></iframe>`;
+  $('sharing').hidden = false;
+  if (state.events) state.events.close();
+  state.events = subscribe(state.streamId, (event) => {
+    if (event.type === 'viewers') $('viewer-count').textContent = String(event.count);
+  });
+}
+
+async function updateStats() {
+  if (!state.pc || !state.live) return;
+  const stats = await sendingVideo(state.pc, state);
+  if (!stats) return;
+  setStatus(`LIVE · ${describe(stats)}`, true);
+  const limited = stats.limitation === 'cpu' || stats.limitation === 'bandwidth';
+  state.limitedFor = limited ? state.limitedFor + 1 : 0;
+  const warning = $('quality-warning');
+  warning.hidden = state.limitedFor < 3;
+  if (!warning.hidden) {
+    const cause = stats.limitation === 'cpu' ? 'Your computer is too busy' : 'Your upload is too slow';
+    warning.textContent = `${cause}: viewers receive ${stats.width}×${stats.height}.`;
+  }
+}
+
+async function start() {
+  showMessage('');
+  if (!$('key-row').hidden) state.key = $('publish-key').value.trim();
+  $('start').disabled = true;
+  state.stopping = false;
+  try {
+    state.media = await openMedia();
+  } catch (error) {
+    showMessage(mediaErrorMessage(error));
+    $('start').disabled = false;
+    return;
+  }
+  $('preview').srcObject = state.media;
+  listDevices().catch(() => {});
+  setStatus('Connecting…');
+  try {
+    await connect();
+  } catch (error) {
+    if (error instanceof ServerError && error.status === 401) {
+      $('key-row').hidden = false;
+      $('publish-key').focus();
+    }
+    showMessage(serverErrorMessage(error));
+    setStatus('Not live');
+    stopMedia();
+    $('start').disabled = false;
+    return;
+  }
+  if (state.key) sessionStorage.setItem(SAVED + '.key', state.key);
+  $('stop').disabled = false;
+  showSharing();
+  state.statsTimer = setInterval(updateStats, STATS_INTERVAL_MS);
+  for (const track of state.media.getVideoTracks()) {
+    track.addEventListener('ended', () => stop()); // e.g. the browser's "Stop sharing"
+  }
+}
+
+function stopMedia() {
+  if (state.media) state.media.getTracks().forEach((t) => t.stop());
+  state.media = null;
+  $('preview').srcObject = null;
+}
+
+async function stop() {
+  state.stopping = true;
+  clearInterval(state.statsTimer);
+  const session = state.session;
+  state.session = null;
+  if (state.pc) state.pc.close();
+  state.pc = null;
+  state.live = false;
+  await hangUp(session);
+  stopMedia();
+  if (state.events) state.events.close();
+  state.events = null;
+  state.streamId = null;
+  sessionStorage.removeItem(SAVED + '.stream');
+  setStatus('Not live');
+  $('quality-warning').hidden = true;
+  $('stop').disabled = true;
+  $('start').disabled = false;
+}
+
+async function copyLink() {
+  const link = $('share-link').value;
+  try {
+    await navigator.clipboard.writeText(link);
+  } catch (e) {
+    $('share-link').select(); // older browsers, or no clipboard permission
+    document.execCommand('copy');
+  }
+  $('copy-link').textContent = 'Copied';
+  setTimeout(() => { $('copy-link').textContent = 'Copy'; }, 1500);
+}
+
+async function switchDevice() {
+  if (!state.pc || !state.media || $('source-screen').checked) return;
+  try {
+    const media = await openMedia();
+    for (const sender of state.pc.getSenders()) {
+      const track = media.getTracks().find((t) => sender.track && t.kind === sender.track.kind);
+      if (track) await sender.replaceTrack(track);
+    }
+    state.media.getTracks().forEach((t) => t.stop());
+    state.media = media;
+    $('preview').srcObject = media;
+  } catch (error) {
+    showMessage(mediaErrorMessage(error));
+  }
+}
+
+$('start').addEventListener('click', start);
+$('stop').addEventListener('click', stop);
+$('copy-link').addEventListener('click', copyLink);
+$('camera-select').addEventListener('change', switchDevice);
+$('mic-select').addEventListener('change', switchDevice);
+if (state.key) $('publish-key').value = state.key;
+// A reload keeps the stream id: viewers stay on the same link during the grace period.
+state.streamId = sessionStorage.getItem(SAVED + '.stream');
+// Closing the page closes the connection at once (DTLS close), so the server knows.
+window.addEventListener('pagehide', () => { if (state.pc) state.pc.close(); });
+listDevices().catch(() => {});

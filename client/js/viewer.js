@@ -1,0 +1,163 @@
+// Viewer page: WHEP playback that waits for the broadcast and comes back by itself.
+
+import {subscribe} from './events.js';
+import {ServerError, describe, hangUp, negotiate, receivingVideo} from './webrtc.js';
+
+const $ = (id) => document.getElementById(id);
+const streamId = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
+const RETRY_MS = [500, 1000, 2000, 4000, 8000];
+const STATS_INTERVAL_MS = 1000;
+
+const TEXT = {
+  connecting: 'Connecting…',
+  waiting: 'Waiting for the broadcast to start…',
+  live: 'LIVE',
+  reconnecting: 'The presenter is reconnecting…',
+  ended: 'The broadcast has ended.',
+  notfound: 'There is no such broadcast.',
+  stopped: 'Stopped.',
+};
+
+const state = {
+  pc: null, session: null, streamState: 'offline', attempt: 0, retryTimer: null,
+  playing: true, statsTimer: null, connecting: false, openedAt: performance.now(),
+};
+
+function show(key) {
+  $('status').textContent = TEXT[key];
+  $('status').dataset.state = key;
+  $('status').classList.toggle('live', key === 'live');
+}
+
+async function connect() {
+  if (state.pc || state.connecting || !state.playing) return;
+  state.connecting = true;
+  clearTimeout(state.retryTimer);
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver('video', {direction: 'recvonly'});
+  pc.addTransceiver('audio', {direction: 'recvonly'});
+  const media = new MediaStream();
+  pc.addEventListener('track', (event) => {
+    media.addTrack(event.track);
+    $('player').srcObject = media;
+    $('player').play().catch(() => {});
+  });
+  pc.addEventListener('connectionstatechange', () => {
+    if (pc !== state.pc) return;
+    if (pc.connectionState === 'failed' || pc.connectionState === 'closed') {
+      drop();
+      scheduleRetry();
+    }
+  });
+  try {
+    state.session = await negotiate(pc, new URL(`/whep/${encodeURIComponent(streamId)}`, location.href).href);
+    state.pc = pc;
+    state.attempt = 0;
+    show(state.streamState === 'reconnecting' ? 'reconnecting' : 'live');
+  } catch (error) {
+    pc.close();
+    if (error instanceof ServerError && error.status === 404) {
+      show('waiting'); // the events channel says when it starts
+    } else if (error instanceof ServerError && error.code === 'bad_stream_id') {
+      show('notfound');
+    } else {
+      scheduleRetry();
+    }
+  } finally {
+    state.connecting = false;
+  }
+}
+
+function drop() {
+  const pc = state.pc;
+  state.pc = null;
+  if (pc) pc.close();
+  hangUp(state.session);
+  state.session = null;
+}
+
+function scheduleRetry() {
+  if (!state.playing || state.streamState === 'ended') return;
+  clearTimeout(state.retryTimer);
+  state.retryTimer = setTimeout(connect, RETRY_MS[Math.min(state.attempt++, RETRY_MS.length - 1)]);
+}
+
+function onEvent(event) {
+  if (event.type !== 'state') return;
+  state.streamState = event.state;
+  if (event.state === 'ended') {
+    drop();
+    show('ended');
+  } else if (event.state === 'offline') {
+    if (!state.pc) show($('status').dataset.state === 'ended' ? 'ended' : 'waiting');
+  } else if (event.state === 'reconnecting') {
+    show('reconnecting');
+    connect();
+  } else {
+    // waiting or live: a broadcast exists; watch it (again).
+    if (state.pc) show(event.state === 'live' ? 'live' : 'waiting');
+    else connect();
+  }
+}
+
+async function updateStats() {
+  if (!state.pc || $('stats').hidden) return;
+  const stats = await receivingVideo(state.pc, state);
+  if (!stats) return;
+  $('stats').textContent = [
+    describe(stats),
+    `loss ${stats.lossPercent.toFixed(1)} %`,
+    `delay ≈ ${stats.delayMs} ms`,
+  ].join('\n');
+}
+
+function togglePlay() {
+  state.playing = !state.playing;
+  $('play').textContent = state.playing ? 'Stop' : 'Play';
+  $('play').setAttribute('aria-pressed', String(state.playing));
+  if (state.playing) {
+    show('connecting');
+    connect();
+  } else {
+    drop();
+    clearTimeout(state.retryTimer);
+    show('stopped');
+  }
+}
+
+function toggleMute() {
+  const player = $('player');
+  player.muted = !player.muted;
+  $('unmute').textContent = player.muted ? 'Unmute' : 'Mute';
+  if (!player.muted) player.play().catch(() => {});
+}
+
+function toggleFullscreen() {
+  if (document.fullscreenElement) {
+    document.exitFullscreen();
+  } else {
+    const wrap = $('player-wrap');
+    (wrap.requestFullscreen ? wrap.requestFullscreen() : $('player').webkitEnterFullscreen()).catch?.(() => {});
+  }
+}
+
+function toggleStats() {
+  const stats = $('stats');
+  stats.hidden = !stats.hidden;
+  $('show-stats').setAttribute('aria-pressed', String(!stats.hidden));
+  updateStats();
+}
+
+$('play').addEventListener('click', togglePlay);
+$('unmute').addEventListener('click', toggleMute);
+$('fullscreen').addEventListener('click', toggleFullscreen);
+$('show-stats').addEventListener('click', toggleStats);
+$('player').addEventListener('loadeddata', () => {
+  // Join-to-first-frame, for people and for the end-to-end tests.
+  window.firstFrameMs = Math.round(performance.now() - state.openedAt);
+}, {once: true});
+window.addEventListener('pagehide', drop);
+state.statsTimer = setInterval(updateStats, STATS_INTERVAL_MS);
+show('connecting');
+subscribe(streamId, onEvent);
+connect();

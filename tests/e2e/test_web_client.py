@@ -1,0 +1,119 @@
+"""The web client in real Chromium: a presenter goes live, viewers watch the native picture."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+from tests.e2e.camera import write_y4m
+from tests.e2e.chromium import launch_chromium
+
+NATIVE = (1280, 720)
+ARTIFACTS = Path(os.environ.get("BROADCAST_TEST_ARTIFACTS", "test-artifacts"))
+
+VIDEO_SIZE_JS = (
+    "() => [document.getElementById('player').videoWidth, "
+    "document.getElementById('player').videoHeight]"
+)
+
+
+@pytest.fixture
+async def chromium(tmp_path):  # type: ignore[no-untyped-def]
+    camera = write_y4m(tmp_path / "camera.y4m", *NATIVE)
+    async with launch_chromium(
+        extra_args=[f"--use-file-for-fake-video-capture={camera}"]
+    ) as browser:
+        yield browser
+
+
+async def text_of(page, selector: str) -> str:  # type: ignore[no-untyped-def]
+    return (await page.text_content(selector)) or ""
+
+
+async def wait_text(page, selector: str, text: str, timeout_ms: float) -> None:  # type: ignore[no-untyped-def]
+    """Wait until `selector`'s text contains `text`; fail saying what the page shows."""
+    try:
+        await page.wait_for_function(
+            "([s, t]) => (document.querySelector(s)?.textContent || '').includes(t)",
+            arg=[selector, text],
+            timeout=timeout_ms,
+        )
+    except PlaywrightTimeout:
+        shown = {s: await text_of(page, s) for s in ("#status", "#message")}
+        raise AssertionError(f"{selector} never showed {text!r}; page shows {shown}")
+
+
+async def test_presenter_goes_live_and_viewers_watch_native_resolution(
+    server, chromium
+):
+    ARTIFACTS.mkdir(exist_ok=True)
+    origin = str(server.make_url("/")).rstrip("/")
+    presenter_context = await chromium.new_context()
+    # Once any permission is granted explicitly, the others must be too: Chromium then
+    # treats the camera as not granted and the page gets no usable ICE candidates.
+    await presenter_context.grant_permissions(
+        ["camera", "microphone", "clipboard-read", "clipboard-write"], origin=origin
+    )
+    presenter = await presenter_context.new_page()
+    await presenter.goto(origin + "/")
+
+    await presenter.click("#start")
+    started = time.monotonic()
+    await wait_text(presenter, "#status", "LIVE", 3000)
+    link = await presenter.input_value("#share-link")
+    assert link.startswith(origin + "/watch/")
+    await presenter.click("#copy-link")
+    assert await presenter.evaluate("navigator.clipboard.readText()") == link
+    assert (await presenter.get_attribute("#qr", "src") or "").startswith("data:image/")
+    assert link in await presenter.input_value("#embed")
+
+    viewer_context = await chromium.new_context()
+    viewer = await viewer_context.new_page()
+    await viewer.goto(link)
+    remaining_ms = max(0.0, 10.0 - (time.monotonic() - started)) * 1000
+    await viewer.wait_for_function(
+        f"({VIDEO_SIZE_JS})().join('x') === '{NATIVE[0]}x{NATIVE[1]}'",
+        timeout=remaining_ms,
+    )
+    first_frame_ms = await viewer.evaluate("window.firstFrameMs")
+    print(f"viewer page open -> first frame: {first_frame_ms} ms")
+    assert first_frame_ms is not None
+    assert "LIVE" in await text_of(viewer, "#status")
+    await wait_text(presenter, "#viewer-count", "1", 5000)
+
+    second_context = await chromium.new_context()
+    second = await second_context.new_page()
+    await second.goto(link)
+    await wait_text(presenter, "#viewer-count", "2", 5000)
+    await second.wait_for_function(f"({VIDEO_SIZE_JS})()[0] > 0", timeout=10000)
+
+    await presenter.screenshot(path=str(ARTIFACTS / "presenter.png"))
+    await viewer.screenshot(path=str(ARTIFACTS / "viewer.png"))
+
+    await presenter.click("#stop")
+    for page in (viewer, second):
+        await wait_text(page, "#status", "ended", 5000)
+    assert "LIVE" not in await text_of(presenter, "#status")
+    await viewer.screenshot(path=str(ARTIFACTS / "viewer-ended.png"))
+
+
+async def test_viewer_waits_for_a_broadcast_that_has_not_started(server, chromium):
+    page = await (await chromium.new_context()).new_page()
+    await page.goto(str(server.make_url("/watch/later")))
+    await wait_text(page, "#status", "Waiting", 5000)
+
+
+async def test_wrong_publish_key_is_explained(make_server, chromium):
+    server = await make_server(publish_keys=("right",))
+    page = await (await chromium.new_context()).new_page()
+    await page.goto(str(server.make_url("/?key=wrong")))
+    await page.click("#start")
+    await wait_text(page, "#message", "publish key", 5000)
+    assert await page.is_visible("#publish-key")
+    await page.fill("#publish-key", "right")
+    await page.click("#start")
+    await wait_text(page, "#status", "LIVE", 5000)
