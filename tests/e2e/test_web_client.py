@@ -44,7 +44,9 @@ async def wait_text(page, selector: str, text: str, timeout_ms: float) -> None: 
         )
     except PlaywrightTimeout:
         shown = {s: await text_of(page, s) for s in ("#status", "#message")}
-        raise AssertionError(f"{selector} never showed {text!r}; page shows {shown}")
+        raise AssertionError(
+            f"{selector} never showed {text!r}; page shows {shown}"
+        ) from None
 
 
 async def test_presenter_goes_live_and_viewers_watch_native_resolution(
