@@ -53,7 +53,7 @@ async function openMedia() {
   const audio = micId ? {deviceId: {exact: micId}} : true;
   // Ask for up to 1080p and take what the camera gives: its native size, not a guess.
   const media = screen
-    ? await navigator.mediaDevices.getDisplayMedia({video: {frameRate: 30}, audio: true})
+    ? await navigator.mediaDevices.getDisplayMedia({video: {frameRate: 30}, audio: true, systemAudio: 'include'})
     : await navigator.mediaDevices.getUserMedia({
       video: {
         ...(cameraId ? {deviceId: {exact: cameraId}} : {}),
