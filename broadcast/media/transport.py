@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 import aioice
+import pylibsrtp
 from aiortc import (
     RTCCertificate,
     RTCDtlsFingerprint,
@@ -25,8 +26,15 @@ from aiortc import (
     RTCIceTransport,
 )
 from aiortc.rtcdtlstransport import State as DtlsState
+from pylibsrtp._binding import ffi
 
 logger = logging.getLogger(__name__)
+
+# pylibsrtp protects in a 1,500-byte buffer less 144 bytes of worst-case trailer, so it
+# refuses RTP over 1,356 bytes; GStreamer's payloaders send 1,400. Our SRTP trailer is
+# 10-16 bytes, so a 2 KiB buffer protects every packet that arrived in a datagram.
+SRTP_BUFFER_BYTES = 2048
+MAX_FAILURES_LOGGED = 5
 
 RtpHandler = Callable[[bytes], None]
 StateHandler = Callable[[str], Awaitable[None] | None]
@@ -74,6 +82,7 @@ class SecureTransport:
         self._dtls._handle_rtcp_data = self._handle_rtcp_data  # type: ignore[method-assign]
         self._start_task: asyncio.Task[None] | None = None
         self.closed = False
+        self.failed_packets = 0
 
     # --- setup -------------------------------------------------------------------
 
@@ -113,13 +122,16 @@ class SecureTransport:
         remote_candidates: Sequence[RTCIceCandidate],
         remote_fingerprints: Sequence[RTCDtlsFingerprint],
         candidates_complete: bool,
+        dtls_role: str,
     ) -> None:
-        """Start ICE then DTLS in the background, as the answerer (DTLS client)."""
+        """Start ICE then DTLS in the background, as the answerer.
+
+        `dtls_role` is ours, as answered (`server` for `a=setup:passive`).
+        """
         # The answerer is ICE-controlled unless the offerer is ICE-lite (RFC 8445 §6.1.1).
         self._connection.ice_controlling = bool(remote_ice.iceLite)
         self._ice._role_set = True
-        # We answer `a=setup:active`, so we initiate the handshake.
-        self._dtls._set_role("client")
+        self._dtls._set_role(dtls_role)
         self._start_task = asyncio.create_task(
             self._start(
                 remote_ice,
@@ -149,6 +161,8 @@ class SecureTransport:
             await self._dtls.start(
                 RTCDtlsParameters(fingerprints=remote_fingerprints, role="auto")
             )
+            if self._dtls._tx_srtp is not None:
+                _widen(self._dtls._tx_srtp)
         except (ConnectionError, OSError) as exc:
             logger.info("%s connection failed: %s", self.name, exc)
             self._dtls._set_state(DtlsState.FAILED)
@@ -175,11 +189,21 @@ class SecureTransport:
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
         if self._on_rtp is not None:
-            self._on_rtp(data)
+            self._deliver(self._on_rtp, data)
 
     async def _handle_rtcp_data(self, data: bytes) -> None:
         if self._on_rtcp is not None:
-            self._on_rtcp(data)
+            self._deliver(self._on_rtcp, data)
+
+    def _deliver(self, handler: RtpHandler, data: bytes) -> None:
+        # aiortc ends the session's receive loop on any exception: a bug in handling
+        # one packet must cost that packet, not the publisher and all its viewers.
+        try:
+            handler(data)
+        except Exception:
+            self.failed_packets += 1
+            if self.failed_packets <= MAX_FAILURES_LOGGED:
+                logger.exception("%s dropped a packet it failed to handle", self.name)
 
     def send_rtp(self, data: bytes) -> None:
         """Protect one serialized RTP packet and send it; dropped if not connected."""
@@ -187,7 +211,14 @@ class SecureTransport:
         tx = self._dtls._tx_srtp
         if pair is None or tx is None or self.closed:
             return
-        pair.protocol.transport.sendto(tx.protect(data), pair.remote_addr)
+        try:
+            protected = tx.protect(data)
+        except (pylibsrtp.Error, ValueError) as exc:
+            self.failed_packets += 1
+            if self.failed_packets <= MAX_FAILURES_LOGGED:
+                logger.warning("%s cannot protect a packet: %s", self.name, exc)
+            return
+        pair.protocol.transport.sendto(protected, pair.remote_addr)
 
     def send_rtcp(self, data: bytes) -> None:
         """Protect one serialized (compound) RTCP packet and send it."""
@@ -196,3 +227,9 @@ class SecureTransport:
         if pair is None or tx is None or self.closed:
             return
         pair.protocol.transport.sendto(tx.protect_rtcp(data), pair.remote_addr)
+
+
+def _widen(session: pylibsrtp.Session) -> None:
+    """Give pylibsrtp a work buffer large enough for any packet we forward."""
+    session._cdata = ffi.new("char[]", SRTP_BUFFER_BYTES)
+    session._buffer = ffi.buffer(session._cdata)

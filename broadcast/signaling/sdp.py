@@ -49,6 +49,7 @@ class Offer:
     candidates: list[RTCIceCandidate]
     candidates_complete: bool
     fingerprints: list[RTCDtlsFingerprint]
+    dtls_role: str  # ours: "server" (a=setup:passive) unless the offerer is passive
 
 
 @dataclass
@@ -96,6 +97,10 @@ def parse_offer(text: str) -> Offer:
         candidates=candidates,
         candidates_complete=any(m.ice_candidates_complete for m in media),
         fingerprints=first.dtls.fingerprints,
+        # Answering passive makes the offerer pick the DTLS cipher suites with our ECDSA
+        # certificate in mind: as client, aiortc offers ECDSA suites only and fails
+        # against peers with RSA certificates (GStreamer). RFC 8842 §5.3 allows either.
+        dtls_role="client" if first.dtls.role == "server" else "server",
     )
 
 
@@ -175,7 +180,7 @@ def build_answer(
     fingerprints: list[RTCDtlsFingerprint],
     cname: str,
 ) -> str:
-    """Our SDP answer: BUNDLEd, rtcp-mux, `a=setup:active`, full candidates."""
+    """Our SDP answer: BUNDLEd, rtcp-mux, full candidates."""
     description = aiortc_sdp.SessionDescription()
     description.origin = f"- {secrets.randbits(62)} 1 IN IP4 0.0.0.0"
     description.msid_semantic.append(
@@ -197,7 +202,7 @@ def build_answer(
         # aiortc prints a=rtcp-mux only along with an a=rtcp line (RFC 5761 §5.1.3).
         media.rtcp_port, media.rtcp_host, media.rtcp_mux = 9, "0.0.0.0", True
         media.ice = ice
-        media.dtls = RTCDtlsParameters(fingerprints=fingerprints, role="client")
+        media.dtls = RTCDtlsParameters(fingerprints=fingerprints, role=offer.dtls_role)
         if answer.accepted:
             bundle.items.append(offered.rtp.muxId)
             media.ice_candidates = candidates

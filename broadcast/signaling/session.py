@@ -66,7 +66,11 @@ async def answer_session(
         cname=session.stream_id,
     )
     transport.start(
-        offer.ice, offer.candidates, offer.fingerprints, offer.candidates_complete
+        offer.ice,
+        offer.candidates,
+        offer.fingerprints,
+        offer.candidates_complete,
+        offer.dtls_role,
     )
     logger.info("%r created for %s", session, request.remote)
     location = f"/{kind}/{session.stream_id}/{session.id}"

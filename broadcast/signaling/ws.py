@@ -29,7 +29,7 @@ QUEUE_EVENTS = 64
 HEARTBEAT_S = 20.0
 OFFLINE = "offline"
 
-WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
+WEBSOCKETS = web.AppKey[weakref.WeakSet[web.WebSocketResponse]]("websockets")
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:

@@ -218,10 +218,12 @@ async function stop() {
   clearInterval(state.statsTimer);
   const session = state.session;
   state.session = null;
+  state.live = false;
+  // DELETE first: it ends the broadcast. Closing the connection first would look like
+  // a dropped network to the server, and viewers would wait for a reconnect.
+  await hangUp(session);
   if (state.pc) state.pc.close();
   state.pc = null;
-  state.live = false;
-  await hangUp(session);
   stopMedia();
   if (state.events) state.events.close();
   state.events = null;

@@ -43,7 +43,9 @@ async def wait_text(page, selector: str, text: str, timeout_ms: float) -> None: 
             timeout=timeout_ms,
         )
     except PlaywrightTimeout:
-        shown = {s: await text_of(page, s) for s in ("#status", "#message")}
+        shown = await page.evaluate(
+            "() => ['#status', '#message'].map(s => document.querySelector(s)?.textContent)"
+        )
         raise AssertionError(
             f"{selector} never showed {text!r}; page shows {shown}"
         ) from None
