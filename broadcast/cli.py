@@ -1,16 +1,61 @@
-"""The `broadcast` command: serve, version."""
+"""The `broadcast` command: serve, check-config, version."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from aiohttp import web
 
 from broadcast import __version__
 from broadcast.app import create_app
-from broadcast.config import Config
+from broadcast.config import (
+    LOG_LEVELS,
+    MAX_BITRATE_KBPS,
+    MIN_BITRATE_KBPS,
+    Config,
+    ConfigError,
+    RtspCamera,
+    check_rtsp_url,
+    check_stream_id,
+    integer_in,
+    parse_public_ip,
+)
+from broadcast.config_xml import load_config
+
+HUMAN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Turn a config value parser into an argparse type: same rules, same words."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f'{error}, got "{text}"') from None
+
+    return convert
+
+
+def _camera(text: str) -> RtspCamera:
+    camera_id, equals, url = text.partition("=")
+    if not equals:
+        raise ValueError("must be ID=URL")
+    for what, check, value in (
+        ("ID", check_stream_id, camera_id),
+        ("URL", check_rtsp_url, url),
+    ):
+        try:
+            check(value)
+        except ValueError as error:
+            raise ValueError(f"{what} {error}") from None
+    return RtspCamera(camera_id, url)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,31 +63,99 @@ def _parser() -> argparse.ArgumentParser:
         prog="broadcast", description="One-to-many live broadcasting server."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument(
-        "--host", default=Config.host, help="address to bind (default %(default)s)"
+    # Every serve flag defaults to None: only a flag given overrides the config file.
+    serve = commands.add_parser(
+        "serve", help="run the server", description="Flags override the config file."
     )
     serve.add_argument(
-        "--port", type=int, default=Config.port, help="HTTP port (default %(default)s)"
+        "--config", metavar="FILE", help="read settings from FILE (flashphoner.xml)"
+    )
+    serve.add_argument("--host", help=f"address to bind (default {Config.host})")
+    serve.add_argument(
+        "--port", type=_argument(integer_in(1, 65535)), help="HTTP port (default 8080)"
+    )
+    serve.add_argument(
+        "--public-ip",
+        type=_argument(parse_public_ip),
+        metavar="IP",
+        help="public address announced in ICE candidates, behind NAT",
     )
     serve.add_argument(
         "--publish-key",
         action="append",
-        default=[],
-        help="require this key to publish (may repeat; default: open publishing)",
+        help="require this key to publish (may repeat; replaces the file's keys;"
+        " default: open publishing)",
+    )
+    serve.add_argument(
+        "--rtsp",
+        action="append",
+        type=_argument(_camera),
+        metavar="ID=URL",
+        help="pull an RTSP camera as stream ID (may repeat; replaces the file's cameras)",
     )
     serve.add_argument(
         "--max-bitrate",
-        type=int,
-        default=Config.max_bitrate_kbps,
+        type=_argument(integer_in(MIN_BITRATE_KBPS, MAX_BITRATE_KBPS)),
         metavar="KBPS",
-        help="highest video bitrate a publisher is allowed (default %(default)s)",
+        help="highest video bitrate a publisher is allowed"
+        f" (default {Config.max_bitrate_kbps})",
     )
-    serve.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    serve.add_argument("--log-level", choices=LOG_LEVELS)
+    check = commands.add_parser(
+        "check-config", help="check a config file and exit 1 if it is wrong"
     )
+    check.add_argument("file", metavar="FILE")
     commands.add_parser("version", help="print the version")
     return parser
+
+
+def _apply_flags(config: Config, args: argparse.Namespace) -> Config:
+    """Return `config` with the flags that were given (not None) put over it."""
+    changes: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "public_ip": args.public_ip,
+        "publish_keys": args.publish_key and tuple(args.publish_key),
+        "cameras": args.rtsp and tuple(args.rtsp),
+        "max_bitrate_kbps": args.max_bitrate,
+        "log_level": args.log_level,
+    }
+    config = dataclasses.replace(
+        config, **{name: value for name, value in changes.items() if value is not None}
+    )
+    if config.start_bitrate_kbps > config.max_bitrate_kbps:
+        config = dataclasses.replace(config, start_bitrate_kbps=config.max_bitrate_kbps)
+    return config
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _configure_logging(config: Config) -> None:
+    logging.basicConfig(format=HUMAN_LOG_FORMAT)
+    root = logging.getLogger()
+    root.setLevel(config.log_level.upper())
+    if config.log_format == "json":
+        for handler in root.handlers:
+            handler.setFormatter(JsonFormatter())
+
+
+def _fail(message: str) -> NoReturn:
+    """End the command with a one-line message and exit status 1, no traceback."""
+    print(message, file=sys.stderr)
+    raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,17 +163,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "version":
         print(__version__)
         return
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not 1 <= args.port <= 65535:
-        sys.exit(f"broadcast: --port must be 1-65535, got {args.port}")
-    config = Config(
-        host=args.host,
-        port=args.port,
-        publish_keys=tuple(args.publish_key),
-        max_bitrate_kbps=args.max_bitrate,
-        start_bitrate_kbps=min(Config.start_bitrate_kbps, args.max_bitrate),
-    )
+    if args.command == "check-config":
+        try:
+            _, warnings = load_config(args.file)
+        except ConfigError as error:
+            _fail(str(error))
+        for warning in warnings:
+            print(warning, file=sys.stderr)
+        print(f"{args.file}: ok")
+        return
+    config, warnings = Config(), []
+    if args.config is not None:
+        try:
+            config, warnings = load_config(args.config)
+        except ConfigError as error:
+            _fail(str(error))
+    config = _apply_flags(config, args)
+    _configure_logging(config)
+    for warning in warnings:
+        logging.getLogger("broadcast.config").warning("%s", warning)
     web.run_app(create_app(config), host=config.host, port=config.port)

@@ -1,19 +1,228 @@
-"""Server settings: a frozen Config with embedded defaults (flashphoner.xml comes later)."""
+"""Server settings: a frozen, validated Config; its defaults run a usable server.
+
+`Config.load("flashphoner.xml")` reads the file (broadcast/config_xml.py); every setting
+and its default is listed in flashphoner.xml.example.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
 
 ANY_ADDRESS = ("", "0.0.0.0", "::")
+
+# Stream ids (DESIGN §4); a camera's id is the id of its stream.
+STREAM_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+RTSP_SCHEMES = ("rtsp", "rtsps")
+RTSP_TRANSPORTS = ("tcp", "udp")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("human", "json")
+# What a publisher may be asked to send, bounds for the bitrate settings.
+MIN_BITRATE_KBPS = 100
+MAX_BITRATE_KBPS = 100_000
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names the file and line: `file:line: what`."""
+
+
+def check_stream_id(text: str) -> str:
+    """Return `text` if it is a valid stream id, else raise ValueError saying why."""
+    if not STREAM_ID_RE.fullmatch(text):
+        raise ValueError("must be 1-64 letters, digits, '_' or '-'")
+    return text
+
+
+def check_rtsp_url(text: str) -> str:
+    """Return `text` if it is an rtsp:// or rtsps:// URL with a host, else raise ValueError."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in RTSP_SCHEMES or not parts.hostname:
+        raise ValueError("must be an rtsp:// or rtsps:// URL with a host")
+    return text
+
+
+# Value parsers: text → value, or ValueError saying what the value must be
+# (the caller adds where and what: `file:line: <element> must be ..., got "text"`).
+Parse = Callable[[str], object]
+
+
+def integer_in(low: int, high: int, note: str = "") -> Parse:
+    """Make a parser of whole numbers from `low` to `high`."""
+
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"[0-9]{1,9}", text) or not low <= int(text) <= high:
+            raise ValueError(f"must be {low}-{high}{note}")
+        return int(text)
+
+    return parse
+
+
+def seconds_in(low: float, high: float) -> Parse:
+    """Make a parser of durations in seconds from `low` to `high`."""
+
+    def parse(text: str) -> float:
+        if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", text) or not (
+            low <= float(text) <= high
+        ):
+            raise ValueError(f"must be {low:g}-{high:g} seconds")
+        return float(text)
+
+    return parse
+
+
+def one_of(choices: tuple[str, ...]) -> Parse:
+    """Make a parser of one of `choices`, ignoring case."""
+
+    def parse(text: str) -> str:
+        if text.lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text.lower()
+
+    return parse
+
+
+BOOLEANS = {
+    "true": True,
+    "yes": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "0": False,
+}
+
+
+def parse_bool(text: str) -> bool:
+    """Read true/false, yes/no or 1/0."""
+    if text.lower() not in BOOLEANS:
+        raise ValueError("must be true or false")
+    return BOOLEANS[text.lower()]
+
+
+def parse_ip(text: str) -> str:
+    """Read an IPv4 or IPv6 address."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError("must be an IP address") from None
+
+
+def parse_public_ip(text: str) -> str:
+    """Read the address announced in ICE candidates: an IP peers can send to."""
+    address = parse_ip(text)
+    if ipaddress.ip_address(address).is_unspecified:
+        raise ValueError("must be a specific IP address, not 0.0.0.0 or ::")
+    return address
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """Read an inclusive UDP port range `FIRST-LAST`."""
+    match = re.fullmatch(r"([0-9]{1,5})\s*-\s*([0-9]{1,5})", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]) <= 65535:
+        raise ValueError("must be FIRST-LAST with 1 <= FIRST <= LAST <= 65535")
+    return int(match[1]), int(match[2])
+
+
+def ice_url(scheme: str) -> Parse:
+    """Make a parser of `stun:`/`stuns:` or `turn:`/`turns:` URLs."""
+
+    # RFC 7064 (stun:, stuns:) and RFC 7065 (turn:, turns:, ?transport=).
+    query = r"(\?transport=(udp|tcp))?" if scheme == "turn" else ""
+    pattern = (
+        rf"{scheme}s?:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:([0-9]{{1,5}}))?{query}"
+    )
+
+    def parse(text: str) -> str:
+        match = re.fullmatch(pattern, text)
+        if not match or int(match[3] or 1) not in range(1, 65536):
+            raise ValueError(f"must be a URL like {scheme}:host.example.org:3478")
+        return text
+
+    return parse
+
+
+def parse_origin(text: str) -> str:
+    """Read a CORS origin: `*` or scheme://host[:port] with no path."""
+    parts = urlsplit(text)
+    if text != "*" and not (
+        parts.scheme in ("http", "https") and parts.netloc and parts.path == ""
+    ):
+        raise ValueError("must be * or an origin like https://example.org")
+    return text
+
+
+def parse_secret(text: str) -> str:
+    """Read a key or secret: any text but empty."""
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def parse_existing_file(path: str) -> str:
+    """Read the path of a file that must exist (a certificate, a key)."""
+    if not os.path.isfile(path):
+        raise ValueError("must be an existing file")
+    return path
+
+
+@dataclass(frozen=True)
+class RtspOptions:
+    """How a camera is pulled."""
+
+    # Pull the camera from start even with no viewer, so a viewer gets a picture at once.
+    always_on: bool = True
+    # RTP over the RTSP TCP connection passes NAT and firewalls; UDP has less delay.
+    transport: str = "tcp"
+
+    def __post_init__(self) -> None:
+        if self.transport not in RTSP_TRANSPORTS:
+            raise ValueError(f"transport must be tcp or udp, got {self.transport!r}")
+
+
+@dataclass(frozen=True)
+class RtspCamera:
+    """An IP camera pulled over RTSP and published as stream `id`."""
+
+    id: str
+    url: str
+    options: RtspOptions = field(default_factory=RtspOptions)
+
+    def __post_init__(self) -> None:
+        check_stream_id(self.id)
+        check_rtsp_url(self.url)
 
 
 @dataclass(frozen=True)
 class Config:
     """Everything the server reads at start; the defaults run a usable server."""
 
+    # <server>
     host: str = "0.0.0.0"
     port: int = 8080
-    publish_keys: tuple[str, ...] = ()
+    # Address announced in ICE candidates (NAT 1:1), when the server sits behind NAT.
+    public_ip: str | None = None
+    # HTTPS is served when a certificate and its key are configured.
+    https_port: int | None = None
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+
+    # <http>
+    cors_origins: tuple[str, ...] = ("*",)
+    max_sdp_bytes: int = 64 * 1024
+
+    # <media>
+    # Inclusive UDP port range for media (first, last); None: ephemeral ports.
+    media_ports: tuple[int, int] | None = None
     # Browsers publishing to us start at this bitrate and may climb to the maximum.
     # Chrome in its default (balanced) mode sends 720p only once its target passes
     # ~3 Mbit/s: starting at 4 Mbit/s gives native 1280x720 in ~2 s instead of ~4 s.
@@ -24,10 +233,45 @@ class Config:
     # A publisher that sends nothing for this long has gone (a closed laptop lid sends
     # no DTLS close): the stream turns `reconnecting` instead of waiting ~30 s for ICE.
     publisher_timeout_s: float = 10.0
-    max_sdp_bytes: int = 64 * 1024
+
+    # <ice>: "stun:host:port" and "turn:host:port?transport=udp" URLs.
     stun_servers: tuple[str, ...] = field(default=())
+    turn_servers: tuple[str, ...] = ()
+    # TURN REST credentials (coturn `static-auth-secret`); None: no TURN credentials.
+    turn_secret: str | None = None
+
+    # <auth>: no publish key means open publishing.
+    publish_keys: tuple[str, ...] = ()
+    # Guards /api and /metrics; None: the admin API is closed.
+    admin_key: str | None = None
+
+    # <limits>: 0 is unlimited.
+    max_streams: int = 0
+    max_viewers_per_stream: int = 0
+    max_viewers_total: int = 0
+
+    # <log>
+    log_level: str = "info"
+    log_format: str = "human"
+
+    # <metrics>
+    metrics_enabled: bool = True
+
+    # <rtsp id= url=/>
+    cameras: tuple[RtspCamera, ...] = ()
 
     @property
     def ice_addresses(self) -> list[str]:
         """Addresses to gather ICE candidates on; [] means every interface."""
         return [] if self.host in ANY_ADDRESS else [self.host]
+
+    @classmethod
+    def load(cls, path: str) -> Config:
+        """Read `path` (flashphoner.xml), logging a warning for each unknown setting."""
+        # Imported here: config_xml builds Config objects, so it imports this module.
+        from broadcast.config_xml import load_config
+
+        config, warnings = load_config(path)
+        for warning in warnings:
+            logger.warning("%s", warning)
+        return config

@@ -1,0 +1,588 @@
+"""flashphoner.xml: every setting read, every mistake named by file and line, CLI order."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broadcast import cli
+from broadcast.cli import JsonFormatter, main
+from broadcast.config import Config, ConfigError, RtspCamera, RtspOptions
+from broadcast.config_xml import load_config
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "flashphoner.xml.example"
+
+
+@pytest.fixture
+def write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Write flashphoner.xml in a fresh working directory; return its name as given."""
+    monkeypatch.chdir(tmp_path)
+
+    def write(body: str, name: str = "flashphoner.xml") -> str:
+        Path(name).write_text(body)
+        return name
+
+    return write
+
+
+def wrap(group: str, inner: str) -> str:
+    """A file whose line 3 is `inner`, inside `<group>` (line 2)."""
+    return f"<flashphoner>\n<{group}>\n{inner}\n</{group}>\n</flashphoner>\n"
+
+
+def test_example_file_loads_to_the_defaults_without_warnings() -> None:
+    config, warnings = load_config(str(EXAMPLE))
+    assert warnings == []
+    assert config == Config()
+
+
+def test_example_file_passes_check_config(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["check-config", str(EXAMPLE)])
+    assert capsys.readouterr().out == f"{EXAMPLE}: ok\n"
+
+
+def test_example_optional_settings_load_when_uncommented(write: Any) -> None:
+    Path("cert.pem").write_text("x")
+    Path("key.pem").write_text("x")
+    text = re.sub(r"<!-- (<[a-z].*/?>) -->", r"\1", EXAMPLE.read_text())
+    text = re.sub(
+        r">/etc/letsencrypt/live/example.org/fullchain.pem<", ">cert.pem<", text
+    )
+    text = re.sub(r">/etc/letsencrypt/live/example.org/privkey.pem<", ">key.pem<", text)
+    config, warnings = load_config(write(text))
+    assert warnings == []
+    assert config.public_ip == "203.0.113.10"
+    assert config.https_port == 8443
+    assert config.media_ports == (40000, 40100)
+    assert [camera.id for camera in config.cameras] == ["gate", "yard"]
+
+
+def test_every_setting_is_read(write: Any) -> None:
+    Path("tls").mkdir()
+    Path("tls/cert.pem").write_text("x")
+    Path("tls/key.pem").write_text("x")
+    config, warnings = load_config(
+        write(
+            """<?xml version="1.0"?>
+<flashphoner>
+  <server>
+    <ip>203.0.113.10</ip>
+    <bind>127.0.0.1</bind>
+    <http_port>9000</http_port>
+    <https_port>9443</https_port>
+    <tls_certificate>tls/cert.pem</tls_certificate>
+    <tls_key>tls/key.pem</tls_key>
+  </server>
+  <http>
+    <cors_origin>https://a.example.org</cors_origin>
+    <cors_origin>http://b.example.org:8000</cors_origin>
+    <max_sdp_bytes>32768</max_sdp_bytes>
+  </http>
+  <media>
+    <media_ports> 40000-40100 </media_ports>
+    <start_bitrate_kbps>1500</start_bitrate_kbps>
+    <max_bitrate_kbps>2500</max_bitrate_kbps>
+    <reconnect_grace_s>12.5</reconnect_grace_s>
+    <publisher_timeout_s>4</publisher_timeout_s>
+  </media>
+  <ice>
+    <stun_server>stun:stun.example.org:3478</stun_server>
+    <stun_server>stuns:[2001:db8::1]</stun_server>
+    <turn_server>turn:turn.example.org:3478?transport=tcp</turn_server>
+    <turn_secret>turn-secret</turn_secret>
+  </ice>
+  <auth>
+    <publish_key>one</publish_key>
+    <publish_key>two</publish_key>
+    <admin_key>admin</admin_key>
+  </auth>
+  <limits>
+    <max_streams>5</max_streams>
+    <max_viewers_per_stream>100</max_viewers_per_stream>
+    <max_viewers_total>300</max_viewers_total>
+  </limits>
+  <log><level>DEBUG</level><format>json</format></log>
+  <metrics><enabled>no</enabled></metrics>
+  <rtsp id="gate" url="rtsp://user:pass@192.0.2.7/stream1"/>
+  <rtsp id="yard_2" url="rtsps://cam.example.org:322/live" always_on="0"
+        transport="udp"/>
+</flashphoner>
+"""
+        )
+    )
+    assert warnings == []
+    assert config == Config(
+        host="127.0.0.1",
+        port=9000,
+        public_ip="203.0.113.10",
+        https_port=9443,
+        tls_certificate=str(Path("tls/cert.pem").resolve()),
+        tls_key=str(Path("tls/key.pem").resolve()),
+        cors_origins=("https://a.example.org", "http://b.example.org:8000"),
+        max_sdp_bytes=32768,
+        media_ports=(40000, 40100),
+        start_bitrate_kbps=1500,
+        max_bitrate_kbps=2500,
+        reconnect_grace_s=12.5,
+        publisher_timeout_s=4.0,
+        stun_servers=("stun:stun.example.org:3478", "stuns:[2001:db8::1]"),
+        turn_servers=("turn:turn.example.org:3478?transport=tcp",),
+        turn_secret="turn-secret",
+        publish_keys=("one", "two"),
+        admin_key="admin",
+        max_streams=5,
+        max_viewers_per_stream=100,
+        max_viewers_total=300,
+        log_level="debug",
+        log_format="json",
+        metrics_enabled=False,
+        cameras=(
+            RtspCamera("gate", "rtsp://user:pass@192.0.2.7/stream1"),
+            RtspCamera(
+                "yard_2",
+                "rtsps://cam.example.org:322/live",
+                RtspOptions(always_on=False, transport="udp"),
+            ),
+        ),
+    )
+    assert config.ice_addresses == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("true", True),
+        ("YES", True),
+        ("1", True),
+        ("false", False),
+        ("No", False),
+        ("0", False),
+    ],
+)
+def test_booleans_read_true_false_yes_no_1_0(
+    write: Any, text: str, value: bool
+) -> None:
+    config, _ = load_config(write(wrap("metrics", f"<enabled>{text}</enabled>")))
+    assert config.metrics_enabled is value
+
+
+def test_max_bitrate_below_the_default_start_lowers_the_start(write: Any) -> None:
+    config, _ = load_config(
+        write(wrap("media", "<max_bitrate_kbps>2000</max_bitrate_kbps>"))
+    )
+    assert (config.start_bitrate_kbps, config.max_bitrate_kbps) == (2000, 2000)
+
+
+BAD_VALUES = [
+    ("server", "<http_port>80a</http_port>", '<http_port> must be 1-65535, got "80a"'),
+    (
+        "server",
+        "<http_port>70000</http_port>",
+        '<http_port> must be 1-65535, got "70000"',
+    ),
+    ("server", "<ip>300.1.2.3</ip>", '<ip> must be an IP address, got "300.1.2.3"'),
+    (
+        "server",
+        "<ip>0.0.0.0</ip>",
+        "<ip> must be a specific IP address, not 0.0.0.0 or ::",
+    ),
+    (
+        "server",
+        "<bind>localhost</bind>",
+        '<bind> must be an IP address, got "localhost"',
+    ),
+    (
+        "server",
+        "<tls_key>nope.pem</tls_key>",
+        '<tls_key> must be an existing file, got "nope.pem"',
+    ),
+    (
+        "http",
+        "<cors_origin>example.org</cors_origin>",
+        "<cors_origin> must be * or an origin",
+    ),
+    (
+        "http",
+        "<max_sdp_bytes>10</max_sdp_bytes>",
+        '<max_sdp_bytes> must be 1024-1048576, got "10"',
+    ),
+    (
+        "media",
+        "<media_ports>5000-4000</media_ports>",
+        "<media_ports> must be FIRST-LAST",
+    ),
+    (
+        "media",
+        "<max_bitrate_kbps>-5</max_bitrate_kbps>",
+        "<max_bitrate_kbps> must be 100-100000",
+    ),
+    (
+        "media",
+        "<reconnect_grace_s>soon</reconnect_grace_s>",
+        "<reconnect_grace_s> must be 0-3600",
+    ),
+    (
+        "media",
+        "<publisher_timeout_s>0</publisher_timeout_s>",
+        "<publisher_timeout_s> must be 1-600",
+    ),
+    (
+        "ice",
+        "<stun_server>stun.example.org</stun_server>",
+        "<stun_server> must be a URL like stun:",
+    ),
+    (
+        "ice",
+        "<turn_server>stun:x.org</turn_server>",
+        "<turn_server> must be a URL like turn:",
+    ),
+    ("auth", "<publish_key> </publish_key>", '<publish_key> must not be empty, got ""'),
+    (
+        "limits",
+        "<max_streams>-1</max_streams>",
+        "<max_streams> must be 0-1000000 (0: unlimited)",
+    ),
+    (
+        "log",
+        "<level>verbose</level>",
+        '<level> must be one of debug, info, warning, error, got "v',
+    ),
+    ("log", "<format>xml</format>", '<format> must be one of human, json, got "xml"'),
+    (
+        "metrics",
+        "<enabled>maybe</enabled>",
+        '<enabled> must be true or false, got "maybe"',
+    ),
+]
+
+
+@pytest.mark.parametrize(("group", "inner", "message"), BAD_VALUES)
+def test_bad_value_names_file_line_and_element(
+    write: Any, group: str, inner: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(wrap(group, inner)))
+    assert str(error.value).startswith(f"flashphoner.xml:3: {message}")
+
+
+def test_bad_port_message_is_exactly_file_line_element_range_and_value(
+    write: Any,
+) -> None:
+    body = "<flashphoner>\n" + "\n" * 11 + "<server>\n<http_port>80a</http_port>\n"
+    with pytest.raises(ConfigError) as error:
+        load_config(write(body + "</server>\n</flashphoner>\n"))
+    assert (
+        str(error.value) == 'flashphoner.xml:14: <http_port> must be 1-65535, got "80a"'
+    )
+
+
+BAD_CAMERAS = [
+    (
+        '<rtsp id="a b" url="rtsp://h/s"/>',
+        "<rtsp id> must be 1-64 letters, digits, '_' or '-', got \"a b\"",
+    ),
+    (
+        '<rtsp id="gate" url="http://h/s"/>',
+        '<rtsp url> must be an rtsp:// or rtsps:// URL with a host, got "http://h/s"',
+    ),
+    (
+        '<rtsp id="gate" url="rtsp:///s"/>',
+        "<rtsp url> must be an rtsp:// or rtsps:// URL",
+    ),
+    ('<rtsp id="gate"/>', "<rtsp> needs a url= attribute"),
+    ('<rtsp url="rtsp://h/s"/>', "<rtsp> needs a id= attribute"),
+    (
+        '<rtsp id="gate" url="rtsp://h/s" always_on="sometimes"/>',
+        "<rtsp always_on> must be true or false",
+    ),
+    (
+        '<rtsp id="gate" url="rtsp://h/s" transport="sctp"/>',
+        "<rtsp transport> must be one of tcp, udp",
+    ),
+]
+
+
+@pytest.mark.parametrize(("element", "message"), BAD_CAMERAS)
+def test_bad_camera_names_file_line_and_attribute(
+    write: Any, element: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(f"<flashphoner>\n\n{element}\n</flashphoner>\n"))
+    assert str(error.value).startswith(f"flashphoner.xml:3: {message}")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            '<flashphoner>\n<rtsp id="a" url="rtsp://h/1"/>\n<rtsp id="a" url="rtsp://h/2"/>\n',
+            'flashphoner.xml:3: <rtsp id> "a" is used twice',
+        ),
+        (
+            wrap(
+                "server", "<http_port>1</http_port>\n<http_port>2</http_port>"
+            ).replace("</flashphoner>\n", ""),
+            "flashphoner.xml:4: <http_port> is set twice (first on line 3)",
+        ),
+        (
+            "<flashphoner>\n<media>\n<start_bitrate_kbps>3000</start_bitrate_kbps>\n"
+            "<max_bitrate_kbps>2000</max_bitrate_kbps>\n</media>\n",
+            "flashphoner.xml:3: <start_bitrate_kbps> must not exceed <max_bitrate_kbps>"
+            ' (2000), got "3000"',
+        ),
+        (
+            wrap("server", "<https_port>8443</https_port>").replace(
+                "</flashphoner>\n", ""
+            ),
+            "flashphoner.xml:3: <https_port> needs <tls_certificate> and <tls_key> too",
+        ),
+    ],
+)
+def test_settings_that_conflict_name_the_line_to_change(
+    write: Any, body: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(body + "</flashphoner>\n"))
+    assert str(error.value) == message
+
+
+def test_https_port_must_differ_from_http_port(write: Any) -> None:
+    Path("c.pem").write_text("x")
+    inner = (
+        "<http_port>8443</http_port>\n<https_port>8443</https_port>\n"
+        "<tls_certificate>c.pem</tls_certificate><tls_key>c.pem</tls_key>"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(write(wrap("server", inner)))
+    assert (
+        str(error.value)
+        == "flashphoner.xml:4: <https_port> must differ from <http_port>"
+    )
+
+
+def test_wrong_top_element_is_an_error(write: Any) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write("<?xml version='1.0'?>\n<config/>\n"))
+    assert (
+        str(error.value)
+        == "flashphoner.xml:2: the top element must be <flashphoner>, got <config>"
+    )
+
+
+def test_malformed_xml_gives_line_and_expat_message(write: Any) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(wrap("server", "<http_port>8080</http_prot>")))
+    assert str(error.value) == "flashphoner.xml:3: malformed XML: mismatched tag"
+
+
+BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE flashphoner [
+  <!ENTITY lol "lol">
+  <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+  <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+]>
+<flashphoner><auth><publish_key>&lol3;</publish_key></auth></flashphoner>
+"""
+EXTERNAL_ENTITY = """<?xml version="1.0"?>
+<!DOCTYPE flashphoner [<!ENTITY key SYSTEM "file:///etc/passwd">]>
+<flashphoner><auth><publish_key>&key;</publish_key></auth></flashphoner>
+"""
+EXTERNAL_DTD = """<?xml version="1.0"?>
+<!DOCTYPE flashphoner SYSTEM "http://192.0.2.1/evil.dtd">
+<flashphoner/>
+"""
+
+
+@pytest.mark.parametrize("body", [BILLION_LAUGHS, EXTERNAL_ENTITY, EXTERNAL_DTD])
+def test_entities_and_dtds_are_rejected(write: Any, body: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(body))
+    assert str(error.value) == (
+        "flashphoner.xml:2: <!DOCTYPE> is not allowed: no DTDs, entities or external references"
+    )
+
+
+def test_undeclared_entity_is_malformed_xml(write: Any) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(wrap("auth", "<publish_key>&key;</publish_key>")))
+    assert str(error.value) == "flashphoner.xml:3: malformed XML: undefined entity"
+
+
+def test_missing_file_is_a_one_line_error() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config("/nonexistent/flashphoner.xml")
+    assert (
+        str(error.value)
+        == "/nonexistent/flashphoner.xml: cannot read: No such file or directory"
+    )
+
+
+def test_unknown_settings_warn_with_the_nearest_known_name(write: Any) -> None:
+    body = """<flashphoner>
+<server>
+<http_prot>8080</http_prot>
+<max_bitrate_kbps>2000</max_bitrate_kbps>
+<colour>blue</colour>
+</server>
+<limts/>
+<rtsp id="gate" url="rtsp://h/s" alwayson="false"/>
+<auth unit="x"/>
+</flashphoner>
+"""
+    config, warnings = load_config(write(body))
+    assert warnings == [
+        "flashphoner.xml:3: unknown setting <http_prot>; did you mean <http_port>?",
+        "flashphoner.xml:4: unknown setting <max_bitrate_kbps>;"
+        " did you mean <max_bitrate_kbps> in <media>?",
+        "flashphoner.xml:5: unknown setting <colour>",
+        "flashphoner.xml:7: unknown setting <limts>; did you mean <limits>?",
+        "flashphoner.xml:8: unknown attribute alwayson= on <rtsp>; did you mean always_on=?",
+        "flashphoner.xml:9: unknown attribute unit= on <auth>",
+    ]
+    assert config.port == Config.port
+    assert config.max_bitrate_kbps == Config.max_bitrate_kbps
+
+
+def test_config_load_logs_each_warning(
+    write: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(wrap("server", "<http_prot>8080</http_prot>"))
+    with caplog.at_level(logging.WARNING):
+        assert Config.load(path) == Config()
+    assert caplog.messages == [
+        "flashphoner.xml:3: unknown setting <http_prot>; did you mean <http_port>?"
+    ]
+
+
+def test_check_config_prints_warnings_then_ok(
+    write: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["check-config", write(wrap("log", "<levle>info</levle>"))])
+    out, err = capsys.readouterr()
+    assert out == "flashphoner.xml: ok\n"
+    assert err == "flashphoner.xml:3: unknown setting <levle>; did you mean <level>?\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            wrap("server", "<http_port>80a</http_port>"),
+            'flashphoner.xml:3: <http_port> must be 1-65535, got "80a"',
+        ),
+        (None, "flashphoner.xml: cannot read: No such file or directory"),
+    ],
+)
+def test_check_config_prints_the_error_and_exits_1(
+    write: Any, capsys: pytest.CaptureFixture[str], body: str | None, message: str
+) -> None:
+    if body is not None:
+        write(body)
+    with pytest.raises(SystemExit) as exit_:
+        main(["check-config", "flashphoner.xml"])
+    assert exit_.value.code == 1
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", message + "\n")
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Config]:
+    """Run `serve` up to the point it would start: record the Config it would serve."""
+    configs: list[Config] = []
+    monkeypatch.setattr(cli, "create_app", lambda config: configs.append(config))
+    monkeypatch.setattr(cli.web, "run_app", lambda app, **kwargs: None)
+    monkeypatch.setattr(cli, "_configure_logging", lambda config: None)
+    return configs
+
+
+def test_serve_without_config_runs_on_the_defaults(served: list[Config]) -> None:
+    main(["serve"])
+    assert served == [Config()]
+
+
+def test_serve_flags_override_the_config_file(write: Any, served: list[Config]) -> None:
+    path = write(
+        """<flashphoner>
+<server><bind>127.0.0.1</bind><http_port>9000</http_port><ip>192.0.2.1</ip></server>
+<auth><publish_key>from-file</publish_key></auth>
+<media><start_bitrate_kbps>3000</start_bitrate_kbps></media>
+<log><level>debug</level></log>
+<rtsp id="file_cam" url="rtsp://h/1"/>
+</flashphoner>
+"""
+    )
+    main(["serve", "--config", path])
+    main(["serve", "--config", path, "--port", "9100", "--public-ip", "203.0.113.10"])
+    keys = ["--publish-key", "a", "--publish-key", "b"]
+    rest = ["--rtsp", "cam=rtsp://h/2", "--max-bitrate", "2000", "--log-level", "error"]
+    main(["serve", "--config", path, *keys, *rest])
+    from_file, ports, lists = served
+    assert (from_file.host, from_file.port, from_file.public_ip) == (
+        "127.0.0.1",
+        9000,
+        "192.0.2.1",
+    )
+    assert from_file.publish_keys == ("from-file",)
+    assert from_file.log_level == "debug"
+    # Only the flags given override; the rest still comes from the file.
+    assert ports == replace(from_file, port=9100, public_ip="203.0.113.10")
+    assert lists.publish_keys == ("a", "b")
+    assert lists.cameras == (RtspCamera("cam", "rtsp://h/2"),)
+    assert (lists.start_bitrate_kbps, lists.max_bitrate_kbps) == (2000, 2000)
+    assert lists.log_level == "error"
+    assert lists.host == "127.0.0.1"
+
+
+def test_serve_with_a_missing_config_file_exits_1_with_one_line(
+    served: list[Config], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--config", "/nonexistent/flashphoner.xml"])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == (
+        "/nonexistent/flashphoner.xml: cannot read: No such file or directory\n"
+    )
+    assert served == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--rtsp", "gate"], 'argument --rtsp: must be ID=URL, got "gate"'),
+        (["--rtsp", "a b=rtsp://h/s"], "argument --rtsp: ID must be 1-64 letters"),
+        (["--rtsp", "gate=http://h/s"], "argument --rtsp: URL must be an rtsp://"),
+        (
+            ["--public-ip", "nowhere"],
+            'argument --public-ip: must be an IP address, got "nowhere"',
+        ),
+        (["--port", "0"], 'argument --port: must be 1-65535, got "0"'),
+    ],
+)
+def test_serve_rejects_bad_flags(
+    served: list[Config],
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    message: str,
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", *flags])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_json_log_format_writes_one_object_per_line() -> None:
+    record = logging.LogRecord(
+        "broadcast.x", logging.WARNING, "f.py", 1, "hi %s", ("you",), None
+    )
+    assert json.loads(JsonFormatter().format(record)) == {
+        "time": JsonFormatter().formatTime(record),
+        "level": "warning",
+        "logger": "broadcast.x",
+        "message": "hi you",
+    }
