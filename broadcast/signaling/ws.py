@@ -108,5 +108,6 @@ async def _send_events(ws: web.WebSocketResponse, queue: asyncio.Queue[Event]) -
 
 async def close_websockets(app: web.Application) -> None:
     """At shutdown, tell pages we are going away (they reconnect by themselves)."""
-    for ws in list(app[WEBSOCKETS]):
+    sockets: weakref.WeakSet[web.WebSocketResponse] = app[WEBSOCKETS]
+    for ws in list(sockets):
         await ws.close(code=1001, message=b"server shutdown")
