@@ -27,6 +27,10 @@ from broadcast.stream import Stream
 
 logger = logging.getLogger(__name__)
 
+# A media and an RTX SSRC per track, and room for a sender that changes its SSRC: a
+# publisher spraying random SSRCs must not grow our routing table without end.
+MAX_SSRCS = 8
+
 
 class Publisher(Session):
     """The upstream side of a stream: routes its RTP to source tracks, gives feedback."""
@@ -73,7 +77,7 @@ class Publisher(Session):
         track = self._by_ssrc.get(packet.ssrc)
         if track is None:
             track = self._by_payload_type.get(packet.payload_type)
-            if track is None:
+            if track is None or len(self._by_ssrc) >= MAX_SSRCS:
                 return
             self._by_ssrc[packet.ssrc] = track
         if packet.payload_type == track.payload_type and track.ssrc != packet.ssrc:

@@ -83,7 +83,12 @@ class Session:
             if failure is not None:
                 asyncio.get_running_loop().create_task(self.close(failure))
                 return
-            report = self.rtcp_report()
+            try:
+                report = self.rtcp_report()
+            except Exception:
+                # Reports are best effort; losing one must not stop the next ones.
+                logger.exception("%r could not build its RTCP report", self)
+                continue
             if report:
                 self.transport.send_rtcp(report)
 

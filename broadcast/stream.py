@@ -79,6 +79,8 @@ class Stream:
         self.publisher = None
         for track in self.tracks.values():
             track.request_pli = lambda: False
+        if self.state == ENDED:  # the stream is closing its publisher
+            return
         if ended or self.state == WAITING:
             asyncio.get_running_loop().create_task(self.close())
             return

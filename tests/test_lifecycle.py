@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from aiortc import RTCConfiguration, RTCPeerConnection
+
 from broadcast.web_keys import REGISTRY
 from tests.peers import publish, wait_for, watch
 
@@ -120,4 +122,34 @@ async def test_silent_publisher_is_dropped_and_the_stream_waits(make_server, htt
         lambda: stream.state == "reconnecting", timeout=5, message=stream.state
     )
     assert stream.publisher is None
+    await publisher.close()
+
+
+async def test_a_session_that_never_connects_is_freed(server, http, monkeypatch):
+    monkeypatch.setattr("broadcast.media.transport.CONNECT_TIMEOUT_S", 1.0)
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    client.addTransceiver("video", direction="sendonly")
+    await client.setLocalDescription(await client.createOffer())
+    # No end-of-candidates, and a peer that is gone: ICE would wait forever.
+    offer = client.localDescription.sdp.replace("a=end-of-candidates\r\n", "")
+    await client.close()
+    url = server.make_url("/whip/ghost")
+    headers = {"Content-Type": "application/sdp"}
+    async with http.post(url, data=offer, headers=headers) as response:
+        assert response.status == 201
+    registry = server.app[REGISTRY]
+    await wait_for(lambda: not registry.sessions, timeout=5, message="session kept")
+    assert registry.get("ghost") is None
+    publisher = await publish(http, str(url))  # the id is free again
+    await publisher.close()
+
+
+async def test_shutdown_ends_streams_without_a_reconnecting_detour(server, http):
+    registry = server.app[REGISTRY]
+    publisher = await publish(http, str(server.make_url("/whip/bye")))
+    await publisher.wait_connected()
+    states: list[str] = []
+    registry.events.listen("bye", lambda e: states.append(e.get("state", "")))
+    await registry.close()
+    assert "ended" in states and "reconnecting" not in states
     await publisher.close()

@@ -52,6 +52,10 @@ async def error_of(response) -> tuple[int, str, str]:  # type: ignore[no-untyped
         (G722_OFFER.replace("a=ice-ufrag:abcd\r\n", ""), "malformed_sdp"),
         (re.sub(r"a=fingerprint.*\r\n", "", G722_OFFER), "malformed_sdp"),
         ("v=0\r\n" + "\x00\xff" * 100, "malformed_sdp"),
+        # aiortc's parser asserts on these: still a 400, never a 500.
+        (G722_OFFER.replace("9 UDP/TLS", "9 udp/tls"), "malformed_sdp"),
+        (G722_OFFER.replace("SAVPF 9", "SAVPF 300"), "malformed_sdp"),
+        (G722_OFFER.replace("SAVPF 9", "SAVPF 72"), "malformed_sdp"),
     ],
 )
 async def test_malformed_offers_get_400(server, http, body, code):

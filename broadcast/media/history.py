@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-# At 4 Mbit/s video is ~400 packets/s: 2048 slots keep 5 s, far beyond a NACK's usefulness.
-VIDEO_HISTORY_PACKETS = 2048
+# At 4 Mbit/s video is ~400 packets/s: 1024 slots keep 2.5 s. No more: libsrtp refuses
+# to protect a packet more than 1024 behind the newest (aiortc's replay window).
+VIDEO_HISTORY_PACKETS = 1024
 AUDIO_HISTORY_PACKETS = 512
 
 

@@ -45,25 +45,40 @@ def vp8_starts_keyframe(payload: bytes) -> bool:
     return not payload[offset] & 0x01
 
 
+def _first_slice_of_idr(nal_type: int, slice_header: bytes) -> bool:
+    # first_mb_in_slice is ue(v) and opens the slice header: it is 0 exactly when the
+    # first bit is 1 (ITU-T H.264 §7.3.3). Later slices of the frame must not open the gate.
+    return (
+        nal_type == H264_NAL_IDR and bool(slice_header) and bool(slice_header[0] & 0x80)
+    )
+
+
 def h264_starts_keyframe(payload: bytes) -> bool:
-    """True for a packet that starts an IDR access unit: SPS or IDR (RFC 6184 §5)."""
+    """True for a packet that starts an IDR access unit: SPS, or the IDR's first slice
+    (RFC 6184 §5: single NAL unit, STAP-A, FU-A)."""
     if not payload:
         return False
     nal_type = payload[0] & 0x1F
-    if nal_type in (H264_NAL_SPS, H264_NAL_IDR):
+    if nal_type == H264_NAL_SPS:
         return True
+    if nal_type == H264_NAL_IDR:
+        return _first_slice_of_idr(nal_type, payload[1:2])
     if nal_type == H264_NAL_STAP_A:
         offset = 1
         while offset + 2 < len(payload):
             size = int.from_bytes(payload[offset : offset + 2], "big")
             inner_type = payload[offset + 2] & 0x1F
-            if inner_type in (H264_NAL_SPS, H264_NAL_IDR):
+            if inner_type == H264_NAL_SPS or _first_slice_of_idr(
+                inner_type, payload[offset + 3 : offset + 4]
+            ):
                 return True
             offset += 2 + size
         return False
-    if nal_type == H264_NAL_FU_A and len(payload) > 1:
+    if nal_type == H264_NAL_FU_A and len(payload) > 2:
         fu_header = payload[1]
-        return bool(fu_header & 0x80) and (fu_header & 0x1F) == H264_NAL_IDR
+        return bool(fu_header & 0x80) and _first_slice_of_idr(
+            fu_header & 0x1F, payload[2:3]
+        )
     return False
 
 

@@ -23,6 +23,7 @@ from aiortc import (
     RTCIceCandidate,
     RTCIceGatherer,
     RTCIceParameters,
+    RTCIceServer,
     RTCIceTransport,
 )
 from aiortc.rtcdtlstransport import State as DtlsState
@@ -35,6 +36,9 @@ logger = logging.getLogger(__name__)
 # 10-16 bytes, so a 2 KiB buffer protects every packet that arrived in a datagram.
 SRTP_BUFFER_BYTES = 2048
 MAX_FAILURES_LOGGED = 5
+# ICE waits forever for candidates when the offer lacks a=end-of-candidates; a session
+# that has not connected by then never will, and must free its port and stream slot.
+CONNECT_TIMEOUT_S = 30.0
 
 RtpHandler = Callable[[bytes], None]
 StateHandler = Callable[[str], Awaitable[None] | None]
@@ -68,9 +72,13 @@ class SecureTransport:
         certificate: RTCCertificate,
         host_addresses: Sequence[str],
         name: str,
+        stun_servers: Sequence[str] = (),
     ) -> None:
         self.name = name
-        self._gatherer = RTCIceGatherer()
+        # aiortc's default is Google's STUN server: ask only those we are told to.
+        self._gatherer = RTCIceGatherer(
+            iceServers=[RTCIceServer(urls=url) for url in stun_servers]
+        )
         if host_addresses:
             _gather_only_on(self._gatherer._connection, host_addresses)
         self._ice = RTCIceTransport(self._gatherer)
@@ -128,6 +136,8 @@ class SecureTransport:
 
         `dtls_role` is ours, as answered (`server` for `a=setup:passive`).
         """
+        if self.closed:
+            return
         # The answerer is ICE-controlled unless the offerer is ICE-lite (RFC 8445 §6.1.1).
         self._connection.ice_controlling = bool(remote_ice.iceLite)
         self._ice._role_set = True
@@ -142,6 +152,29 @@ class SecureTransport:
         )
 
     async def _start(
+        self,
+        remote_ice: RTCIceParameters,
+        remote_candidates: list[RTCIceCandidate],
+        remote_fingerprints: list[RTCDtlsFingerprint],
+        candidates_complete: bool,
+    ) -> None:
+        try:
+            await asyncio.wait_for(
+                self._connect(
+                    remote_ice,
+                    remote_candidates,
+                    remote_fingerprints,
+                    candidates_complete,
+                ),
+                CONNECT_TIMEOUT_S,
+            )
+        except TimeoutError:
+            logger.info(
+                "%s did not connect within %.0f s", self.name, CONNECT_TIMEOUT_S
+            )
+            self._dtls._set_state(DtlsState.FAILED)
+
+    async def _connect(
         self,
         remote_ice: RTCIceParameters,
         remote_candidates: list[RTCIceCandidate],

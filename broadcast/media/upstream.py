@@ -14,6 +14,8 @@ MIN_BITRATE_BPS = 100_000
 # Loss thresholds of Google's loss-based controller (draft-ietf-rmcat-gcc-02 §6).
 LOSS_DECREASE = 0.10
 LOSS_INCREASE = 0.02
+# Gaps wider than this are a sender restart or garbage, not loss worth NACKing.
+MAX_NACKED_GAP = 512
 
 
 class UpstreamTrack:
@@ -53,7 +55,15 @@ class UpstreamTrack:
         """Count a media packet; True when the set of missing packets grew."""
         self.bytes_received += size
         self.stats.add(packet)
-        return self.nack.add(packet) if self.nack is not None else False
+        if self.nack is None:
+            return False
+        if self.nack.max_seq is not None:
+            jump = (packet.sequence_number - self.nack.max_seq) & 0xFFFF
+            if MAX_NACKED_GAP < jump < 0x8000:
+                # A restart, not a loss: asking for thousands of packets helps no one,
+                # and aiortc's generator walks the whole gap.
+                self.nack = NackGenerator()
+        return self.nack.add(packet)
 
     def report(self) -> RtcpReceiverInfo | None:
         """A receiver report block (RFC 3550 §6.4.2) for this stream."""
@@ -67,8 +77,8 @@ class UpstreamTrack:
             ssrc=self.ssrc,
             fraction_lost=self.stats.fraction_lost,
             packets_lost=self.stats.packets_lost,
-            highest_sequence=self.stats.cycles + self.stats.max_seq,
-            jitter=self.stats.jitter,
+            highest_sequence=(self.stats.cycles + self.stats.max_seq) & 0xFFFFFFFF,
+            jitter=min(self.stats.jitter, 0xFFFFFFFF),
             lsr=lsr,
             dlsr=dlsr,
         )

@@ -7,6 +7,10 @@ from collections.abc import Callable, Iterable
 
 from broadcast.media.source_track import SourceTrack
 
+# A NACK names up to 17 packets per 4 bytes: a viewer could ask for thousands at once.
+# Real loss on a viewer's link needs far less; the rest is a bug or an attack.
+MAX_RETRANSMITS_PER_S = 300
+
 
 class ViewerTrack:
     """Send a source's already-serialized packets to one viewer.
@@ -31,6 +35,8 @@ class ViewerTrack:
         self.retransmitted = 0
         self.joined_at = time.monotonic()
         self.first_keyframe_at: float | None = None
+        self._budget = float(MAX_RETRANSMITS_PER_S)
+        self._budget_at = time.monotonic()
 
     def send(self, packet: bytes, keyframe: bool) -> None:
         """Forward one packet; video starts only at a keyframe."""
@@ -49,7 +55,16 @@ class ViewerTrack:
         """Answer a NACK from the source's history (RFC 4585 §6.2.1)."""
         if self.waiting_for_keyframe:
             return
-        for seq in sequence_numbers:
+        now = time.monotonic()
+        self._budget = min(
+            float(MAX_RETRANSMITS_PER_S),
+            self._budget + (now - self._budget_at) * MAX_RETRANSMITS_PER_S,
+        )
+        self._budget_at = now
+        for seq in set(sequence_numbers):
+            if self._budget < 1:
+                return
+            self._budget -= 1
             packet = self.source.history.get(seq)
             if packet is None:
                 continue

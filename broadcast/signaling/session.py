@@ -43,7 +43,10 @@ async def answer_session(
     """Create the session's transport, answer the offer and start connecting."""
     registry = request.app[REGISTRY]
     transport = SecureTransport(
-        registry.certificate, registry.config.ice_addresses, f"{kind} {stream_id}"
+        registry.certificate,
+        registry.config.ice_addresses,
+        f"{kind} {stream_id}",
+        registry.config.stun_servers,
     )
     session = make_session(transport)
     registry.add_session(session)
@@ -57,6 +60,12 @@ async def answer_session(
         raise ServiceUnavailable(
             "no_candidates", f"The server cannot open media ports: {exc}."
         ) from exc
+    if session.closed:  # the stream ended while we gathered
+        raise ServiceUnavailable(
+            "stream_ended",
+            f"Stream '{stream_id}' ended; try again.",
+            {"Retry-After": "1"},
+        )
     answer = build_answer(
         offer,
         answers,

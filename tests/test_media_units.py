@@ -1,0 +1,96 @@
+"""The media mechanics on their own: keyframe tests, NACK budgets, upstream gaps."""
+
+from __future__ import annotations
+
+from aiortc import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+from broadcast.media.keyframe import h264_starts_keyframe, vp8_starts_keyframe
+from broadcast.media.source_track import SourceTrack
+from broadcast.media.upstream import MAX_NACKED_GAP, BandwidthEstimate, UpstreamTrack
+from broadcast.media.viewer_track import MAX_RETRANSMITS_PER_S, ViewerTrack
+
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+SPS = bytes([0x67, 0x42, 0xC0, 0x1F])
+PPS = bytes([0x68, 0xCE, 0x3C, 0x80])
+IDR_FIRST_SLICE = bytes([0x65, 0x88, 0x84])  # first_mb_in_slice = 0: first bit set
+IDR_LATER_SLICE = bytes([0x65, 0x12, 0x34])  # first_mb_in_slice > 0
+NON_IDR = bytes([0x41, 0x9A, 0x00])
+
+
+def stap_a(*nals: bytes) -> bytes:
+    return bytes([0x78]) + b"".join(len(n).to_bytes(2, "big") + n for n in nals)
+
+
+def fu_a(nal: bytes, start: bool) -> bytes:
+    indicator = (nal[0] & 0xE0) | 28
+    header = (0x80 if start else 0) | (nal[0] & 0x1F)
+    return bytes([indicator, header]) + nal[1:]
+
+
+def test_h264_keyframe_starts_at_sps_or_the_first_idr_slice():
+    assert h264_starts_keyframe(SPS)
+    assert h264_starts_keyframe(stap_a(SPS, PPS))
+    assert h264_starts_keyframe(stap_a(PPS, IDR_FIRST_SLICE))
+    assert h264_starts_keyframe(IDR_FIRST_SLICE)
+    assert h264_starts_keyframe(fu_a(IDR_FIRST_SLICE, start=True))
+    assert not h264_starts_keyframe(fu_a(IDR_FIRST_SLICE, start=False))
+    assert not h264_starts_keyframe(fu_a(IDR_LATER_SLICE, start=True))
+    assert not h264_starts_keyframe(IDR_LATER_SLICE)
+    assert not h264_starts_keyframe(NON_IDR)
+    assert not h264_starts_keyframe(stap_a(PPS))
+    assert not h264_starts_keyframe(b"")
+    assert not h264_starts_keyframe(bytes([0x78, 0xFF]))  # truncated STAP-A
+
+
+def test_vp8_keyframe_needs_partition_start_and_key_bit():
+    key = bytes([0x10, 0x00])  # S=1, PID=0; payload header P=0
+    assert vp8_starts_keyframe(key)
+    assert vp8_starts_keyframe(
+        bytes([0x90, 0x80, 0x81, 0x23, 0x00])
+    )  # 15-bit picture id
+    assert not vp8_starts_keyframe(bytes([0x10, 0x01]))  # inter frame
+    assert not vp8_starts_keyframe(bytes([0x00, 0x00]))  # continuation
+    assert not vp8_starts_keyframe(bytes([0x90, 0x80]))  # truncated descriptor
+    assert not vp8_starts_keyframe(b"")
+
+
+def packet(seq: int, payload: bytes = b"\x10\x00") -> RtpPacket:
+    return RtpPacket(
+        payload_type=96,
+        sequence_number=seq,
+        timestamp=seq * 3000,
+        ssrc=5,
+        payload=payload,
+    )
+
+
+def test_a_nack_storm_is_answered_within_the_retransmit_budget():
+    source = SourceTrack("video", VP8)
+    sent: list[bytes] = []
+    viewer = ViewerTrack(source, sent.append, 96)
+    source.viewers = [viewer]
+    for seq in range(1000):
+        source.forward(packet(seq))
+    sent.clear()
+    viewer.retransmit(list(range(1000)) * 5)
+    assert len(sent) <= MAX_RETRANSMITS_PER_S
+    assert len(sent) == len(set(sent))
+
+
+def test_a_sequence_jump_is_a_restart_not_thousands_of_losses():
+    upstream = UpstreamTrack(SourceTrack("video", VP8), 96, None, (5,))
+    upstream.receive(packet(100), 100)
+    upstream.receive(packet(100 + MAX_NACKED_GAP + 10_000), 100)
+    assert upstream.nack is not None and not upstream.nack.missing
+    upstream.receive(packet(100 + MAX_NACKED_GAP + 10_003), 100)
+    assert len(upstream.nack.missing) == 2
+
+
+def test_bandwidth_estimate_ramps_without_loss_and_backs_off_with_it():
+    estimate = BandwidthEstimate(start_bps=1_000_000, max_bps=4_000_000)
+    assert estimate.update(900_000, 0.0) == 1_350_000
+    for _ in range(30):
+        estimate.update(3_000_000, 0.0)
+    assert estimate.bitrate == 4_000_000
+    assert estimate.update(2_000_000, 0.3) == 1_700_000
