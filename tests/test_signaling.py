@@ -214,3 +214,34 @@ async def test_bad_input_does_not_disturb_a_live_stream(server, http):
     before = len(viewer.frames["video"])
     await wait_for(lambda: len(viewer.frames["video"]) > before + 10)
     await asyncio.gather(viewer.close(), publisher.close())
+
+
+async def test_public_ip_is_announced_beside_the_host_candidate(make_server, http):
+    # A loopback address stands in for the public one: tests send nothing elsewhere.
+    server = await make_server(public_ip="127.0.0.2")
+    publisher = await publish(http, str(server.make_url("/whip/nat")))
+    await publisher.wait_connected()  # the host candidate still works locally
+    answer = publisher.pc.remoteDescription.sdp
+    host = re.search(r"a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 (\d+) typ host", answer)
+    public = re.search(
+        r"a=candidate:\S+ 1 udp \d+ 127\.0\.0\.2 (\d+) typ srflx "
+        r"raddr 127\.0\.0\.1 rport (\d+)",
+        answer,
+    )
+    assert host and public and host.group(1) == public.group(1) == public.group(2)
+    await publisher.close()
+
+
+async def test_cors_answers_only_configured_origins(make_server, http):
+    server = await make_server(cors_origins=("https://ok.example",))
+    for origin, allowed in (
+        ("https://ok.example", True),
+        ("https://evil.example", False),
+    ):
+        async with http.options(
+            server.make_url("/whip/x"), headers={"Origin": origin}
+        ) as r:
+            assert r.status == 204
+            assert r.headers.get("Access-Control-Allow-Origin") == (
+                origin if allowed else None
+            )

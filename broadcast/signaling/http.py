@@ -8,12 +8,12 @@ from aiohttp import web
 
 from broadcast.config import Config
 from broadcast.errors import ClientError, NotFound, json_error
+from broadcast.web_keys import REGISTRY
 
 SDP_TYPE = "application/sdp"
 TRICKLE_TYPE = "application/trickle-ice-sdpfrag"
 
 CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "OPTIONS, POST, PATCH, DELETE",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
     "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Patch",
@@ -92,6 +92,20 @@ async def errors_middleware(request: web.Request, handler):  # type: ignore[no-u
         code = exc.reason.lower().replace(" ", "_")
         kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         response = json_error(exc.status, code, f"{exc.reason}.", kept)
+    _add_cors(request, response)
+    return response
+
+
+def _add_cors(request: web.Request, response: web.StreamResponse) -> None:
+    """Let pages of the configured origins (all, by default) call us (WHIP §4.6)."""
+    allowed = request.app[REGISTRY].config.cors_origins
+    origin = request.headers.get("Origin")
+    if "*" in allowed:
+        response.headers.setdefault("Access-Control-Allow-Origin", "*")
+    elif origin in allowed:
+        response.headers.setdefault("Access-Control-Allow-Origin", origin)
+        response.headers.add("Vary", "Origin")
+    else:
+        return
     for name, value in CORS_HEADERS.items():
         response.headers.setdefault(name, value)
-    return response

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
 from aiohttp import web
+from aioice.candidate import candidate_priority
+from aiortc import RTCIceCandidate
 from aiortc import sdp as aiortc_sdp
 
 from broadcast.errors import BadRequest, ClientError, ServiceUnavailable
 from broadcast.media.transport import SecureTransport
 from broadcast.session import Session
 from broadcast.signaling.http import (
-    CORS_HEADERS,
     SDP_TYPE,
     TRICKLE_TYPE,
     read_body,
@@ -70,7 +72,7 @@ async def answer_session(
         offer,
         answers,
         transport.local_ice,
-        transport.local_candidates,
+        announced_candidates(transport.local_candidates, registry.config.public_ip),
         transport.local_fingerprints,
         cname=session.stream_id,
     )
@@ -93,6 +95,32 @@ async def answer_session(
             "Accept-Patch": TRICKLE_TYPE,
         },
     )
+
+
+def announced_candidates(
+    candidates: list[RTCIceCandidate], public_ip: str | None
+) -> list[RTCIceCandidate]:
+    """Our candidates, plus each one at the public address when we sit behind 1:1 NAT.
+
+    The public copy is server-reflexive (RFC 8445 §5.1.1.2): same port, reached through
+    the NAT; the host candidate stays first for peers on the same network.
+    """
+    if public_ip is None:
+        return candidates
+    public = [
+        dataclasses.replace(
+            c,
+            ip=public_ip,
+            type="srflx",
+            foundation="nat" + c.foundation,
+            priority=candidate_priority(c.component, "srflx"),
+            relatedAddress=c.ip,
+            relatedPort=c.port,
+        )
+        for c in candidates
+        if c.ip != public_ip
+    ]
+    return candidates + public
 
 
 def _find_session(request: web.Request) -> Session:
@@ -133,7 +161,7 @@ async def patch_session(request: web.Request) -> web.Response:
 
 def _parse_fragment(
     fragment: str,
-) -> tuple[str | None, list[aiortc_sdp.RTCIceCandidate], bool]:
+) -> tuple[str | None, list[RTCIceCandidate], bool]:
     ufrag = None
     candidates = []
     complete = False
@@ -164,7 +192,7 @@ async def delete_session(request: web.Request) -> web.Response:
 
 async def options(request: web.Request) -> web.Response:
     """CORS pre-flight, and the ICE servers a client may use (RFC 9725 §4.6)."""
-    response = web.Response(status=204, headers=CORS_HEADERS)
+    response = web.Response(status=204)
     for url in request.app[REGISTRY].config.stun_servers:
         response.headers.add("Link", f'<{url}>; rel="ice-server"')
     return response
