@@ -26,12 +26,32 @@ class BadRequest(ClientError):
     status = 400
 
 
+class Unauthorized(ClientError):
+    status = 401
+
+
 class NotFound(ClientError):
     status = 404
 
 
 class Conflict(ClientError):
     status = 409
+
+
+class PreconditionFailed(ClientError):
+    status = 412
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+
+
+class UnprocessableContent(ClientError):
+    status = 422
 
 
 class ServiceUnavailable(ClientError):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import aioice
 import pylibsrtp
@@ -142,32 +143,17 @@ class SecureTransport:
         self._connection.ice_controlling = bool(remote_ice.iceLite)
         self._ice._role_set = True
         self._dtls._set_role(dtls_role)
-        self._start_task = asyncio.create_task(
-            self._start(
-                remote_ice,
-                list(remote_candidates),
-                list(remote_fingerprints),
-                candidates_complete,
-            )
+        connecting = self._connect(
+            remote_ice,
+            list(remote_candidates),
+            list(remote_fingerprints),
+            candidates_complete,
         )
+        self._start_task = asyncio.create_task(self._within_timeout(connecting))
 
-    async def _start(
-        self,
-        remote_ice: RTCIceParameters,
-        remote_candidates: list[RTCIceCandidate],
-        remote_fingerprints: list[RTCDtlsFingerprint],
-        candidates_complete: bool,
-    ) -> None:
+    async def _within_timeout(self, connecting: Coroutine[Any, Any, None]) -> None:
         try:
-            await asyncio.wait_for(
-                self._connect(
-                    remote_ice,
-                    remote_candidates,
-                    remote_fingerprints,
-                    candidates_complete,
-                ),
-                CONNECT_TIMEOUT_S,
-            )
+            await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S)
         except TimeoutError:
             logger.info(
                 "%s did not connect within %.0f s", self.name, CONNECT_TIMEOUT_S

@@ -7,7 +7,14 @@ import hmac
 from aiohttp import web
 
 from broadcast.config import Config
-from broadcast.errors import ClientError, NotFound, json_error
+from broadcast.errors import (
+    ClientError,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+    json_error,
+)
 from broadcast.web_keys import REGISTRY
 
 SDP_TYPE = "application/sdp"
@@ -18,18 +25,6 @@ CORS_HEADERS = {
     "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
     "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Patch",
 }
-
-
-class PayloadTooLarge(ClientError):
-    status = 413
-
-
-class UnsupportedMediaType(ClientError):
-    status = 415
-
-
-class Unauthorized(ClientError):
-    status = 401
 
 
 async def read_body(request: web.Request, content_type: str, limit: int) -> str:

@@ -11,7 +11,12 @@ from aioice.candidate import candidate_priority
 from aiortc import RTCIceCandidate
 from aiortc import sdp as aiortc_sdp
 
-from broadcast.errors import BadRequest, ClientError, ServiceUnavailable
+from broadcast.errors import (
+    BadRequest,
+    PreconditionFailed,
+    ServiceUnavailable,
+    UnprocessableContent,
+)
 from broadcast.media.transport import SecureTransport
 from broadcast.session import Session
 from broadcast.signaling.http import (
@@ -24,14 +29,6 @@ from broadcast.signaling.sdp import MediaAnswer, Offer, build_answer
 from broadcast.web_keys import REGISTRY
 
 logger = logging.getLogger(__name__)
-
-
-class PreconditionFailed(ClientError):
-    status = 412
-
-
-class UnprocessableContent(ClientError):
-    status = 422
 
 
 async def answer_session(
