@@ -10,10 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from aiohttp import web
-
 from broadcast import __version__
-from broadcast.app import create_app
 from broadcast.config import (
     LOG_LEVELS,
     MAX_BITRATE_KBPS,
@@ -27,6 +24,7 @@ from broadcast.config import (
     parse_public_ip,
 )
 from broadcast.config_xml import load_config
+from broadcast.server import run
 
 HUMAN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -182,4 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     _configure_logging(config)
     for warning in warnings:
         logging.getLogger("broadcast.config").warning("%s", warning)
-    web.run_app(create_app(config), host=config.host, port=config.port)
+    try:
+        run(config)
+    except OSError as error:  # port taken, certificate unreadable, ...
+        _fail(f"cannot serve: {error}")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from aiortc import RTCCertificate
 
 from broadcast.config import Config
-from broadcast.errors import BadRequest
+from broadcast.errors import BadRequest, ServiceUnavailable
 from broadcast.events import StreamEvents
 from broadcast.stream import Stream
 
@@ -47,6 +47,23 @@ class StreamRegistry:
     def get(self, stream_id: str) -> Stream | None:
         return self.streams.get(stream_id)
 
+    def check_room_for_stream(self) -> None:
+        """Refuse a new stream past `max_streams`; those already live are untouched."""
+        limit = self.config.max_streams
+        if limit and len(self.streams) >= limit:
+            raise _full(f"This server carries its maximum of {limit} streams.")
+
+    def check_room_for_viewer(self, stream: Stream) -> None:
+        """Refuse a viewer past the per-stream or the total limit."""
+        per_stream = self.config.max_viewers_per_stream
+        if per_stream and len(stream.viewers) >= per_stream:
+            raise _full(
+                f"Stream '{stream.id}' has its maximum of {per_stream} viewers."
+            )
+        total = self.config.max_viewers_total
+        if total and sum(len(s.viewers) for s in self.streams.values()) >= total:
+            raise _full(f"This server has its maximum of {total} viewers.")
+
     def get_or_create(self, stream_id: str) -> Stream:
         stream = self.streams.get(stream_id)
         if stream is None:
@@ -72,3 +89,8 @@ class StreamRegistry:
         await asyncio.gather(
             *(s.close("server shutdown") for s in list(self.sessions.values()))
         )
+
+
+def _full(message: str) -> ServiceUnavailable:
+    # A full server is a temporary state: tell clients when to try again (RFC 9110 §10.2.3).
+    return ServiceUnavailable("server_full", message, {"Retry-After": "10"})

@@ -245,3 +245,24 @@ async def test_cors_answers_only_configured_origins(make_server, http):
             assert r.headers.get("Access-Control-Allow-Origin") == (
                 origin if allowed else None
             )
+
+
+async def test_limits_refuse_new_sessions_with_503_and_keep_the_others(
+    make_server, http
+):
+    server = await make_server(max_streams=1, max_viewers_per_stream=1)
+    first = await publish(http, str(server.make_url("/whip/one")))
+    async with http.post(
+        server.make_url("/whip/two"), data=G722_OFFER, headers=SDP
+    ) as r:
+        assert (await error_of(r))[:2] == (503, "server_full")
+        assert r.headers["Retry-After"] == "10"
+    viewer = await watch(http, str(server.make_url("/whep/one")))
+    try:
+        await watch(http, str(server.make_url("/whep/one")))
+    except AssertionError as error:
+        assert "503" in str(error) and "server_full" in str(error)
+    else:
+        raise AssertionError("a viewer past the limit was accepted")
+    await viewer.wait_connected()
+    await asyncio.gather(viewer.close(), first.close())

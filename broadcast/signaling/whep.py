@@ -33,6 +33,7 @@ async def post_whep(request: web.Request) -> web.Response:
     stream = registry.get(stream_id)
     if stream is None:
         raise NotFound("stream_not_found", f"There is no stream '{stream_id}' (yet).")
+    registry.check_room_for_viewer(stream)
     answers, payload_types = _choose_codecs(offer, stream)
     if not payload_types:
         stream_codecs = ", ".join(t.codec.mimeType for t in stream.tracks.values())

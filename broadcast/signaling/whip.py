@@ -44,6 +44,8 @@ async def post_whip(request: web.Request) -> web.Response:
     existing = registry.get(stream_id)
     if existing is not None and existing.publisher is not None:
         raise Conflict("stream_busy", f"Stream '{stream_id}' already has a publisher.")
+    if existing is None:
+        registry.check_room_for_stream()
     hints = {
         "x-google-start-bitrate": config.start_bitrate_kbps,
         "x-google-max-bitrate": config.max_bitrate_kbps,
