@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from broadcast.api import admin
+from broadcast.api.metrics import METRICS, Metrics, metrics, watch_loop_lag
 from broadcast.config import Config
 from broadcast.pages import add_routes
 from broadcast.registry import StreamRegistry
@@ -46,6 +48,10 @@ def create_app(config: Config) -> web.Application:
     app[WEBSOCKETS] = weakref.WeakSet()
     app.on_shutdown.append(close_websockets)
     add_routes(app)
+    admin.add_routes(app)
+    app[METRICS] = Metrics(app[REGISTRY])
+    app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(watch_loop_lag)
     app.cleanup_ctx.append(_close_streams)
     return app
 

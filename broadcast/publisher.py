@@ -64,6 +64,7 @@ class Publisher(Session):
         self._last_packet = time.monotonic()
         self._silence_timeout_s = silence_timeout_s
         self.hung_up = False
+        self.bitrate_in_bps = 0
 
     def connected(self) -> None:
         self.stream.publisher_connected(self)
@@ -102,6 +103,13 @@ class Publisher(Session):
         elif isinstance(packet, RtcpByePacket):
             logger.debug("%r got RTCP BYE", self)
 
+    def counters(self) -> dict[str, int]:
+        return {
+            **super().counters(),
+            "rtp_packets_received": sum(t.packets_total for t in self.upstream),
+            "rtp_bytes_received": sum(t.bytes_total for t in self.upstream),
+        }
+
     def failure(self) -> str | None:
         silent = time.monotonic() - self._last_packet
         if silent > self._silence_timeout_s:
@@ -120,7 +128,8 @@ class Publisher(Session):
         for track in self.upstream:
             track.bytes_received = 0
         lost = max((r.fraction_lost for r in reports), default=0) / 256
-        bitrate = self.bandwidth.update(received * 8 / max(interval, 0.001), lost)
+        self.bitrate_in_bps = int(received * 8 / max(interval, 0.001))
+        bitrate = self.bandwidth.update(self.bitrate_in_bps, lost)
         ssrcs = [t.ssrc for t in self.upstream if t.ssrc is not None]
         remb = RtcpPsfbPacket(
             fmt=RTCP_PSFB_APP,

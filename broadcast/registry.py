@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from aiortc import RTCCertificate
@@ -43,6 +44,10 @@ class StreamRegistry:
         self.streams: dict[str, Stream] = {}
         self.sessions: dict[str, Session] = {}
         self.events = StreamEvents()
+        # Counts of what has ended, so that totals never go down (Prometheus counters).
+        self.ended_counts: Counter[str] = Counter()
+        self.sessions_started: Counter[str] = Counter()
+        self.sessions_ended: Counter[tuple[str, str]] = Counter()
 
     def get(self, stream_id: str) -> Stream | None:
         return self.streams.get(stream_id)
@@ -76,18 +81,34 @@ class StreamRegistry:
     def _forget(self, stream: Stream) -> None:
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
+            self.ended_counts.update(stream.counters())
 
     def add_session(self, session: Session) -> None:
         self.sessions[session.id] = session
+        self.sessions_started[session.kind] += 1
 
     def remove_session(self, session: Session) -> None:
-        self.sessions.pop(session.id, None)
+        if self.sessions.pop(session.id, None) is not None:
+            self.sessions_ended[(session.kind, session.close_cause)] += 1
+            self.ended_counts.update(session.counters())
+
+    def counts(self) -> Counter[str]:
+        """Totals since start: what has ended plus what is live."""
+        totals = Counter(self.ended_counts)
+        for session in self.sessions.values():
+            totals.update(session.counters())
+        for stream in self.streams.values():
+            totals.update(stream.counters())
+        return totals
 
     async def close(self) -> None:
         """End every stream (publishers and viewers), as at server shutdown."""
         await asyncio.gather(*(s.close() for s in list(self.streams.values())))
         await asyncio.gather(
-            *(s.close("server shutdown") for s in list(self.sessions.values()))
+            *(
+                s.close("server shutdown", "shutdown")
+                for s in list(self.sessions.values())
+            )
         )
 
 

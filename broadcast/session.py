@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable
 
 from aiortc.rtp import RtcpPacket
@@ -34,6 +35,11 @@ class Session:
         self.etag = f'"{secrets.token_hex(8)}"'
         self.closed = False
         self.close_reason = ""
+        # Why it ended, from a short fixed list (a metrics label): client, transport,
+        # timeout, stream_ended, shutdown, error.
+        self.close_cause = ""
+        self.started_at = time.monotonic()
+        self.connected_at: float | None = None
         self.on_close: list[Callable[[Session], None]] = []
         self._rtcp_task: asyncio.Task[None] | None = None
         transport.on_packets(self.receive_rtp, self._receive_rtcp_data)
@@ -45,10 +51,13 @@ class Session:
     def _on_transport_state(self, state: str) -> None:
         logger.debug("%r transport %s", self, state)
         if state == "connected":
+            self.connected_at = time.monotonic()
             self.connected()
             self._rtcp_task = asyncio.create_task(self._run_rtcp())
         elif state in ("closed", "failed") and not self.closed:
-            asyncio.get_running_loop().create_task(self.close(f"transport {state}"))
+            asyncio.get_running_loop().create_task(
+                self.close(f"transport {state}", "transport")
+            )
 
     def connected(self) -> None:
         """The transport is up: media may flow."""
@@ -81,7 +90,7 @@ class Session:
             await asyncio.sleep(RTCP_INTERVAL_S)
             failure = self.failure()
             if failure is not None:
-                asyncio.get_running_loop().create_task(self.close(failure))
+                asyncio.get_running_loop().create_task(self.close(failure, "timeout"))
                 return
             try:
                 report = self.rtcp_report()
@@ -92,12 +101,23 @@ class Session:
             if report:
                 self.transport.send_rtcp(report)
 
-    async def close(self, reason: str) -> None:
-        """End the session; idempotent. `reason` goes to the log."""
+    def counters(self) -> dict[str, int]:
+        """Monotonic counts of this session's media, summed into server totals."""
+        return {"packets_dropped": self.transport.failed_packets}
+
+    @property
+    def remote_address(self) -> str | None:
+        """The peer's address on the selected ICE pair, `host:port`."""
+        address = self.transport.remote_address
+        return f"{address[0]}:{address[1]}" if address else None
+
+    async def close(self, reason: str, cause: str) -> None:
+        """End the session; idempotent. `reason` goes to the log, `cause` to metrics."""
         if self.closed:
             return
         self.closed = True
         self.close_reason = reason
+        self.close_cause = cause
         logger.info("%r closed: %s", self, reason)
         if self._rtcp_task is not None:
             self._rtcp_task.cancel()
@@ -110,7 +130,7 @@ class Session:
 
     async def hang_up(self) -> None:
         """The client ended the session (HTTP DELETE)."""
-        await self.close("ended by the client")
+        await self.close("ended by the client", "client")
 
     def detach(self) -> None:
         """Let go of the stream's tracks (called once, on close)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ class Stream:
     ) -> None:
         self.id = stream_id
         self.state = WAITING
+        self.created_at = time.monotonic()
         self.publisher: Publisher | None = None
         self.tracks: dict[str, SourceTrack] = {}
         self.viewers: set[Viewer] = set()
@@ -99,6 +101,9 @@ class Stream:
             self.viewers.discard(viewer)
             self._events.publish(viewers_event(self.id, len(self.viewers)))
 
+    def counters(self) -> dict[str, int]:
+        return {"plis_sent": sum(t.keyframes.sent for t in self.tracks.values())}
+
     async def close(self) -> None:
         """End the broadcast: its publisher and every viewer session; idempotent."""
         if self.state == ENDED:
@@ -109,6 +114,8 @@ class Stream:
             self._grace_timer = None
         self._on_end(self)
         sessions = [*self.viewers, *([self.publisher] if self.publisher else [])]
-        await asyncio.gather(*(s.close("stream ended") for s in sessions))
+        await asyncio.gather(
+            *(s.close("stream ended", "stream_ended") for s in sessions)
+        )
         for track in self.tracks.values():
             track.close()

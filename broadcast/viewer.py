@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
+from collections.abc import Callable
 
 from aiortc.rtp import (
     RTCP_PSFB_PLI,
@@ -40,6 +42,7 @@ class Viewer(Session):
         remote_ufrag: str,
         payload_types: dict[str, int],
         cname: str,
+        on_join: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         super().__init__(stream.id, transport, remote_ufrag)
         self.stream = stream
@@ -51,6 +54,15 @@ class Viewer(Session):
         ]
         self._by_ssrc = {t.source.ssrc: t for t in self.tracks}
         self.fraction_lost = 0
+        self.rtt_s: float | None = None
+        self.nacks_received = 0
+        self.bitrate_out_bps = 0
+        self._octets_reported = 0
+        self._reported_at = time.monotonic()
+        self._join_reported = False
+        self._on_join = on_join
+        # Sender reports we sent, by their compact NTP time (the RR's LSR), for RTT.
+        self._reports_sent: dict[int, float] = {}
         stream.add_viewer(self)
 
     def connected(self) -> None:
@@ -60,6 +72,7 @@ class Viewer(Session):
 
     def receive_rtcp(self, packet: object) -> None:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            self.nacks_received += 1
             track = self._by_ssrc.get(packet.media_ssrc)
             if track is not None:
                 track.retransmit(seq & 0xFFFF for seq in packet.lost)
@@ -78,14 +91,47 @@ class Viewer(Session):
             for report in packet.reports:
                 if report.ssrc in self._by_ssrc:
                     self.fraction_lost = report.fraction_lost
+                    sent = self._reports_sent.get(report.lsr)
+                    if sent is not None:
+                        # RFC 3550 §6.4.1: RTT = now - LSR - DLSR.
+                        self.rtt_s = max(
+                            0.0, time.monotonic() - sent - report.dlsr / 65536
+                        )
+
+    def counters(self) -> dict[str, int]:
+        return {
+            **super().counters(),
+            "rtp_packets_sent": sum(
+                t.packets_sent + t.retransmitted for t in self.tracks
+            ),
+            "rtp_bytes_sent": sum(t.octets_sent for t in self.tracks),
+            "nacks_received": self.nacks_received,
+            "retransmissions": sum(t.retransmitted for t in self.tracks),
+        }
+
+    def _measure(self) -> None:
+        now = time.monotonic()
+        octets = sum(t.octets_sent for t in self.tracks)
+        interval = max(now - self._reported_at, 0.001)
+        self.bitrate_out_bps = int((octets - self._octets_reported) * 8 / interval)
+        self._octets_reported, self._reported_at = octets, now
+        if not self._join_reported:
+            for track in self.tracks:
+                if track.first_keyframe_at is not None:
+                    self._on_join(track.first_keyframe_at - track.joined_at)
+                    self._join_reported = True
 
     def rtcp_report(self) -> bytes:
         """Sender reports (for lip sync and RTT) and our CNAME (RFC 3550 §6.4.1)."""
+        self._measure()
         compound = b""
+        while len(self._reports_sent) > 4:  # an RR answers one of the last few
+            del self._reports_sent[next(iter(self._reports_sent))]
         for track in self.tracks:
             if track.packets_sent == 0:
                 continue
             ntp, rtp = track.source.clock_now()
+            self._reports_sent[(ntp >> 16) & 0xFFFFFFFF] = time.monotonic()
             compound += bytes(
                 RtcpSrPacket(
                     ssrc=track.source.ssrc,

@@ -495,8 +495,7 @@ def test_check_config_prints_the_error_and_exits_1(
 def served(monkeypatch: pytest.MonkeyPatch) -> list[Config]:
     """Run `serve` up to the point it would start: record the Config it would serve."""
     configs: list[Config] = []
-    monkeypatch.setattr(cli, "create_app", lambda config: configs.append(config))
-    monkeypatch.setattr(cli.web, "run_app", lambda app, **kwargs: None)
+    monkeypatch.setattr(cli, "run", configs.append)
     monkeypatch.setattr(cli, "_configure_logging", lambda config: None)
     return configs
 

@@ -139,6 +139,7 @@ class SourceTrack:
         ) & 0xFFFFFFFF
 
     def add_viewer(self, viewer: ViewerTrack) -> None:
+        viewer.joined_at = time.monotonic()
         self.viewers.append(viewer)
         if viewer.waiting_for_keyframe:
             self.keyframes.request()

@@ -224,6 +224,11 @@ class SecureTransport:
             if self.failed_packets <= MAX_FAILURES_LOGGED:
                 logger.exception("%s dropped a packet it failed to handle", self.name)
 
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        pair = self._connection._nominated.get(1)
+        return None if pair is None else pair.remote_addr
+
     def send_rtp(self, data: bytes) -> None:
         """Protect one serialized RTP packet and send it; dropped if not connected."""
         pair = self._connection._nominated.get(1)

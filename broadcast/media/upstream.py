@@ -36,7 +36,9 @@ class UpstreamTrack:
         self.ssrc: int | None = announced_ssrcs[0] if announced_ssrcs else None
         self.stats = StreamStatistics(source.clock_rate)
         self.nack = NackGenerator() if source.kind == "video" else None
-        self.bytes_received = 0
+        self.bytes_received = 0  # since the last report
+        self.packets_total = 0
+        self.bytes_total = 0
         self.last_sr: tuple[int, float] | None = (
             None  # (middle 32 bits of NTP, arrival)
         )
@@ -54,6 +56,8 @@ class UpstreamTrack:
     def receive(self, packet: RtpPacket, size: int) -> bool:
         """Count a media packet; True when the set of missing packets grew."""
         self.bytes_received += size
+        self.packets_total += 1
+        self.bytes_total += size
         self.stats.add(packet)
         if self.nack is None:
             return False

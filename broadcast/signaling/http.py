@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
 
-from broadcast.config import Config
 from broadcast.errors import (
     ClientError,
     NotFound,
     PayloadTooLarge,
-    Unauthorized,
     UnsupportedMediaType,
     json_error,
 )
@@ -51,23 +47,6 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         "body_too_large", f"The body is larger than {limit // 1024} KiB."
     )
-
-
-def check_publish_key(request: web.Request, config: Config) -> None:
-    """Require `Authorization: Bearer <key>` when publish keys are configured."""
-    if not config.publish_keys:
-        return
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    valid = scheme.lower() == "bearer" and any(
-        hmac.compare_digest(token.encode(), key.encode()) for key in config.publish_keys
-    )
-    if not valid:
-        raise Unauthorized(
-            "unauthorized",
-            "Publishing needs a valid key: 'Authorization: Bearer <publish key>'.",
-            headers={"WWW-Authenticate": 'Bearer realm="broadcast"'},
-        )
 
 
 def session_not_found() -> NotFound:

@@ -55,7 +55,7 @@ async def answer_session(
         if not transport.local_candidates:
             raise OSError("no ICE candidate could be gathered")
     except OSError as exc:
-        await session.close(f"cannot gather candidates: {exc}")
+        await session.close(f"cannot gather candidates: {exc}", "error")
         raise ServiceUnavailable(
             "no_candidates", f"The server cannot open media ports: {exc}."
         ) from exc

@@ -6,6 +6,7 @@ from typing import cast
 
 from aiohttp import web
 
+from broadcast.api.metrics import METRICS
 from broadcast.errors import BadRequest, NotFound
 from broadcast.media.transport import SecureTransport
 from broadcast.registry import check_stream_id
@@ -44,7 +45,14 @@ async def post_whep(request: web.Request) -> web.Response:
         )
 
     def make_viewer(transport: SecureTransport) -> Viewer:
-        return Viewer(stream, transport, offer.ufrag, payload_types, stream_id)
+        return Viewer(
+            stream,
+            transport,
+            offer.ufrag,
+            payload_types,
+            stream_id,
+            on_join=request.app[METRICS].join_seconds.observe,
+        )
 
     return await answer_session(request, offer, answers, make_viewer, "whep", stream_id)
 

@@ -8,12 +8,13 @@ from typing import cast
 
 from aiohttp import web
 
+from broadcast.auth import check_publish_key
 from broadcast.errors import BadRequest, Conflict
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.upstream import BandwidthEstimate, UpstreamTrack
 from broadcast.publisher import Publisher
 from broadcast.registry import check_stream_id, new_stream_id
-from broadcast.signaling.http import SDP_TYPE, check_publish_key, read_body
+from broadcast.signaling.http import SDP_TYPE, read_body
 from broadcast.signaling.sdp import (
     MediaAnswer,
     Offer,

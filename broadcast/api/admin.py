@@ -1,0 +1,95 @@
+"""Admin REST (`/api/...`, DESIGN §4): list and stop streams, see and kick viewers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from broadcast.auth import check_admin_key
+from broadcast.errors import NotFound
+from broadcast.registry import check_stream_id
+from broadcast.stream import Stream
+from broadcast.viewer import Viewer
+from broadcast.web_keys import REGISTRY
+
+
+def _kbps(bits_per_second: int) -> int:
+    return round(bits_per_second / 1000)
+
+
+def stream_summary(stream: Stream) -> dict[str, Any]:
+    publisher = stream.publisher
+    return {
+        "id": stream.id,
+        "state": stream.state,
+        "source": publisher.kind if publisher else None,
+        "codecs": [t.codec.mimeType for t in stream.tracks.values()],
+        "bitrate_in_kbps": _kbps(publisher.bitrate_in_bps) if publisher else 0,
+        "viewers": len(stream.viewers),
+        "uptime_s": round(time.monotonic() - stream.created_at, 1),
+    }
+
+
+def viewer_summary(viewer: Viewer) -> dict[str, Any]:
+    return {
+        "id": viewer.id,
+        "address": viewer.remote_address,
+        "connected": viewer.connected_at is not None,
+        "bitrate_out_kbps": _kbps(viewer.bitrate_out_bps),
+        "loss_percent": round(100 * viewer.fraction_lost / 256, 1),
+        "rtt_ms": None if viewer.rtt_s is None else round(1000 * viewer.rtt_s),
+        "retransmissions": sum(t.retransmitted for t in viewer.tracks),
+    }
+
+
+def _stream(request: web.Request) -> Stream:
+    registry = request.app[REGISTRY]
+    check_admin_key(request, registry.config)
+    stream_id = check_stream_id(request.match_info["stream_id"])
+    stream = registry.get(stream_id)
+    if stream is None:
+        raise NotFound("stream_not_found", f"There is no stream '{stream_id}'.")
+    return stream
+
+
+async def list_streams(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    check_admin_key(request, registry.config)
+    streams = sorted(registry.streams.values(), key=lambda s: s.id)
+    return web.json_response({"streams": [stream_summary(s) for s in streams]})
+
+
+async def show_stream(request: web.Request) -> web.Response:
+    stream = _stream(request)
+    viewers = sorted(stream.viewers, key=lambda v: v.started_at)
+    return web.json_response(
+        {
+            **stream_summary(stream),
+            "viewer_sessions": [viewer_summary(v) for v in viewers],
+        }
+    )
+
+
+async def stop_stream(request: web.Request) -> web.Response:
+    stream = _stream(request)
+    await stream.close()
+    return web.json_response({"stopped": stream.id})
+
+
+async def kick_viewer(request: web.Request) -> web.Response:
+    stream = _stream(request)
+    viewer_id = request.match_info["viewer_id"]
+    viewer = next((v for v in stream.viewers if v.id == viewer_id), None)
+    if viewer is None:
+        raise NotFound("viewer_not_found", "No such viewer on this stream.")
+    await viewer.close("kicked by the admin", "admin")
+    return web.json_response({"kicked": viewer_id})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/streams", list_streams)
+    app.router.add_get("/api/streams/{stream_id}", show_stream)
+    app.router.add_delete("/api/streams/{stream_id}", stop_stream)
+    app.router.add_delete("/api/streams/{stream_id}/viewers/{viewer_id}", kick_viewer)

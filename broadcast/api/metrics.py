@@ -1,0 +1,133 @@
+"""`GET /metrics`: Prometheus text, read from our own counters at scrape time.
+
+The hot path only increments plain integers on its own objects; this collector sums
+them when Prometheus asks. Labels are bounded: kinds, states and causes, never ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from broadcast.auth import check_admin_key
+from broadcast.registry import StreamRegistry
+from broadcast.stream import ENDED, LIVE, RECONNECTING, WAITING
+from broadcast.web_keys import REGISTRY
+
+# How often the event loop is probed for lag, and how late a probe may be before it
+# counts as lag: a loop that falls behind delays every viewer's packets.
+LOOP_PROBE_INTERVAL_S = 0.5
+
+COUNTERS = {
+    "rtp_packets_received": "RTP packets received from publishers",
+    "rtp_bytes_received": "RTP bytes received from publishers",
+    "rtp_packets_sent": "RTP packets sent to viewers, retransmissions included",
+    "rtp_bytes_sent": "RTP payload bytes sent to viewers",
+    "nacks_received": "NACK messages received from viewers",
+    "retransmissions": "packets retransmitted to viewers after a NACK",
+    "plis_sent": "keyframe requests (PLI) sent to publishers",
+    "packets_dropped": "packets dropped because they could not be handled or protected",
+}
+
+
+class Metrics:
+    """The Prometheus registry of one server (no module-level state)."""
+
+    def __init__(self, registry: StreamRegistry) -> None:
+        self.prometheus = CollectorRegistry()
+        self.join_seconds = Histogram(
+            "broadcast_join_to_keyframe_seconds",
+            "Time from a viewer's connection to its first keyframe",
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5),
+            registry=self.prometheus,
+        )
+        self.loop_lag_s = 0.0
+        self.prometheus.register(_ServerCollector(registry, self))
+
+
+class _ServerCollector(Collector):
+    def __init__(self, registry: StreamRegistry, metrics: Metrics) -> None:
+        self._registry = registry
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        registry = self._registry
+        streams = GaugeMetricFamily(
+            "broadcast_streams", "Streams by state", labels=["state"]
+        )
+        for state in (WAITING, LIVE, RECONNECTING, ENDED):
+            count = sum(1 for s in registry.streams.values() if s.state == state)
+            streams.add_metric([state], count)
+        yield streams
+        yield GaugeMetricFamily(
+            "broadcast_viewers",
+            "Viewer sessions",
+            value=sum(len(s.viewers) for s in registry.streams.values()),
+        )
+        started = CounterMetricFamily(
+            "broadcast_sessions_started", "Sessions created", labels=["kind"]
+        )
+        for kind, count in sorted(registry.sessions_started.items()):
+            started.add_metric([kind], count)
+        yield started
+        ended = CounterMetricFamily(
+            "broadcast_sessions_ended",
+            "Sessions ended, by cause",
+            labels=["kind", "cause"],
+        )
+        for (kind, cause), count in sorted(registry.sessions_ended.items()):
+            ended.add_metric([kind, cause], count)
+        yield ended
+        counts = registry.counts()
+        for name, help_text in COUNTERS.items():
+            yield CounterMetricFamily(
+                f"broadcast_{name}", help_text, value=counts[name]
+            )
+        yield GaugeMetricFamily(
+            "broadcast_event_loop_lag_seconds",
+            "How late the event loop ran its last probe",
+            value=self._metrics.loop_lag_s,
+        )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    if not registry.config.metrics_enabled:
+        raise web.HTTPNotFound()
+    check_admin_key(request, registry.config, required=False)
+    body = generate_latest(request.app[METRICS].prometheus)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def watch_loop_lag(app: web.Application) -> AsyncIterator[None]:
+    """Measure event-loop lag all along the server's life (cleanup_ctx)."""
+
+    async def probe() -> None:
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(LOOP_PROBE_INTERVAL_S)
+            lag = time.monotonic() - start - LOOP_PROBE_INTERVAL_S
+            app[METRICS].loop_lag_s = max(0.0, lag)
+
+    task = asyncio.create_task(probe())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+METRICS = web.AppKey("metrics", Metrics)
