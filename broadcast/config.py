@@ -179,8 +179,9 @@ def parse_existing_file(path: str) -> str:
 class RtspOptions:
     """How a camera is pulled."""
 
-    # Pull the camera from start even with no viewer, so a viewer gets a picture at once.
-    always_on: bool = True
+    # False (the default): connect at the first viewer, let go a while after the last.
+    # True: pull from start, so the keyframe cache is warm and a picture shows at once.
+    always_on: bool = False
     # RTP over the RTSP TCP connection passes NAT and firewalls; UDP has less delay.
     transport: str = "tcp"
 
