@@ -94,3 +94,28 @@ def test_bandwidth_estimate_ramps_without_loss_and_backs_off_with_it():
         estimate.update(3_000_000, 0.0)
     assert estimate.bitrate == 4_000_000
     assert estimate.update(2_000_000, 0.3) == 1_700_000
+
+
+def test_a_joining_viewer_gets_the_cached_gop_at_once():
+    source = SourceTrack("video", VP8, cache_gop=True)
+    for seq in range(5):
+        source.forward(
+            packet(seq, b"\x10\x01" if seq else b"\x10\x00")
+        )  # key, 4 deltas
+    for seq in range(5, 8):
+        source.forward(packet(seq, b"\x10\x00" if seq == 6 else b"\x10\x01"))
+    sent: list[bytes] = []
+    viewer = ViewerTrack(source, sent.append, 96)
+    source.add_viewer(viewer)
+    # The cache holds the latest keyframe (seq 6) and what followed it.
+    assert [int.from_bytes(p[2:4], "big") for p in sent] == [6, 7]
+    assert not viewer.waiting_for_keyframe
+
+
+def test_without_a_gop_cache_a_viewer_waits_for_the_next_keyframe():
+    source = SourceTrack("video", VP8)
+    source.forward(packet(0))
+    sent: list[bytes] = []
+    viewer = ViewerTrack(source, sent.append, 96)
+    source.add_viewer(viewer)
+    assert sent == [] and viewer.waiting_for_keyframe

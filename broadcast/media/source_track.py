@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from broadcast.media.viewer_track import ViewerTrack
 
 RTP_HEADER = struct.Struct("!BBHII")
+# A camera's GOP kept for joining viewers: 1 s at 8 Mbit/s is ~700 packets. A camera
+# with a 10 s GOP would need more; past this the cache is dropped until the next key.
+GOP_CACHE_PACKETS = 2000
 RTP_VERSION_BITS = 0x80
 RTP_PADDING_BIT = 0x20
 NTP_ONE_SECOND = 1 << 32
@@ -42,7 +45,9 @@ class SourceTrack:
     The codec is fixed by the first publish, since viewers negotiated it.
     """
 
-    def __init__(self, kind: str, codec: RTCRtpCodecParameters) -> None:
+    def __init__(
+        self, kind: str, codec: RTCRtpCodecParameters, cache_gop: bool = False
+    ) -> None:
         self.kind = kind
         self.codec = codec
         self.payload_type: int = cast(int, codec.payloadType)  # set by the SDP parser
@@ -65,6 +70,10 @@ class SourceTrack:
         self._sender_report: tuple[int, int, float] | None = None
         self.packets_in = 0
         self.bytes_in = 0
+        # A source that cannot answer a PLI (a camera) keeps its last GOP instead, so a
+        # joining viewer starts at once at the latest keyframe.
+        self._cache_gop = cache_gop and self._starts_keyframe is not None
+        self.gop: list[bytes] = []
 
     def __repr__(self) -> str:
         return f"SourceTrack({self.kind} {self.codec.mimeType})"
@@ -96,8 +105,18 @@ class SourceTrack:
         self.packets_in += 1
         self.bytes_in += len(data)
         self.history.add(seq, data)
+        if self._cache_gop:
+            self._keep_in_gop(data, keyframe)
         for viewer in self.viewers:
             viewer.send(data, keyframe)
+
+    def _keep_in_gop(self, data: bytes, keyframe: bool) -> None:
+        if keyframe:
+            self.gop = [data]
+        elif self.gop and len(self.gop) < GOP_CACHE_PACKETS:
+            self.gop.append(data)
+        else:
+            self.gop = []
 
     def _rebase(self, packet: RtpPacket) -> None:
         """Continue our sequence and timeline where the previous upstream left off."""
@@ -141,6 +160,8 @@ class SourceTrack:
     def add_viewer(self, viewer: ViewerTrack) -> None:
         viewer.joined_at = time.monotonic()
         self.viewers.append(viewer)
+        for index, packet in enumerate(self.gop):
+            viewer.send(packet, keyframe=index == 0)
         if viewer.waiting_for_keyframe:
             self.keyframes.request()
 
