@@ -57,5 +57,9 @@ def create_app(config: Config) -> web.Application:
 
 
 async def _close_streams(app: web.Application) -> AsyncIterator[None]:
+    """Cameras are streams from the start; every stream ends with the server."""
+    registry = app[REGISTRY]
+    for camera in registry.config.cameras:
+        registry.add_camera(camera)
     yield
-    await app[REGISTRY].close()
+    await registry.close()

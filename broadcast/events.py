@@ -37,8 +37,12 @@ class StreamEvents:
             listener(event)
 
 
-def state_event(stream_id: str, state: str) -> Event:
-    return {"type": "state", "stream": stream_id, "state": state}
+def state_event(stream_id: str, state: str, problem: str | None = None) -> Event:
+    """A stream's state; `problem` says why a camera stream is reconnecting."""
+    event: Event = {"type": "state", "stream": stream_id, "state": state}
+    if problem:
+        event["problem"] = problem
+    return event
 
 
 def viewers_event(stream_id: str, count: int) -> Event:

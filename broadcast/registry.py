@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from aiortc import RTCCertificate
 
-from broadcast.config import Config
-from broadcast.errors import BadRequest, ServiceUnavailable
+from broadcast.config import Config, RtspCamera
+from broadcast.errors import BadRequest, Conflict, ServiceUnavailable
 from broadcast.events import StreamEvents
 from broadcast.stream import Stream
 
@@ -68,6 +68,18 @@ class StreamRegistry:
         total = self.config.max_viewers_total
         if total and sum(len(s.viewers) for s in self.streams.values()) >= total:
             raise _full(f"This server has its maximum of {total} viewers.")
+
+    def add_camera(self, camera: RtspCamera) -> Stream:
+        """Publish a camera as a stream of its own, known from now on."""
+        from broadcast.ingest.camera import Camera  # the ingest depends on us
+
+        stream = self.get_or_create(camera.id)
+        if stream.source is not None:
+            raise Conflict("stream_busy", f"Stream '{camera.id}' already has a source.")
+        stream.camera = Camera(camera, stream)
+        if camera.options.always_on:
+            stream.camera.start()
+        return stream
 
     def get_or_create(self, stream_id: str) -> Stream:
         stream = self.streams.get(stream_id)

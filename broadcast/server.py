@@ -22,7 +22,6 @@ def not_yet_in_effect(config: Config) -> list[str]:
         "media_ports": "media UDP ports are still chosen by the system",
         "turn_servers": "TURN servers are not handed to browsers yet",
         "turn_secret": "TURN credentials are not handed to browsers yet",
-        "cameras": "RTSP cameras are not pulled yet",
     }
     return [
         f"<{name}> is set but not in effect yet: {why}"

@@ -13,6 +13,7 @@ from broadcast.events import StreamEvents, state_event, viewers_event
 from broadcast.media.source_track import SourceTrack
 
 if TYPE_CHECKING:
+    from broadcast.ingest.camera import Camera
     from broadcast.publisher import Publisher
     from broadcast.viewer import Viewer
 
@@ -35,6 +36,10 @@ class Stream:
         self.state = WAITING
         self.created_at = time.monotonic()
         self.publisher: Publisher | None = None
+        # A configured camera is this stream's source for good: the stream lives as long
+        # as the configuration, whatever the camera does.
+        self.camera: Camera | None = None
+        self.problem: str | None = None
         self.tracks: dict[str, SourceTrack] = {}
         self.viewers: set[Viewer] = set()
         self._reconnect_grace_s = reconnect_grace_s
@@ -46,17 +51,36 @@ class Stream:
     def __repr__(self) -> str:
         return f"Stream({self.id})"
 
-    def _set_state(self, state: str) -> None:
-        if state != self.state:
+    def _set_state(self, state: str, problem: str | None = None) -> None:
+        if state != self.state or problem != self.problem:
             logger.info("%r %s -> %s", self, self.state, state)
             self.state = state
-            self._events.publish(state_event(self.id, state))
+            self.problem = problem
+            self._events.publish(state_event(self.id, state, problem))
+
+    @property
+    def source(self) -> Publisher | Camera | None:
+        return self.camera or self.publisher
+
+    def source_live(self, camera: Camera) -> None:
+        """The camera plays: media flows again."""
+        self._set_state(LIVE)
+
+    def source_lost(self, camera: Camera, problem: str) -> None:
+        """The camera dropped or cannot be reached; it retries by itself."""
+        if self.state != ENDED:
+            self._set_state(RECONNECTING, problem)
+
+    def source_idle(self, camera: Camera) -> None:
+        """An on-demand camera was let go: nobody watches."""
+        if self.state != ENDED:
+            self._set_state(WAITING)
 
     def attach_publisher(self, publisher: Publisher) -> None:
         """Take `publisher` as the source; a second live publisher is refused."""
         if self.state == ENDED:
             raise Conflict("stream_ended", f"Stream '{self.id}' has just ended.")
-        if self.publisher is not None:
+        if self.publisher is not None or self.camera is not None:
             raise Conflict(
                 "stream_busy", f"Stream '{self.id}' already has a publisher."
             )
@@ -94,15 +118,23 @@ class Stream:
 
     def add_viewer(self, viewer: Viewer) -> None:
         self.viewers.add(viewer)
-        self._events.publish(viewers_event(self.id, len(self.viewers)))
+        self._viewers_changed()
 
     def remove_viewer(self, viewer: Viewer) -> None:
         if viewer in self.viewers:
             self.viewers.discard(viewer)
-            self._events.publish(viewers_event(self.id, len(self.viewers)))
+            self._viewers_changed()
+
+    def _viewers_changed(self) -> None:
+        self._events.publish(viewers_event(self.id, len(self.viewers)))
+        if self.camera is not None:
+            self.camera.viewers_changed(len(self.viewers))
 
     def counters(self) -> dict[str, int]:
-        return {"plis_sent": sum(t.keyframes.sent for t in self.tracks.values())}
+        counts = {"plis_sent": sum(t.keyframes.sent for t in self.tracks.values())}
+        if self.camera is not None:
+            counts.update(self.camera.counters())
+        return counts
 
     async def close(self) -> None:
         """End the broadcast: its publisher and every viewer session; idempotent."""
@@ -113,9 +145,9 @@ class Stream:
             self._grace_timer.cancel()
             self._grace_timer = None
         self._on_end(self)
-        sessions = [*self.viewers, *([self.publisher] if self.publisher else [])]
+        sources = [*self.viewers, *([self.source] if self.source else [])]
         await asyncio.gather(
-            *(s.close("stream ended", "stream_ended") for s in sessions)
+            *(s.close("stream ended", "stream_ended") for s in sources)
         )
         for track in self.tracks.values():
             track.close()

@@ -20,13 +20,15 @@ def _kbps(bits_per_second: int) -> int:
 
 
 def stream_summary(stream: Stream) -> dict[str, Any]:
-    publisher = stream.publisher
+    source = stream.source
     return {
         "id": stream.id,
         "state": stream.state,
-        "source": publisher.kind if publisher else None,
+        "problem": stream.problem,
+        "source": source.kind if source else None,
+        "camera": stream.camera.name if stream.camera else None,
         "codecs": [t.codec.mimeType for t in stream.tracks.values()],
-        "bitrate_in_kbps": _kbps(publisher.bitrate_in_bps) if publisher else 0,
+        "bitrate_in_kbps": _kbps(source.bitrate_in_bps) if source else 0,
         "viewers": len(stream.viewers),
         "uptime_s": round(time.monotonic() - stream.created_at, 1),
     }

@@ -198,27 +198,43 @@ def build_answer(
     bundle = aiortc_sdp.GroupDescription(semantic="BUNDLE", items=[])
     for answer in answers:
         offered = answer.offered
+        codecs = answer.codecs or _placeholder(offered)
+        # An m-line we have nothing for stays in the bundle as `inactive` with one of
+        # its codecs: some stacks (aiortc) fail on a rejected, codec-less m-line.
+        bundled = bool(codecs)
         media = aiortc_sdp.MediaDescription(
             kind=offered.kind,
-            port=candidates[0].port if answer.accepted and candidates else 0,
+            port=candidates[0].port if bundled and candidates else 0,
             profile=offered.profile,
-            fmt=[c.payloadType for c in answer.codecs] or offered.fmt[:1],
+            fmt=[c.payloadType for c in codecs] or offered.fmt[:1],
         )
         media.host = candidates[0].ip if candidates else "0.0.0.0"
         media.direction = answer.direction
-        media.rtp = RTCRtpParameters(codecs=answer.codecs, muxId=offered.rtp.muxId)
+        media.rtp = RTCRtpParameters(codecs=codecs, muxId=offered.rtp.muxId)
         # aiortc prints a=rtcp-mux only along with an a=rtcp line (RFC 5761 §5.1.3).
         media.rtcp_port, media.rtcp_host, media.rtcp_mux = 9, "0.0.0.0", True
         media.ice = ice
         media.dtls = RTCDtlsParameters(fingerprints=fingerprints, role=offer.dtls_role)
-        if answer.accepted:
+        if bundled:
             bundle.items.append(offered.rtp.muxId)
             media.ice_candidates = candidates
             media.ice_candidates_complete = True
-            if answer.ssrc is not None:
+            if answer.accepted and answer.ssrc is not None:
                 media.msid = answer.msid
                 media.ssrc = [aiortc_sdp.SsrcDescription(ssrc=answer.ssrc, cname=cname)]
         description.media.append(media)
     if bundle.items:
         description.group.append(bundle)
     return str(description)
+
+
+def _placeholder(offered: aiortc_sdp.MediaDescription) -> list[RTCRtpCodecParameters]:
+    """One offered codec, to answer an m-line `inactive` rather than reject it."""
+    if offered.kind not in ("audio", "video"):
+        return []
+    for codec in offered.rtp.codecs:
+        if not is_rtx(codec):
+            placeholder = copy.deepcopy(codec)
+            placeholder.rtcpFeedback = []
+            return [placeholder]
+    return []

@@ -7,7 +7,8 @@ from typing import cast
 from aiohttp import web
 
 from broadcast.api.metrics import METRICS
-from broadcast.errors import BadRequest, NotFound
+from broadcast.errors import BadRequest, NotFound, ServiceUnavailable
+from broadcast.ingest.rtsp import CameraError
 from broadcast.media.transport import SecureTransport
 from broadcast.registry import check_stream_id
 from broadcast.signaling.http import SDP_TYPE, read_body
@@ -35,6 +36,13 @@ async def post_whep(request: web.Request) -> web.Response:
     if stream is None:
         raise NotFound("stream_not_found", f"There is no stream '{stream_id}' (yet).")
     registry.check_room_for_viewer(stream)
+    if stream.camera is not None:
+        try:
+            await stream.camera.wait_ready()
+        except CameraError as error:
+            raise ServiceUnavailable(
+                "camera_unavailable", f"{error}.", {"Retry-After": "5"}
+            ) from None
     answers, payload_types = _choose_codecs(offer, stream)
     if not payload_types:
         stream_codecs = ", ".join(t.codec.mimeType for t in stream.tracks.values())

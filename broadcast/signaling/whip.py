@@ -43,7 +43,7 @@ async def post_whip(request: web.Request) -> web.Response:
     offer = parse_offer(await read_body(request, SDP_TYPE, config.max_sdp_bytes))
 
     existing = registry.get(stream_id)
-    if existing is not None and existing.publisher is not None:
+    if existing is not None and existing.source is not None:
         raise Conflict("stream_busy", f"Stream '{stream_id}' already has a publisher.")
     if existing is None:
         registry.check_room_for_stream()

@@ -1,0 +1,282 @@
+"""Camera: an IP camera as a stream's publisher — pulled, reconnected, on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+
+from aiortc import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+from broadcast.config import RtspCamera
+from broadcast.ingest.rtsp import CameraError, CameraTrack, RtspSession, redact
+from broadcast.media.h264 import H264Repacketizer, parse_sprop_parameter_sets
+from broadcast.media.source_track import SourceTrack
+from broadcast.stream import Stream
+
+logger = logging.getLogger(__name__)
+
+# Reconnect after 1, 2, 4, ... seconds, never waiting more than this (capped backoff).
+RETRY_MAX_S = 30.0
+# An on-demand camera is let go this long after its last viewer leaves.
+IDLE_TIMEOUT_S = 10.0
+# How long a first viewer waits for an on-demand camera to start sending.
+READY_TIMEOUT_S = 10.0
+VIDEO_PAYLOAD_TYPE = 96
+DEFAULT_PROFILE_LEVEL_ID = (
+    "42e01f"  # constrained baseline 3.1, when the SDP says nothing
+)
+PASSTHROUGH_AUDIO = {"PCMA": 8, "PCMU": 0}
+
+
+class Camera:
+    """Pull one camera into its stream's source tracks, as long as it is wanted."""
+
+    kind = "rtsp"
+
+    def __init__(self, camera: RtspCamera, stream: Stream) -> None:
+        self.config = camera
+        self.name = redact(camera.url)
+        self.stream = stream
+        self.always_on = camera.options.always_on
+        self.problem: str | None = None
+        self.bitrate_in_bps = 0
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._routes: list[_Route] = []
+        self._packets = 0
+        self._bytes = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Camera({self.config.id} {self.name})"
+
+    # --- what the stream and the signaling ask of a camera --------------------
+
+    def start(self) -> None:
+        """Start pulling (again); nothing happens while it already runs."""
+        if self._closed or (self._task is not None and not self._task.done()):
+            return
+        self._task = asyncio.create_task(self._run())
+
+    async def wait_ready(self) -> None:
+        """Start if needed and wait until the camera's tracks are known and playing."""
+        self.start()
+        try:
+            await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+        except TimeoutError:
+            raise CameraError(
+                self.problem
+                or f"{self.name} did not start within {READY_TIMEOUT_S:.0f} s"
+            ) from None
+
+    def viewers_changed(self, count: int) -> None:
+        """Let an on-demand camera go a while after its last viewer."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if count == 0 and not self.always_on and not self._closed:
+            self._idle_timer = asyncio.get_running_loop().call_later(
+                IDLE_TIMEOUT_S, lambda: asyncio.create_task(self._stop_idle())
+            )
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "rtp_packets_received": self._packets,
+            "rtp_bytes_received": self._bytes,
+        }
+
+    async def close(self, reason: str, cause: str) -> None:
+        """Stop for good (the stream ends); idempotent."""
+        self._closed = True
+        await self._stop()
+
+    # --- the pull loop -------------------------------------------------------
+
+    async def _stop_idle(self) -> None:
+        if not self.stream.viewers:
+            logger.info("%r idle: disconnecting", self)
+            await self._stop()
+            self.stream.source_idle(self)
+
+    async def _stop(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._ready.clear()
+
+    async def _run(self) -> None:
+        delay = 1.0
+        while True:
+            session = RtspSession(
+                self.config.url, self.config.options.transport, self._receive
+            )
+            try:
+                await self._pull(session)
+            except CameraError as error:
+                self.problem = str(error)
+            finally:
+                await session.close()
+            self._ready.clear()
+            logger.warning("%r: %s; retrying in %.0f s", self, self.problem, delay)
+            self.stream.source_lost(self, self.problem or "camera lost")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _pull(self, session: RtspSession) -> None:
+        tracks = await session.describe()
+        routed = [(track, self._route(track)) for track in tracks]
+        wanted = [(track, route) for track, route in routed if route is not None]
+        if not any(route.source.kind == "video" for _, route in wanted):
+            raise CameraError(_unsupported(tracks))
+        self._routes = [route for _, route in wanted]
+        for route in self._routes:
+            route.source.upstream_changed()
+        await session.play([track for track, _ in wanted])
+        self.problem = None
+        self._ready.set()
+        self.stream.source_live(self)
+        logger.info("%r playing %s", self, ", ".join(t.encoding for t, _ in wanted))
+        measuring = asyncio.create_task(self._measure())
+        try:
+            await session.run()
+        finally:
+            measuring.cancel()
+
+    async def _measure(self) -> None:
+        while True:
+            before, start = self._bytes, time.monotonic()
+            await asyncio.sleep(1.0)
+            self.bitrate_in_bps = int(
+                (self._bytes - before) * 8 / (time.monotonic() - start)
+            )
+
+    def _route(self, track: CameraTrack) -> _Route | None:
+        """Where a camera track goes, creating the stream's source track at first."""
+        if track.kind == "video" and track.encoding == "H264":
+            codec = RTCRtpCodecParameters(
+                mimeType="video/H264",
+                clockRate=90000,
+                payloadType=VIDEO_PAYLOAD_TYPE,
+                parameters={
+                    "packetization-mode": "1",
+                    "level-asymmetry-allowed": "1",
+                    "profile-level-id": _profile_level_id(track),
+                },
+            )
+            source = self._source("video", codec, cache_gop=True)
+            return _Route(
+                source, H264Repacketizer(track.fmtp.get("sprop-parameter-sets"))
+            )
+        if track.kind == "audio" and track.encoding in PASSTHROUGH_AUDIO:
+            codec = RTCRtpCodecParameters(
+                mimeType=f"audio/{track.encoding}",
+                clockRate=8000,
+                channels=1,
+                payloadType=PASSTHROUGH_AUDIO[track.encoding],
+            )
+            return _Route(self._source("audio", codec), None)
+        if track.kind == "audio":
+            logger.warning(
+                "%r: %s audio is not forwarded (only PCMA and PCMU are)",
+                self,
+                track.encoding,
+            )
+        return None
+
+    def _source(
+        self, kind: str, codec: RTCRtpCodecParameters, cache_gop: bool = False
+    ) -> SourceTrack:
+        source = self.stream.tracks.get(kind)
+        if source is None:
+            source = SourceTrack(kind, codec, cache_gop=cache_gop)
+            self.stream.tracks[kind] = source
+        elif source.codec.mimeType.lower() != codec.mimeType.lower():
+            raise CameraError(
+                f"{self.name} changed its {kind} codec from {source.codec.mimeType} to "
+                f"{codec.mimeType}; viewers cannot follow without reconnecting"
+            )
+        return source
+
+    def _receive(self, index: int, data: bytes) -> None:
+        if index >= len(self._routes):
+            return
+        try:
+            packet = RtpPacket.parse(data)
+        except ValueError:
+            return
+        self._packets += 1
+        self._bytes += len(data)
+        self._routes[index].forward(packet)
+
+
+class _Route:
+    """One camera track into one source track, repacketized if it is H.264."""
+
+    def __init__(self, source: SourceTrack, h264: H264Repacketizer | None) -> None:
+        self.source = source
+        self.h264 = h264
+        self.ssrc = secrets.randbits(32) or 1
+        self.sequence_number = secrets.randbits(16)
+        self._last_seq: int | None = None
+
+    def forward(self, packet: RtpPacket) -> None:
+        if self.h264 is None:
+            self.source.forward(packet)
+            return
+        lost = self._last_seq is not None and packet.sequence_number != (
+            (self._last_seq + 1) & 0xFFFF
+        )
+        self._last_seq = packet.sequence_number
+        for out in self.h264.push(
+            packet.payload, packet.timestamp, bool(packet.marker), lost
+        ):
+            self.sequence_number = (self.sequence_number + 1) & 0xFFFF
+            self.source.forward(
+                RtpPacket(
+                    payload_type=VIDEO_PAYLOAD_TYPE,
+                    marker=int(out.marker),
+                    sequence_number=self.sequence_number,
+                    timestamp=packet.timestamp,
+                    ssrc=self.ssrc,
+                    payload=out.payload,
+                )
+            )
+
+
+def _profile_level_id(track: CameraTrack) -> str:
+    """From the SDP's profile-level-id, else from the SPS in sprop-parameter-sets."""
+    declared = track.fmtp.get("profile-level-id", "")
+    if len(declared) == 6:
+        return declared.lower()
+    for nal in parse_sprop_parameter_sets(track.fmtp.get("sprop-parameter-sets")):
+        if nal and nal[0] & 0x1F == 7 and len(nal) >= 4:
+            return nal[1:4].hex()
+    return DEFAULT_PROFILE_LEVEL_ID
+
+
+def _unsupported(tracks: list[CameraTrack]) -> str:
+    video = [
+        t.encoding or f"payload type {t.payload_type}"
+        for t in tracks
+        if t.kind == "video"
+    ]
+    if not video:
+        return "the camera offers no video track"
+    advice = {
+        "H265": "browsers cannot play H.265 over WebRTC; set the camera to H.264",
+        "JPEG": "MJPEG cannot be forwarded over WebRTC; set the camera to H.264",
+    }
+    for encoding in video:
+        if encoding in advice:
+            return f"the camera sends {encoding}: {advice[encoding]}"
+    return f"the camera sends {', '.join(video)}; only H.264 video is forwarded"

@@ -1,0 +1,295 @@
+"""RTSP client for IP cameras: DESCRIBE, SETUP each track, PLAY, keep-alive, watchdog.
+
+aiortsp gives us the connection (auth, interleaved channels) and the RTP transports; its
+session classes set up one media only, so the session dialogue is ours. Camera URLs carry
+credentials: they go to aiortsp and nowhere else — every message here uses `redact()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from aiortsp.rtsp.connection import RTSPConnection
+from aiortsp.rtsp.errors import RTSPError, RTSPResponseError
+from aiortsp.transport import TCPTransport, UDPTransport
+from dpkt.rtp import RTP
+
+logger = logging.getLogger(__name__)
+# aiortsp logs requests with their Authorization header at DEBUG: keep it quiet.
+QUIET = logging.getLogger("broadcast.ingest.aiortsp")
+QUIET.setLevel(logging.WARNING)
+
+REQUEST_TIMEOUT_S = 10.0
+# A camera that sends nothing for this long is dead even if its socket is open.
+MEDIA_TIMEOUT_S = 5.0
+DEFAULT_SESSION_TIMEOUT_S = 60
+
+PacketHandler = Callable[[int, bytes], None]
+
+
+class CameraError(Exception):
+    """A camera failure; the message is safe to show (it never holds credentials)."""
+
+
+@dataclass
+class CameraTrack:
+    """One m-section of a camera's SDP."""
+
+    kind: str
+    payload_type: int
+    encoding: str  # upper case: H264, PCMA, MPEG4-GENERIC, ...
+    clock_rate: int
+    channels: int = 1
+    fmtp: dict[str, str] = field(default_factory=dict)
+    control: str | None = None
+
+
+def redact(url: str) -> str:
+    """The URL without its user and password, for logs, errors and the API."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+
+
+def parse_sdp(text: str) -> list[CameraTrack]:
+    """The audio and video tracks of a camera's SDP (RFC 8866), ignoring what we cannot use.
+
+    Parsed here rather than by aiortsp, which misreads `MPEG4-GENERIC/16000/1`.
+    """
+    tracks: list[CameraTrack] = []
+    current: CameraTrack | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            current = None
+            fields = line[2:].split()
+            if (
+                len(fields) >= 4
+                and fields[0] in ("audio", "video")
+                and fields[3].isdigit()
+            ):
+                current = CameraTrack(fields[0], int(fields[3]), "", 0)
+                tracks.append(current)
+        elif current is None or not line.startswith("a="):
+            continue
+        elif line.startswith("a=rtpmap:"):
+            pt, _, spec = line[9:].partition(" ")
+            if pt.strip() == str(current.payload_type):
+                name, _, rest = spec.partition("/")
+                rate, _, channels = rest.partition("/")
+                current.encoding = name.strip().upper()
+                current.clock_rate = int(rate) if rate.isdigit() else 0
+                current.channels = int(channels) if channels.isdigit() else 1
+        elif line.startswith("a=fmtp:"):
+            pt, _, params = line[7:].partition(" ")
+            if pt.strip() == str(current.payload_type):
+                for param in params.split(";"):
+                    key, _, value = param.strip().partition("=")
+                    if key:
+                        current.fmtp[key.lower()] = value.strip()
+        elif line.startswith("a=control:"):
+            current.control = line[10:].strip()
+    for track in tracks:
+        if not track.encoding:  # static payload types need no rtpmap (RFC 3551)
+            track.encoding, track.clock_rate = {
+                0: ("PCMU", 8000),
+                8: ("PCMA", 8000),
+            }.get(track.payload_type, ("", 0))
+    return tracks
+
+
+def control_url(base: str, control: str | None) -> str:
+    """Where to SETUP a track (RFC 2326 §C.1.1): absolute, `*`, or relative to base."""
+    if not control or control == "*":
+        return base
+    if "://" in control:
+        return control
+    return base.rstrip("/") + "/" + control
+
+
+class _ForwardingTcp(TCPTransport):
+    """aiortsp's TCP transport, handing us raw RTP (dpkt's payload keeps extensions)."""
+
+    def __init__(self, *args: object, deliver: Callable[[bytes], None], **kw: object):
+        super().__init__(*args, **kw)
+        self._deliver = deliver
+
+    def handle_rtp_data(self, data: bytes) -> None:
+        self.stats.update(RTP(data))  # for the receiver reports aiortsp sends
+        self._deliver(data)
+
+
+class _ForwardingUdp(UDPTransport):
+    def __init__(self, *args: object, deliver: Callable[[bytes], None], **kw: object):
+        super().__init__(*args, **kw)
+        self._deliver = deliver
+
+    def handle_rtp_data(self, data: bytes) -> None:
+        self.stats.update(RTP(data))
+        self._deliver(data)
+
+
+class RtspSession:
+    """One connection to one camera, from DESCRIBE to TEARDOWN."""
+
+    def __init__(self, url: str, transport: str, on_packet: PacketHandler) -> None:
+        self._url = url
+        self.name = redact(url)
+        self._transport_kind = transport
+        self._on_packet = on_packet
+        self._connection: RTSPConnection | None = None
+        self._transports: list[TCPTransport | UDPTransport] = []
+        self._base = self.name
+        self._session_id: str | None = None
+        self._keepalive_s = DEFAULT_SESSION_TIMEOUT_S * 0.9
+        self._methods: set[str] = set()
+
+    async def describe(self) -> list[CameraTrack]:
+        """Connect and DESCRIBE: the camera's tracks."""
+        parts = urlsplit(self._url)
+        context = None
+        if parts.scheme == "rtsps":
+            context = ssl.create_default_context()
+            # IP cameras carry self-signed certificates: TLS here buys privacy, and
+            # the camera's address is what the operator configured.
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self._connection = RTSPConnection(
+            parts.hostname,
+            parts.port or (322 if parts.scheme == "rtsps" else 554),
+            parts.username,
+            parts.password,
+            logger=QUIET,
+            ssl=context,
+            timeout=REQUEST_TIMEOUT_S,
+        )
+        try:
+            await self._connection.prepare()
+        except RTSPError:
+            raise CameraError(f"cannot connect to {self.name}") from None
+        options = await self._request("OPTIONS", self.name)
+        public = options.headers.get("public", "")
+        self._methods = {m.strip().upper() for m in str(public).split(",")}
+        answer = await self._request(
+            "DESCRIBE", self.name, {"Accept": "application/sdp"}
+        )
+        self._base = str(answer.headers.get("content-base", self.name))
+        tracks = parse_sdp(str(answer.content or ""))
+        if not tracks:
+            raise CameraError(f"{self.name} described no audio or video track")
+        return tracks
+
+    async def play(self, tracks: list[CameraTrack]) -> None:
+        """SETUP each of `tracks` (index order = packet handler's track index), PLAY."""
+        assert self._connection is not None
+        for index, track in enumerate(tracks):
+            deliver = _deliver_to(self._on_packet, index)
+            kind = _ForwardingUdp if self._transport_kind == "udp" else _ForwardingTcp
+            transport = kind(
+                self._connection, deliver=deliver, logger=QUIET, timeout=MEDIA_TIMEOUT_S
+            )
+            await transport.prepare()
+            self._transports.append(transport)
+            headers: dict[str, str] = {}
+            if self._session_id:
+                headers["Session"] = self._session_id
+            transport.on_transport_request(headers)
+            answer = await self._request(
+                "SETUP", control_url(self._base, track.control), headers
+            )
+            try:
+                transport.on_transport_response(answer.headers)
+            except (RTSPError, AssertionError) as error:
+                raise CameraError(
+                    f"{self.name} refused our transport: {error}"
+                ) from None
+            self._save_session(str(answer.headers.get("session", "")))
+            await transport.warmup()
+        await self._request(
+            "PLAY", self._base, {"Session": self._session_id or "", "Range": "npt=0-"}
+        )
+
+    def _save_session(self, header: str) -> None:
+        session_id, *params = header.split(";")
+        if not session_id.strip():
+            raise CameraError(f"{self.name} answered SETUP without a session")
+        self._session_id = session_id.strip()
+        for param in params:
+            key, _, value = param.strip().partition("=")
+            if key == "timeout" and value.isdigit():
+                self._keepalive_s = max(int(value) * 0.9, 1.0)
+
+    async def run(self) -> None:
+        """Keep the session alive until the camera drops it; raise CameraError why."""
+        assert self._connection is not None
+        ended = [self._connection.result, *(t.result for t in self._transports)]
+        keepalive = asyncio.create_task(self._keep_alive())
+        try:
+            done, _ = await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError, CameraError):
+                await keepalive
+        for future in done:
+            error = future.exception()
+            if isinstance(error, TimeoutError):
+                raise CameraError(f"{self.name} stopped sending media")
+        raise CameraError(f"{self.name} closed the connection")
+
+    async def _keep_alive(self) -> None:
+        method = "GET_PARAMETER" if "GET_PARAMETER" in self._methods else "OPTIONS"
+        while True:
+            await asyncio.sleep(self._keepalive_s)
+            await self._request(method, self._base, {"Session": self._session_id or ""})
+
+    async def _request(
+        self, method: str, url: str, headers: dict[str, str] | None = None
+    ):  # type: ignore[no-untyped-def]
+        connection = self._connection
+        if connection is None or not connection.running:
+            raise CameraError(f"{self.name} closed the connection")
+        try:
+            return await connection.send_request(method, url, headers=headers or {})
+        except RTSPResponseError as error:
+            status = error.response.status
+            if status == 401:
+                raise CameraError(
+                    f"{self.name} refused our credentials (401)"
+                ) from None
+            raise CameraError(f"{self.name} answered {method} with {status}") from None
+        except RTSPError as error:  # timeouts, lost connection: no credentials in these
+            raise CameraError(
+                f"{self.name}: {type(error).__name__} on {method}"
+            ) from None
+
+    async def close(self) -> None:
+        """TEARDOWN when the camera still listens, then close everything."""
+        connection = self._connection
+        if connection is not None and connection.running and self._session_id:
+            with contextlib.suppress(CameraError, asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    self._request(
+                        "TEARDOWN", self._base, {"Session": self._session_id}
+                    ),
+                    2.0,
+                )
+        for transport in self._transports:
+            transport.close()
+            with contextlib.suppress(Exception):
+                await transport.cleanup()
+        if connection is not None:
+            connection.close()
+            if connection.result.done() and not connection.result.cancelled():
+                connection.result.exception()  # retrieved: no "never retrieved" log
+
+
+def _deliver_to(handler: PacketHandler, index: int) -> Callable[[bytes], None]:
+    return lambda data: handler(index, data)

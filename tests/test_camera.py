@@ -1,0 +1,163 @@
+"""IP cameras over RTSP (a real GStreamer RTSP server) reach WebRTC viewers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from broadcast.config import RtspCamera, RtspOptions
+from broadcast.web_keys import REGISTRY
+from tests.camera_sim import start_camera
+from tests.peers import wait_for, watch
+
+
+def camera(url: str, **options: object) -> tuple[RtspCamera, ...]:
+    return (RtspCamera("cam", url, RtspOptions(**options)),)  # type: ignore[arg-type]
+
+
+def decoded(viewer, kind: str) -> int:  # type: ignore[no-untyped-def]
+    return len(viewer.frames.get(kind, []))
+
+
+@pytest.mark.parametrize(
+    "audio,transport,inband_sps",
+    [("pcma", "tcp", True), ("pcmu", "udp", True), (None, "tcp", False)],
+)
+async def test_viewers_decode_a_camera(make_server, http, audio, transport, inband_sps):
+    async with start_camera(audio=audio, inband_sps=inband_sps) as cam:
+        server = await make_server(cameras=camera(cam.url, transport=transport))
+        viewers = [
+            await watch(http, str(server.make_url("/whep/cam"))) for _ in range(2)
+        ]
+        await asyncio.gather(*(v.wait_connected() for v in viewers))
+        await wait_for(
+            lambda: all(decoded(v, "video") >= 10 for v in viewers),
+            timeout=15,
+            message="camera video not decoded",
+        )
+        for viewer in viewers:
+            frame = viewer.frames["video"][-1]
+            assert (frame.width, frame.height) == (640, 360)
+            if audio:
+                await wait_for(lambda v=viewer: decoded(v, "audio") > 5, timeout=5)
+        stream = server.app[REGISTRY].get("cam")
+        assert stream.state == "live"
+        await asyncio.gather(*(v.close() for v in viewers))
+
+
+async def test_gop_cache_gives_a_joining_viewer_a_picture_at_once(make_server, http):
+    async with start_camera() as cam:
+        server = await make_server(cameras=camera(cam.url, always_on=True))
+        stream = server.app[REGISTRY].get("cam")
+        await wait_for(lambda: "video" in stream.tracks and stream.tracks["video"].gop)
+        await asyncio.sleep(0.5)  # mid-GOP: the next keyframe is ~0.5 s away
+        viewer = await watch(http, str(server.make_url("/whep/cam")), ("video",))
+        await viewer.wait_connected()
+        await wait_for(lambda: decoded(viewer, "video") >= 1, timeout=5)
+        join_to_first_frame = viewer.first_frame_at["video"] - viewer.connected_at
+        print(f"join to first frame: {join_to_first_frame * 1000:.0f} ms")
+        assert join_to_first_frame < 0.5
+        await viewer.close()
+
+
+async def test_camera_reboot_brings_the_same_viewers_back(
+    make_server, http, monkeypatch
+):
+    monkeypatch.setattr("broadcast.ingest.camera.RETRY_MAX_S", 1.0)
+    async with start_camera() as cam:
+        server = await make_server(cameras=camera(cam.url))
+        stream = server.app[REGISTRY].get("cam")
+        viewer = await watch(http, str(server.make_url("/whep/cam")), ("video",))
+        await viewer.wait_connected()
+        await wait_for(lambda: decoded(viewer, "video") >= 10, timeout=10)
+        await cam.stop()
+        await wait_for(lambda: stream.state == "reconnecting", timeout=10)
+        assert stream.problem
+        before = decoded(viewer, "video")
+        await cam.restart()
+        await wait_for(
+            lambda: stream.state == "live", timeout=15, message=stream.problem
+        )
+        await wait_for(
+            lambda: decoded(viewer, "video") >= before + 10,
+            timeout=10,
+            message="the viewer saw nothing after the camera came back",
+        )
+        await viewer.close()
+
+
+async def test_frozen_camera_is_detected_and_pulled_again(
+    make_server, http, monkeypatch
+):
+    monkeypatch.setattr("broadcast.ingest.rtsp.MEDIA_TIMEOUT_S", 1.0)
+    monkeypatch.setattr("broadcast.ingest.camera.RETRY_MAX_S", 1.0)
+    async with start_camera() as cam:
+        server = await make_server(cameras=camera(cam.url, always_on=True))
+        stream = server.app[REGISTRY].get("cam")
+        await wait_for(lambda: stream.state == "live", timeout=10)
+        cam.freeze()
+        await wait_for(lambda: stream.state == "reconnecting", timeout=10)
+        cam.thaw()
+        await wait_for(
+            lambda: stream.state == "live", timeout=15, message=stream.problem
+        )
+
+
+async def test_wrong_password_is_a_clear_state_and_never_leaks(
+    make_server, http, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    async with start_camera(username="admin", password="right-pass") as cam:
+        url = cam.url.replace("right-pass", "s3cr3t-wrong")
+        server = await make_server(cameras=camera(url))
+        async with http.ws_connect(server.make_url("/ws")) as ws:
+            await ws.send_json({"type": "subscribe", "stream": "cam"})
+            async with http.post(
+                server.make_url("/whep/cam"),
+                data=(await _recvonly_offer()),
+                headers={"Content-Type": "application/sdp"},
+            ) as response:
+                body = await response.json()
+                assert response.status == 503 and body["error"] == "camera_unavailable"
+                assert "401" in body["message"]
+            events = []
+            while not any(e.get("state") == "reconnecting" for e in events):
+                events.append(await asyncio.wait_for(ws.receive_json(), 10))
+        stream = server.app[REGISTRY].get("cam")
+        assert "credentials" in (stream.problem or "")
+        async with http.get(server.make_url("/metrics")) as r:
+            metrics = await r.text()
+    everything = caplog.text + str(events) + str(body) + metrics
+    assert "s3cr3t-wrong" not in everything and "admin:" not in everything
+
+
+async def _recvonly_offer() -> str:
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    await pc.close()
+    return offer
+
+
+async def test_on_demand_camera_connects_for_viewers_and_lets_go_after(
+    make_server, http, monkeypatch
+):
+    monkeypatch.setattr("broadcast.ingest.camera.IDLE_TIMEOUT_S", 0.5)
+    async with start_camera() as cam:
+        server = await make_server(cameras=camera(cam.url))
+        stream = server.app[REGISTRY].get("cam")
+        await asyncio.sleep(0.5)
+        assert stream.state == "waiting" and "video" not in stream.tracks
+        viewer = await watch(http, str(server.make_url("/whep/cam")), ("video",))
+        await viewer.wait_connected()
+        await wait_for(lambda: decoded(viewer, "video") >= 5, timeout=10)
+        assert stream.state == "live"
+        await viewer.close()
+        await wait_for(
+            lambda: stream.state == "waiting", timeout=10, message=stream.state
+        )
