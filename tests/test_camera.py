@@ -161,3 +161,19 @@ async def test_on_demand_camera_connects_for_viewers_and_lets_go_after(
         await wait_for(
             lambda: stream.state == "waiting", timeout=10, message=stream.state
         )
+
+
+async def test_camera_aac_reaches_viewers_as_opus(make_server, http):
+    async with start_camera(audio="aac") as cam:
+        server = await make_server(cameras=camera(cam.url))
+        viewer = await watch(http, str(server.make_url("/whep/cam")))
+        await viewer.wait_connected()
+        await wait_for(
+            lambda: decoded(viewer, "audio") >= 20 and decoded(viewer, "video") >= 5,
+            timeout=15,
+            message=f"decoded {viewer.frames.keys()}",
+        )
+        stream = server.app[REGISTRY].get("cam")
+        assert stream.tracks["audio"].codec.mimeType == "audio/opus"
+        assert viewer.frames["audio"][-1].sample_rate == 48000
+        await viewer.close()

@@ -7,6 +7,7 @@ from aiortc.rtp import RtpPacket
 
 from broadcast.media.keyframe import h264_starts_keyframe, vp8_starts_keyframe
 from broadcast.media.source_track import SourceTrack
+from broadcast.media.transcode import split_access_units
 from broadcast.media.upstream import MAX_NACKED_GAP, BandwidthEstimate, UpstreamTrack
 from broadcast.media.viewer_track import MAX_RETRANSMITS_PER_S, ViewerTrack
 
@@ -119,3 +120,14 @@ def test_without_a_gop_cache_a_viewer_waits_for_the_next_keyframe():
     viewer = ViewerTrack(source, sent.append, 96)
     source.add_viewer(viewer)
     assert sent == [] and viewer.waiting_for_keyframe
+
+
+def test_aac_access_units_are_split_as_rfc_3640_says():
+    units = [b"\x01" * 5, b"\x02" * 300]
+    headers = b"".join(((len(u) << 3) | 0).to_bytes(2, "big") for u in units)
+    payload = (16 * len(units)).to_bytes(2, "big") + headers + b"".join(units)
+    assert split_access_units(payload, 13, 3) == units
+    # Lies and garbage give what fits, never an exception.
+    assert split_access_units(payload[:-10], 13, 3) == units[:1]
+    for garbage in (b"", b"\xff", b"\xff\xff", b"\x00\x10\xff\xff", bytes(range(256))):
+        assert isinstance(split_access_units(garbage, 13, 3), list)

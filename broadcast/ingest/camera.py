@@ -15,6 +15,7 @@ from broadcast.config import RtspCamera
 from broadcast.ingest.rtsp import CameraError, CameraTrack, RtspSession, redact
 from broadcast.media.h264 import H264Repacketizer, parse_sprop_parameter_sets
 from broadcast.media.source_track import SourceTrack
+from broadcast.media.transcode import OPUS_FRAME_SAMPLES, OPUS_RATE, AacToOpus
 from broadcast.stream import Stream
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ DEFAULT_PROFILE_LEVEL_ID = (
     "42e01f"  # constrained baseline 3.1, when the SDP says nothing
 )
 PASSTHROUGH_AUDIO = {"PCMA": 8, "PCMU": 0}
+OPUS_PAYLOAD_TYPE = 111
 
 
 class Camera:
@@ -71,7 +73,7 @@ class Camera:
         except TimeoutError:
             raise CameraError(
                 self.problem
-                or f"{self.name} did not start within {READY_TIMEOUT_S:.0f} s"
+                or f"the camera did not start within {READY_TIMEOUT_S:.0f} s"
             ) from None
 
     def viewers_changed(self, count: int) -> None:
@@ -185,9 +187,23 @@ class Camera:
                 payloadType=PASSTHROUGH_AUDIO[track.encoding],
             )
             return _Route(self._source("audio", codec), None)
+        if track.kind == "audio" and _is_aac(track):
+            codec = RTCRtpCodecParameters(
+                mimeType="audio/opus",
+                clockRate=OPUS_RATE,
+                channels=2,
+                payloadType=OPUS_PAYLOAD_TYPE,
+                parameters={"minptime": 10, "useinbandfec": 1},
+            )
+            aac = AacToOpus(
+                track.fmtp["config"],
+                int(track.fmtp.get("sizelength", "13")),
+                int(track.fmtp.get("indexlength", "3")),
+            )
+            return _Route(self._source("audio", codec), None, aac)
         if track.kind == "audio":
             logger.warning(
-                "%r: %s audio is not forwarded (only PCMA and PCMU are)",
+                "%r: %s audio is not forwarded (PCMA, PCMU and AAC are)",
                 self,
                 track.encoding,
             )
@@ -202,7 +218,7 @@ class Camera:
             self.stream.tracks[kind] = source
         elif source.codec.mimeType.lower() != codec.mimeType.lower():
             raise CameraError(
-                f"{self.name} changed its {kind} codec from {source.codec.mimeType} to "
+                f"the camera changed its {kind} codec from {source.codec.mimeType} to "
                 f"{codec.mimeType}; viewers cannot follow without reconnecting"
             )
         return source
@@ -220,16 +236,28 @@ class Camera:
 
 
 class _Route:
-    """One camera track into one source track, repacketized if it is H.264."""
+    """One camera track into one source track: H.264 repacketized, AAC transcoded."""
 
-    def __init__(self, source: SourceTrack, h264: H264Repacketizer | None) -> None:
+    def __init__(
+        self,
+        source: SourceTrack,
+        h264: H264Repacketizer | None,
+        aac: AacToOpus | None = None,
+    ) -> None:
         self.source = source
         self.h264 = h264
+        self.aac = aac
+        self.timestamp = secrets.randbits(32)
         self.ssrc = secrets.randbits(32) or 1
         self.sequence_number = secrets.randbits(16)
         self._last_seq: int | None = None
 
     def forward(self, packet: RtpPacket) -> None:
+        if self.aac is not None:
+            for frame in self.aac.push(packet.payload):
+                self.timestamp = (self.timestamp + OPUS_FRAME_SAMPLES) & 0xFFFFFFFF
+                self._send(OPUS_PAYLOAD_TYPE, False, self.timestamp, frame)
+            return
         if self.h264 is None:
             self.source.forward(packet)
             return
@@ -240,17 +268,31 @@ class _Route:
         for out in self.h264.push(
             packet.payload, packet.timestamp, bool(packet.marker), lost
         ):
-            self.sequence_number = (self.sequence_number + 1) & 0xFFFF
-            self.source.forward(
-                RtpPacket(
-                    payload_type=VIDEO_PAYLOAD_TYPE,
-                    marker=int(out.marker),
-                    sequence_number=self.sequence_number,
-                    timestamp=packet.timestamp,
-                    ssrc=self.ssrc,
-                    payload=out.payload,
-                )
+            self._send(VIDEO_PAYLOAD_TYPE, out.marker, packet.timestamp, out.payload)
+
+    def _send(
+        self, payload_type: int, marker: bool, timestamp: int, payload: bytes
+    ) -> None:
+        self.sequence_number = (self.sequence_number + 1) & 0xFFFF
+        self.source.forward(
+            RtpPacket(
+                payload_type=payload_type,
+                marker=int(marker),
+                sequence_number=self.sequence_number,
+                timestamp=timestamp,
+                ssrc=self.ssrc,
+                payload=payload,
             )
+        )
+
+
+def _is_aac(track: CameraTrack) -> bool:
+    """AAC as RFC 3640 AAC-hbr, with the decoder config the SDP must carry."""
+    return (
+        track.encoding == "MPEG4-GENERIC"
+        and track.fmtp.get("mode", "").lower() == "aac-hbr"
+        and bool(track.fmtp.get("config"))
+    )
 
 
 def _profile_level_id(track: CameraTrack) -> str:

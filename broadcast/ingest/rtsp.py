@@ -174,7 +174,7 @@ class RtspSession:
         try:
             await self._connection.prepare()
         except RTSPError:
-            raise CameraError(f"cannot connect to {self.name}") from None
+            raise CameraError("cannot connect to the camera") from None
         options = await self._request("OPTIONS", self.name)
         public = options.headers.get("public", "")
         self._methods = {m.strip().upper() for m in str(public).split(",")}
@@ -184,7 +184,7 @@ class RtspSession:
         self._base = str(answer.headers.get("content-base", self.name))
         tracks = parse_sdp(str(answer.content or ""))
         if not tracks:
-            raise CameraError(f"{self.name} described no audio or video track")
+            raise CameraError("the camera described no audio or video track")
         return tracks
 
     async def play(self, tracks: list[CameraTrack]) -> None:
@@ -209,7 +209,7 @@ class RtspSession:
                 transport.on_transport_response(answer.headers)
             except (RTSPError, AssertionError) as error:
                 raise CameraError(
-                    f"{self.name} refused our transport: {error}"
+                    f"the camera refused our transport: {error}"
                 ) from None
             self._save_session(str(answer.headers.get("session", "")))
             await transport.warmup()
@@ -220,7 +220,7 @@ class RtspSession:
     def _save_session(self, header: str) -> None:
         session_id, *params = header.split(";")
         if not session_id.strip():
-            raise CameraError(f"{self.name} answered SETUP without a session")
+            raise CameraError("the camera answered SETUP without a session")
         self._session_id = session_id.strip()
         for param in params:
             key, _, value = param.strip().partition("=")
@@ -241,8 +241,8 @@ class RtspSession:
         for future in done:
             error = future.exception()
             if isinstance(error, TimeoutError):
-                raise CameraError(f"{self.name} stopped sending media")
-        raise CameraError(f"{self.name} closed the connection")
+                raise CameraError("the camera stopped sending media")
+        raise CameraError("the camera closed the connection")
 
     async def _keep_alive(self) -> None:
         method = "GET_PARAMETER" if "GET_PARAMETER" in self._methods else "OPTIONS"
@@ -255,19 +255,17 @@ class RtspSession:
     ):  # type: ignore[no-untyped-def]
         connection = self._connection
         if connection is None or not connection.running:
-            raise CameraError(f"{self.name} closed the connection")
+            raise CameraError("the camera closed the connection")
         try:
             return await connection.send_request(method, url, headers=headers or {})
         except RTSPResponseError as error:
             status = error.response.status
             if status == 401:
-                raise CameraError(
-                    f"{self.name} refused our credentials (401)"
-                ) from None
-            raise CameraError(f"{self.name} answered {method} with {status}") from None
+                raise CameraError("the camera refused our credentials (401)") from None
+            raise CameraError(f"the camera answered {method} with {status}") from None
         except RTSPError as error:  # timeouts, lost connection: no credentials in these
             raise CameraError(
-                f"{self.name}: {type(error).__name__} on {method}"
+                f"no answer from the camera to {method} ({type(error).__name__})"
             ) from None
 
     async def close(self) -> None:

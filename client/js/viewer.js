@@ -92,6 +92,8 @@ function onEvent(event) {
     if (!state.pc) show($('status').dataset.state === 'ended' ? 'ended' : 'waiting');
   } else if (event.state === 'reconnecting') {
     show('reconnecting');
+    // A camera says why (never its address or credentials): "the camera closed the connection".
+    if (event.problem) $('status').textContent = `Reconnecting: ${event.problem}…`;
     connect();
   } else {
     // waiting or live: a broadcast exists; watch it (again).
