@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 from aiortc import RTCCertificate
 
 from broadcast.config import Config, RtspCamera
+from broadcast.config import check_stream_id as config_check_stream_id
 from broadcast.errors import BadRequest, Conflict, ServiceUnavailable
 from broadcast.events import StreamEvents
 from broadcast.stream import Stream
@@ -18,16 +18,15 @@ from broadcast.stream import Stream
 if TYPE_CHECKING:
     from broadcast.session import Session
 
-STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
 
 def check_stream_id(stream_id: str) -> str:
     """Return a valid stream id or raise BadRequest (DESIGN §4)."""
-    if not STREAM_ID.fullmatch(stream_id):
+    try:
+        return config_check_stream_id(stream_id)
+    except ValueError:
         raise BadRequest(
             "bad_stream_id", "Stream ids are 1-64 characters of A-Z, a-z, 0-9, _ and -."
-        )
-    return stream_id
+        ) from None
 
 
 def new_stream_id() -> str:

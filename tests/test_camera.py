@@ -177,3 +177,50 @@ async def test_camera_aac_reaches_viewers_as_opus(make_server, http):
         assert stream.tracks["audio"].codec.mimeType == "audio/opus"
         assert viewer.frames["audio"][-1].sample_rate == 48000
         await viewer.close()
+
+
+async def test_cameras_are_added_and_removed_through_the_admin_api(make_server, http):
+    admin = {"Authorization": "Bearer k"}
+    async with start_camera() as cam:
+        server = await make_server(admin_key="k")
+        url = server.make_url("/api/cameras")
+        bad_bodies = (
+            {},
+            {"id": "x"},
+            {"id": "bad id", "url": cam.url},
+            {"id": "x", "url": "http://h/"},
+        )
+        for bad in bad_bodies:
+            async with http.post(url, json=bad, headers=admin) as r:
+                assert r.status == 400 and (await r.json())["error"] == "bad_camera"
+        async with http.post(
+            url, json={"id": "door", "url": cam.url}, headers=admin
+        ) as r:
+            assert r.status == 201
+            body = await r.json()
+            assert body["watch"] == "/watch/door" and body["source"] == "rtsp"
+            assert "@" not in str(body)
+        async with http.post(
+            url, json={"id": "door", "url": cam.url}, headers=admin
+        ) as r:
+            assert r.status == 409
+        viewer = await watch(http, str(server.make_url("/whep/door")), ("video",))
+        await viewer.wait_connected()
+        await wait_for(lambda: decoded(viewer, "video") >= 5, timeout=10)
+        async with http.delete(
+            server.make_url("/api/cameras/door"), headers=admin
+        ) as r:
+            assert r.status == 200
+        assert server.app[REGISTRY].get("door") is None
+        await viewer.close()
+
+
+async def test_unreachable_camera_says_so_and_keeps_trying(make_server, http):
+    server = await make_server(
+        cameras=camera("rtsp://127.0.0.1:9/nothing", always_on=True)
+    )
+    stream = server.app[REGISTRY].get("cam")
+    await wait_for(lambda: stream.state == "reconnecting", timeout=10)
+    assert stream.problem == "cannot connect to the camera"
+    async with http.get(server.make_url("/healthz")) as r:
+        assert r.status == 200  # the server itself is fine

@@ -8,7 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from broadcast.auth import check_admin_key
-from broadcast.errors import NotFound
+from broadcast.config import RtspCamera, RtspOptions
+from broadcast.errors import BadRequest, NotFound
 from broadcast.registry import check_stream_id
 from broadcast.stream import Stream
 from broadcast.viewer import Viewer
@@ -90,8 +91,44 @@ async def kick_viewer(request: web.Request) -> web.Response:
     return web.json_response({"kicked": viewer_id})
 
 
+async def add_camera(request: web.Request) -> web.Response:
+    """Pull a camera as a new stream: `{"id", "url", "always_on"?, "transport"?}`."""
+    registry = request.app[REGISTRY]
+    check_admin_key(request, registry.config)
+    try:
+        body = await request.json()
+        camera = RtspCamera(
+            str(body["id"]),
+            str(body["url"]),
+            RtspOptions(
+                always_on=bool(body.get("always_on", False)),
+                transport=str(body.get("transport", "tcp")),
+            ),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise BadRequest(
+            "bad_camera",
+            'Send JSON {"id": "gate", "url": "rtsp://...", "always_on": false, '
+            f'"transport": "tcp"}}: {error}',
+        ) from None
+    stream = registry.add_camera(camera)
+    return web.json_response(
+        {**stream_summary(stream), "watch": f"/watch/{stream.id}"}, status=201
+    )
+
+
+async def remove_camera(request: web.Request) -> web.Response:
+    stream = _stream(request)
+    if stream.camera is None:
+        raise NotFound("camera_not_found", f"Stream '{stream.id}' is not a camera.")
+    await stream.close()
+    return web.json_response({"removed": stream.id})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/streams", list_streams)
     app.router.add_get("/api/streams/{stream_id}", show_stream)
     app.router.add_delete("/api/streams/{stream_id}", stop_stream)
     app.router.add_delete("/api/streams/{stream_id}/viewers/{viewer_id}", kick_viewer)
+    app.router.add_post("/api/cameras", add_camera)
+    app.router.add_delete("/api/cameras/{stream_id}", remove_camera)
