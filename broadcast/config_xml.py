@@ -165,6 +165,9 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "max_streams": Setting("max_streams", _LIMIT),
         "max_viewers_per_stream": Setting("max_viewers_per_stream", _LIMIT),
         "max_viewers_total": Setting("max_viewers_total", _LIMIT),
+        "sessions_per_client_per_minute": Setting(
+            "sessions_per_client_per_minute", _LIMIT
+        ),
     },
     "log": {
         "level": Setting("log_level", one_of(LOG_LEVELS)),

@@ -13,6 +13,7 @@ from broadcast.config import Config, RtspCamera
 from broadcast.config import check_stream_id as config_check_stream_id
 from broadcast.errors import BadRequest, Conflict, ServiceUnavailable
 from broadcast.events import StreamEvents
+from broadcast.limits import SessionRateLimit
 from broadcast.stream import Stream
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class StreamRegistry:
         self.ended_counts: Counter[str] = Counter()
         self.sessions_started: Counter[str] = Counter()
         self.sessions_ended: Counter[tuple[str, str]] = Counter()
+        self.session_rate = SessionRateLimit(config.sessions_per_client_per_minute)
 
     def get(self, stream_id: str) -> Stream | None:
         return self.streams.get(stream_id)

@@ -76,3 +76,14 @@ async def test_pages_are_served(server, http):
         assert response.status == 400
     async with http.get(server.make_url("/static/../setup.cfg")) as response:
         assert response.status in (403, 404)
+
+
+async def test_pages_hear_ended_when_the_server_shuts_down(server, http):
+    publisher = await publish(http, str(server.make_url("/whip/down")))
+    await publisher.wait_connected()
+    async with http.ws_connect(server.make_url("/ws")) as ws:
+        await ws.send_json({"type": "subscribe", "stream": "down"})
+        await next_event(ws, type="state", state="live")
+        await server.app.shutdown()
+        await next_event(ws, type="state", state="ended")
+    await publisher.close()

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from broadcast.api.metrics import METRICS
 from broadcast.web_keys import REGISTRY
 from tests.peers import publish, wait_for, watch
 
@@ -266,3 +267,24 @@ async def test_limits_refuse_new_sessions_with_503_and_keep_the_others(
         raise AssertionError("a viewer past the limit was accepted")
     await viewer.wait_connected()
     await asyncio.gather(viewer.close(), first.close())
+
+
+async def test_session_rate_per_client_gets_429(make_server, http):
+    server = await make_server(sessions_per_client_per_minute=3)  # a burst of 1
+    first = await publish(http, str(server.make_url("/whip/r1")))
+    async with http.post(
+        server.make_url("/whip/r2"), data=G722_OFFER, headers=SDP
+    ) as r:
+        assert (await error_of(r))[:2] == (429, "too_many_requests")
+        assert r.headers["Retry-After"] == "1"
+    await first.close()
+
+
+async def test_new_viewers_wait_while_the_event_loop_lags(server, http):
+    publisher = await publish(http, str(server.make_url("/whip/lag")))
+    server.app[METRICS].loop_lag_s = 1.0  # as the lag probe would measure it
+    async with http.post(
+        server.make_url("/whep/lag"), data=G722_OFFER, headers=SDP
+    ) as r:
+        assert (await error_of(r))[:2] == (503, "server_busy")
+    await publisher.close()

@@ -9,6 +9,7 @@ from aiohttp import web
 from broadcast.api.metrics import METRICS
 from broadcast.errors import BadRequest, NotFound, ServiceUnavailable
 from broadcast.ingest.rtsp import CameraError
+from broadcast.limits import check_event_loop
 from broadcast.media.transport import SecureTransport
 from broadcast.registry import check_stream_id
 from broadcast.signaling.http import SDP_TYPE, read_body
@@ -35,6 +36,8 @@ async def post_whep(request: web.Request) -> web.Response:
     stream = registry.get(stream_id)
     if stream is None:
         raise NotFound("stream_not_found", f"There is no stream '{stream_id}' (yet).")
+    registry.session_rate.take(request.remote or "")
+    check_event_loop(request.app[METRICS].loop_lag_s)
     registry.check_room_for_viewer(stream)
     if stream.camera is not None:
         try:

@@ -40,6 +40,7 @@ async def post_whip(request: web.Request) -> web.Response:
         check_stream_id(request.match_info["stream_id"]) if named else new_stream_id()
     )
     check_publish_key(request, config)
+    registry.session_rate.take(request.remote or "")
     offer = parse_offer(await read_body(request, SDP_TYPE, config.max_sdp_bytes))
 
     existing = registry.get(stream_id)

@@ -106,8 +106,15 @@ async def _send_events(ws: web.WebSocketResponse, queue: asyncio.Queue[Event]) -
             return
 
 
+# Time for the pages' last events ("ended") to leave before their sockets close.
+SHUTDOWN_FLUSH_S = 0.2
+
+
 async def close_websockets(app: web.Application) -> None:
-    """At shutdown, tell pages we are going away (they reconnect by themselves)."""
+    """At shutdown, end every stream so pages hear "ended", then close their sockets."""
+    await app[REGISTRY].close()
     sockets: weakref.WeakSet[web.WebSocketResponse] = app[WEBSOCKETS]
+    if sockets:
+        await asyncio.sleep(SHUTDOWN_FLUSH_S)
     for ws in list(sockets):
         await ws.close(code=1001, message=b"server shutdown")
