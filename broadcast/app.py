@@ -33,7 +33,7 @@ def create_app(config: Config) -> web.Application:
         middlewares=[errors_middleware], client_max_size=config.max_sdp_bytes
     )
     app[REGISTRY] = StreamRegistry(config)
-    if not config.publish_keys:
+    if not config.publish_keys and not config.token_secret:
         logger.warning("No publish key is set: anyone who can reach us may publish.")
     session = "/{kind:whip|whep}/{stream_id}/{session_id}"
     app.router.add_post("/whip", post_whip)

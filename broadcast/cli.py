@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from broadcast import __version__
+from broadcast import __version__, tokens
 from broadcast.config import (
     LOG_LEVELS,
     MAX_BITRATE_KBPS,
@@ -103,6 +103,21 @@ def _parser() -> argparse.ArgumentParser:
         "check-config", help="check a config file and exit 1 if it is wrong"
     )
     check.add_argument("file", metavar="FILE")
+    token = commands.add_parser(
+        "token", help="mint a signed token to publish or watch one stream"
+    )
+    token.add_argument("purpose", choices=[tokens.PUBLISH, tokens.VIEW])
+    token.add_argument("stream_id", metavar="STREAM_ID")
+    token.add_argument(
+        "--config", metavar="FILE", required=True, help="holds <token_secret>"
+    )
+    token.add_argument(
+        "--ttl",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="lifetime (default 3600)",
+    )
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -156,6 +171,21 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+def _print_token(args: argparse.Namespace) -> None:
+    try:
+        config, _ = load_config(args.config)
+        check_stream_id(args.stream_id)
+    except ConfigError as error:
+        _fail(str(error))
+    except ValueError as error:
+        _fail(f"broadcast: stream id {error}")
+    if not config.token_secret:
+        _fail(f"{args.config}: set <token_secret> in <auth> to mint tokens")
+    if not 0 < args.ttl <= 366 * 24 * 3600:
+        _fail("broadcast: --ttl must be 1 second to 1 year")
+    print(tokens.mint(config.token_secret, args.purpose, args.stream_id, args.ttl))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "version":
@@ -169,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
         for warning in warnings:
             print(warning, file=sys.stderr)
         print(f"{args.file}: ok")
+        return
+    if args.command == "token":
+        _print_token(args)
         return
     config, warnings = Config(), []
     if args.config is not None:

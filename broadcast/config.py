@@ -245,6 +245,10 @@ class Config:
     publish_keys: tuple[str, ...] = ()
     # Guards /api and /metrics; None: the admin API is closed.
     admin_key: str | None = None
+    # Secret for signed, expiring publish and view tokens (broadcast/tokens.py).
+    token_secret: str | None = None
+    # Viewers need a view token (share links made at publish time carry one).
+    private_viewing: bool = False
 
     # <limits>: 0 is unlimited.
     max_streams: int = 0

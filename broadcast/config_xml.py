@@ -160,6 +160,8 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     "auth": {
         "publish_key": Setting("publish_keys", parse_secret, repeat=True),
         "admin_key": Setting("admin_key", parse_secret),
+        "token_secret": Setting("token_secret", parse_secret),
+        "private_viewing": Setting("private_viewing", parse_bool),
     },
     "limits": {
         "max_streams": Setting("max_streams", _LIMIT),
@@ -343,5 +345,9 @@ class _Reader:
         if config.https_port == config.port:
             raise self.error(
                 lines["https_port"], "<https_port> must differ from <http_port>"
+            )
+        if config.private_viewing and not config.token_secret:
+            raise self.error(
+                lines["private_viewing"], "<private_viewing> needs <token_secret> too"
             )
         return config

@@ -57,6 +57,12 @@ async def error_of(response) -> tuple[int, str, str]:  # type: ignore[no-untyped
         (G722_OFFER.replace("9 UDP/TLS", "9 udp/tls"), "malformed_sdp"),
         (G722_OFFER.replace("SAVPF 9", "SAVPF 300"), "malformed_sdp"),
         (G722_OFFER.replace("SAVPF 9", "SAVPF 72"), "malformed_sdp"),
+        # Found by Hypothesis (tests/test_hostile.py): aiortc raised StopIteration.
+        (
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\n"
+            "a=fmtp:102 packetization-mode=1;profile-level-id=42e01f\r\n",
+            "malformed_sdp",
+        ),
     ],
 )
 async def test_malformed_offers_get_400(server, http, body, code):

@@ -7,6 +7,7 @@ from typing import cast
 from aiohttp import web
 
 from broadcast.api.metrics import METRICS
+from broadcast.auth import may_view, view_token
 from broadcast.errors import BadRequest, NotFound, ServiceUnavailable
 from broadcast.ingest.rtsp import CameraError
 from broadcast.limits import check_event_loop
@@ -34,7 +35,8 @@ async def post_whep(request: web.Request) -> web.Response:
         await read_body(request, SDP_TYPE, registry.config.max_sdp_bytes)
     )
     stream = registry.get(stream_id)
-    if stream is None:
+    # A private stream without a valid token answers exactly as a missing one.
+    if stream is None or not may_view(registry.config, stream_id, view_token(request)):
         raise NotFound("stream_not_found", f"There is no stream '{stream_id}' (yet).")
     registry.session_rate.take(request.remote or "")
     check_event_loop(request.app[METRICS].loop_lag_s)

@@ -8,7 +8,9 @@ from typing import cast
 
 from aiohttp import web
 
+from broadcast import tokens
 from broadcast.auth import check_publish_key
+from broadcast.config import Config
 from broadcast.errors import BadRequest, Conflict
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.upstream import BandwidthEstimate, UpstreamTrack
@@ -28,6 +30,8 @@ from broadcast.web_keys import REGISTRY
 
 logger = logging.getLogger(__name__)
 
+VIEW_LINK_TTL_S = tokens.VIEW_LINK_TTL_S
+
 BITRATE_HINTS = ("x-google-start-bitrate", "x-google-max-bitrate")
 
 
@@ -39,7 +43,7 @@ async def post_whip(request: web.Request) -> web.Response:
     stream_id = (
         check_stream_id(request.match_info["stream_id"]) if named else new_stream_id()
     )
-    check_publish_key(request, config)
+    check_publish_key(request, config, stream_id if named else None)
     registry.session_rate.take(request.remote or "")
     offer = parse_offer(await read_body(request, SDP_TYPE, config.max_sdp_bytes))
 
@@ -82,9 +86,19 @@ async def post_whip(request: web.Request) -> web.Response:
     response = await answer_session(
         request, offer, answers, make_publisher, "whip", stream_id
     )
-    if not named:
-        response.headers.add("Link", f'</watch/{stream_id}>; rel="alternate"')
+    response.headers.add("Link", f'<{_watch_link(config, stream_id)}>; rel="alternate"')
     return response
+
+
+def _watch_link(config: Config, stream_id: str) -> str:
+    """The viewer page of the stream; with a view token when viewing is private."""
+    link = f"/watch/{stream_id}"
+    if config.private_viewing and config.token_secret:
+        token = tokens.mint(
+            config.token_secret, tokens.VIEW, stream_id, VIEW_LINK_TTL_S
+        )
+        link += f"?token={token}"
+    return link
 
 
 def _choose_codecs(

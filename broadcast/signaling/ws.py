@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
+from broadcast.auth import may_view
 from broadcast.errors import ClientError
 from broadcast.events import Event, state_event, viewers_event
 from broadcast.registry import StreamRegistry, check_stream_id
@@ -85,6 +86,14 @@ def _handle(
             return
         if len(subscriptions) >= MAX_SUBSCRIPTIONS:
             raise ClientError("too_many_subscriptions", "Subscribe to fewer streams.")
+        token = request.get("token")
+        if not may_view(
+            registry.config, stream_id, token if isinstance(token, str) else None
+        ):
+            # A private stream without its token looks like no stream at all.
+            deliver(state_event(stream_id, OFFLINE))
+            deliver(viewers_event(stream_id, 0))
+            return
         subscriptions[stream_id] = registry.events.listen(stream_id, deliver)
         stream = registry.get(stream_id)
         deliver(state_event(stream_id, stream.state if stream else OFFLINE))

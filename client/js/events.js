@@ -6,7 +6,7 @@ const RETRY_MS = [500, 1000, 2000, 4000, 8000];
  * Call onEvent({type: 'state'|'viewers', ...}) for `streamId` until close().
  * onConnection(true|false) tells whether the events channel is up.
  */
-export function subscribe(streamId, onEvent, onConnection = () => {}) {
+export function subscribe(streamId, onEvent, onConnection = () => {}, token = null) {
   let socket = null;
   let attempt = 0;
   let closed = false;
@@ -18,7 +18,7 @@ export function subscribe(streamId, onEvent, onConnection = () => {}) {
     socket.addEventListener('open', () => {
       attempt = 0;
       onConnection(true);
-      socket.send(JSON.stringify({type: 'subscribe', stream: streamId}));
+      socket.send(JSON.stringify({type: 'subscribe', stream: streamId, ...(token ? {token} : {})}));
     });
     socket.addEventListener('message', (message) => {
       let event;

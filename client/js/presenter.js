@@ -92,7 +92,8 @@ async function connect() {
   }
   const url = state.streamId ? `/whip/${encodeURIComponent(state.streamId)}` : '/whip';
   try {
-    state.session = await negotiate(pc, new URL(url, location.href).href, state.key);
+    ({session: state.session, watch: state.watchLink} = await negotiate(
+      pc, new URL(url, location.href).href, state.key));
   } catch (error) {
     pc.close();
     throw error;
@@ -141,7 +142,8 @@ async function reconnect() {
 }
 
 function showSharing() {
-  const link = new URL(`/watch/${state.streamId}`, location.href).href;
+  // The server's link may carry a view token (private viewing).
+  const link = state.watchLink || new URL(`/watch/${state.streamId}`, location.href).href;
   $('share-link').value = link;
   const qr = qrcode(0, 'M');
   qr.addData(link);
@@ -152,7 +154,7 @@ function showSharing() {
   if (state.events) state.events.close();
   state.events = subscribe(state.streamId, (event) => {
     if (event.type === 'viewers') $('viewer-count').textContent = String(event.count);
-  });
+  }, () => {}, new URL(link).searchParams.get('token'));
 }
 
 async function updateStats() {
@@ -228,6 +230,7 @@ async function stop() {
   if (state.events) state.events.close();
   state.events = null;
   state.streamId = null;
+  state.watchLink = null;
   sessionStorage.removeItem(SAVED + '.stream');
   setStatus('Not live');
   $('quality-warning').hidden = true;

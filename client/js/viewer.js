@@ -5,6 +5,8 @@ import {ServerError, describe, hangUp, negotiate, receivingVideo} from './webrtc
 
 const $ = (id) => document.getElementById(id);
 const streamId = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
+// Private streams: the share link carries a view token.
+const token = new URLSearchParams(location.search).get('token');
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
 const STATS_INTERVAL_MS = 1000;
 
@@ -50,7 +52,9 @@ async function connect() {
     }
   });
   try {
-    state.session = await negotiate(pc, new URL(`/whep/${encodeURIComponent(streamId)}`, location.href).href);
+    const whep = new URL(`/whep/${encodeURIComponent(streamId)}`, location.href);
+    if (token) whep.searchParams.set('token', token);
+    ({session: state.session} = await negotiate(pc, whep.href));
     state.pc = pc;
     state.attempt = 0;
     show(state.streamState === 'reconnecting' ? 'reconnecting' : 'live');
@@ -161,5 +165,5 @@ $('player').addEventListener('loadeddata', () => {
 window.addEventListener('pagehide', drop);
 state.statsTimer = setInterval(updateStats, STATS_INTERVAL_MS);
 show('connecting');
-subscribe(streamId, onEvent);
+subscribe(streamId, onEvent, () => {}, token);
 connect();

@@ -26,9 +26,16 @@ export function iceGathered(pc, timeoutMs = 2000) {
   });
 }
 
+/** The target of a `Link: <...>; rel="alternate"` header (WHIP: the viewer page). */
+function alternateLink(header, base) {
+  const match = /<([^>]+)>\s*;\s*rel="?alternate"?/.exec(header || '');
+  return match ? new URL(match[1], base).href : null;
+}
+
 /**
  * POST our offer to a WHIP or WHEP endpoint and apply the answer.
- * Returns the session URL (Location). Throws ServerError, or TypeError when offline.
+ * Returns {session, watch}: the session URL (Location) and, from WHIP, the viewer
+ * page's link. Throws ServerError, or TypeError when offline.
  */
 export async function negotiate(pc, url, key) {
   await pc.setLocalDescription(await pc.createOffer());
@@ -46,7 +53,10 @@ export async function negotiate(pc, url, key) {
     throw new ServerError(response.status, code, message);
   }
   await pc.setRemoteDescription({type: 'answer', sdp: body});
-  return new URL(response.headers.get('Location'), url).href;
+  return {
+    session: new URL(response.headers.get('Location'), url).href,
+    watch: alternateLink(response.headers.get('Link'), url),
+  };
 }
 
 /** End a session; `keepalive` lets it go out while the page unloads. */
