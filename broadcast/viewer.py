@@ -6,6 +6,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiortc.rtp import (
     RTCP_PSFB_PLI,
@@ -56,6 +57,7 @@ class Viewer(Session):
         self.fraction_lost = 0
         self.rtt_s: float | None = None
         self.nacks_received = 0
+        self.quality: dict[str, Any] | None = None  # the viewer page's last report
         self.bitrate_out_bps = 0
         self._octets_reported = 0
         self._reported_at = time.monotonic()

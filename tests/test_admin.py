@@ -108,3 +108,42 @@ async def test_metrics_can_be_turned_off(make_server, http):
     server = await make_server(metrics_enabled=False)
     async with http.get(server.make_url("/metrics")) as r:
         assert r.status == 404
+
+
+async def test_viewer_pages_report_what_they_see(make_server, http):
+    server = await make_server(admin_key="adm1n")
+    publisher = await publish(http, str(server.make_url("/whip/q")))
+    viewer = await watch(http, str(server.make_url("/whep/q")))
+    session = viewer.location.rsplit("/", 1)[1]
+    report = {
+        "type": "quality",
+        "stream": "q",
+        "session": session,
+        "width": 1280,
+        "height": 720,
+        "fps": 29.5,
+        "freezes": 1,
+        "jitter_buffer_ms": 80,
+        "loss_percent": 0.5,
+        "candidate": "host",
+        "tcp": False,
+    }
+    async with http.ws_connect(server.make_url("/ws")) as ws:
+        await ws.send_json(report)
+        for bad in ({**report, "session": "nope"}, {**report, "fps": "fast"}):
+            await ws.send_json(bad)
+            assert (await ws.receive_json())["error"] == "bad_report"
+    async with http.get(server.make_url("/api/streams/q"), headers=ADMIN) as r:
+        seen = (await r.json())["viewer_sessions"][0]["seen_by_viewer"]
+    assert seen["height"] == 720 and seen["candidate"] == "host"
+    async with http.get(server.make_url("/metrics"), headers=ADMIN) as r:
+        text = await r.text()
+    assert metric(text, "broadcast_viewer_fps_count") == 1
+    assert (
+        metric(
+            text,
+            'broadcast_viewer_quality_reports_total{candidate="host",transport="udp"}',
+        )
+        == 1
+    )
+    await asyncio.gather(viewer.close(), publisher.close())

@@ -44,6 +44,7 @@ def viewer_summary(viewer: Viewer) -> dict[str, Any]:
         "loss_percent": round(100 * viewer.fraction_lost / 256, 1),
         "rtt_ms": None if viewer.rtt_s is None else round(1000 * viewer.rtt_s),
         "retransmissions": sum(t.retransmitted for t in viewer.tracks),
+        "seen_by_viewer": viewer.quality,
     }
 
 

@@ -21,6 +21,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from broadcast.api.quality import ViewerQuality
 from broadcast.auth import check_admin_key
 from broadcast.registry import StreamRegistry
 from broadcast.stream import ENDED, LIVE, RECONNECTING, WAITING
@@ -54,6 +55,7 @@ class Metrics:
             registry=self.prometheus,
         )
         self.loop_lag_s = 0.0
+        self.viewer_quality = ViewerQuality(self.prometheus)
         self.prometheus.register(_ServerCollector(registry, self))
 
 

@@ -15,10 +15,13 @@ from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
+from broadcast.api.metrics import METRICS
+from broadcast.api.quality import clean_report
 from broadcast.auth import may_view
 from broadcast.errors import ClientError
 from broadcast.events import Event, state_event, viewers_event
-from broadcast.registry import StreamRegistry, check_stream_id
+from broadcast.registry import check_stream_id
+from broadcast.viewer import Viewer
 from broadcast.web_keys import REGISTRY
 
 logger = logging.getLogger(__name__)
@@ -37,7 +40,6 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=4096)
     await ws.prepare(request)
     request.app[WEBSOCKETS].add(ws)
-    registry = request.app[REGISTRY]
     queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_EVENTS)
 
     def deliver(event: Event) -> None:
@@ -52,7 +54,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if message.type != WSMsgType.TEXT:
                 continue
             try:
-                _handle(message.data, registry, subscriptions, deliver)
+                _handle(message.data, request.app, subscriptions, deliver)
             except ClientError as error:
                 deliver(
                     {"type": "error", "error": error.code, "message": error.message}
@@ -68,10 +70,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 def _handle(
     text: str,
-    registry: StreamRegistry,
+    app: web.Application,
     subscriptions: dict[str, Callable[[], None]],
     deliver: Callable[[Event], None],
 ) -> None:
+    registry = app[REGISTRY]
     try:
         request = json.loads(text)
     except ValueError:
@@ -98,12 +101,32 @@ def _handle(
         stream = registry.get(stream_id)
         deliver(state_event(stream_id, stream.state if stream else OFFLINE))
         deliver(viewers_event(stream_id, len(stream.viewers) if stream else 0))
+    elif request.get("type") == "quality":
+        _take_quality_report(app, stream_id, request)
     elif request.get("type") == "unsubscribe":
         stop = subscriptions.pop(stream_id, None)
         if stop is not None:
             stop()
     else:
-        raise ClientError("bad_message", "The type is 'subscribe' or 'unsubscribe'.")
+        raise ClientError(
+            "bad_message", "The type is 'subscribe', 'unsubscribe' or 'quality'."
+        )
+
+
+def _take_quality_report(
+    app: web.Application, stream_id: str, request: dict[str, object]
+) -> None:
+    """Keep a viewer page's report on its session and in the metrics."""
+    report = clean_report(request)
+    session = app[REGISTRY].sessions.get(str(request.get("session")))
+    if (
+        report is None
+        or not isinstance(session, Viewer)
+        or session.stream_id != stream_id
+    ):
+        raise ClientError("bad_report", "A quality report names a live WHEP session.")
+    session.quality = report
+    app[METRICS].viewer_quality.observe(report)
 
 
 async def _send_events(ws: web.WebSocketResponse, queue: asyncio.Queue[Event]) -> None:

@@ -38,6 +38,12 @@ export function subscribe(streamId, onEvent, onConnection = () => {}, token = nu
 
   connect();
   return {
+    /** Send a message now if the channel is up (reports are best effort). */
+    send(message) {
+      if (socket && socket.readyState === WebSocket.OPEN) {
+        socket.send(JSON.stringify({stream: streamId, ...message}));
+      }
+    },
     close() {
       closed = true;
       clearTimeout(timer);

@@ -1,7 +1,9 @@
 // Viewer page: WHEP playback that waits for the broadcast and comes back by itself.
 
 import {subscribe} from './events.js';
-import {ServerError, describe, hangUp, negotiate, receivingVideo} from './webrtc.js';
+import {
+  ServerError, describe, hangUp, negotiate, qualityReport, receivingVideo,
+} from './webrtc.js';
 
 const $ = (id) => document.getElementById(id);
 const streamId = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
@@ -9,6 +11,7 @@ const streamId = decodeURIComponent(location.pathname.split('/').filter(Boolean)
 const token = new URLSearchParams(location.search).get('token');
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
 const STATS_INTERVAL_MS = 1000;
+const QUALITY_REPORT_MS = 5000;
 
 const TEXT = {
   connecting: 'Connecting…',
@@ -165,5 +168,11 @@ $('player').addEventListener('loadeddata', () => {
 window.addEventListener('pagehide', drop);
 state.statsTimer = setInterval(updateStats, STATS_INTERVAL_MS);
 show('connecting');
-subscribe(streamId, onEvent, () => {}, token);
+const events = subscribe(streamId, onEvent, () => {}, token);
+// Tell the operator what this viewer actually sees (resolution, fps, freezes, delay).
+setInterval(async () => {
+  if (!state.pc || state.pc.connectionState !== 'connected' || !state.session) return;
+  const report = await qualityReport(state.pc).catch(() => null);
+  if (report) events.send({...report, session: new URL(state.session).pathname.split('/').pop()});
+}, QUALITY_REPORT_MS);
 connect();

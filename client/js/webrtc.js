@@ -115,6 +115,35 @@ export async function receivingVideo(pc, previous) {
   };
 }
 
+/** The report a viewer page sends over /ws so the operator sees what viewers see. */
+export async function qualityReport(pc) {
+  const report = await pc.getStats();
+  let video = null;
+  let pair = null;
+  for (const s of report.values()) {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') video = s;
+    if (s.type === 'transport' && s.selectedCandidatePairId) {
+      pair = report.get(s.selectedCandidatePairId);
+    }
+  }
+  if (!video) return null;
+  const local = pair ? report.get(pair.localCandidateId) : null;
+  const received = video.packetsReceived || 0;
+  const lost = Math.max(0, video.packetsLost || 0);
+  return {
+    type: 'quality',
+    width: video.frameWidth || 0,
+    height: video.frameHeight || 0,
+    fps: video.framesPerSecond || 0,
+    freezes: video.freezeCount || 0,
+    jitter_buffer_ms: video.jitterBufferEmittedCount
+      ? Math.round(1000 * video.jitterBufferDelay / video.jitterBufferEmittedCount) : 0,
+    loss_percent: received + lost ? 100 * lost / (received + lost) : 0,
+    candidate: local ? local.candidateType : 'unknown',
+    tcp: local ? local.protocol === 'tcp' : false,
+  };
+}
+
 /** "1280×720 · 30 fps · 2.4 Mbit/s" */
 export function describe(stats) {
   const parts = [];

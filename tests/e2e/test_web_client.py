@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
+from broadcast.web_keys import REGISTRY
 from tests.e2e.camera import write_y4m
 from tests.e2e.chromium import launch_chromium
+from tests.peers import wait_for
 
 NATIVE = (1280, 720)
 ARTIFACTS = Path(os.environ.get("BROADCAST_TEST_ARTIFACTS", "test-artifacts"))
@@ -93,6 +95,17 @@ async def test_presenter_goes_live_and_viewers_watch_native_resolution(
     second = await second_context.new_page()
     await second.goto(link)
     await wait_text(presenter, "#viewer-count", "2", 5000)
+    # Each viewer page reports what it sees; the operator gets it (admin API, metrics).
+    registry = server.app[REGISTRY]
+    await wait_for(
+        lambda: any(
+            (v.quality or {}).get("height") == NATIVE[1]
+            for s in registry.streams.values()
+            for v in s.viewers
+        ),
+        timeout=10,
+        message="no viewer page reported its quality",
+    )
     await second.wait_for_function(f"({VIDEO_SIZE_JS})()[0] > 0", timeout=10000)
 
     await presenter.screenshot(path=str(ARTIFACTS / "presenter.png"))
