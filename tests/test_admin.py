@@ -41,6 +41,7 @@ async def test_operator_sees_streams_and_viewers_and_can_stop_and_kick(
     await asyncio.sleep(1.5)  # one RTCP interval: bitrates are measured
     stream = await show()
     assert stream["state"] == "live" and stream["source"] == "whip"
+    assert stream["resolution"] == "320x240"
     assert stream["viewers"] == 2 and stream["bitrate_in_kbps"] > 0
     assert {c.lower() for c in stream["codecs"]} == {"video/vp8", "audio/opus"}
     sessions = stream["viewer_sessions"]
@@ -102,6 +103,15 @@ async def test_metrics_count_media_and_sessions(server, http):
         metric(text, 'broadcast_sessions_ended_total{cause="client",kind="whip"}') == 1
     )
     await publisher.close()
+
+
+async def test_metrics_need_the_admin_key_when_one_is_set(make_server, http):
+    server = await make_server(admin_key="adm1n")
+    async with http.get(server.make_url("/metrics")) as r:
+        assert r.status == 401
+    async with http.get(server.make_url("/metrics"), headers=ADMIN) as r:
+        assert r.status == 200
+        assert "broadcast_viewers_waiting_for_keyframe 0.0" in await r.text()
 
 
 async def test_metrics_can_be_turned_off(make_server, http):

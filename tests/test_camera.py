@@ -45,6 +45,7 @@ async def test_viewers_decode_a_camera(make_server, http, audio, transport, inba
                 await wait_for(lambda v=viewer: decoded(v, "audio") > 5, timeout=5)
         stream = server.app[REGISTRY].get("cam")
         assert stream.state == "live"
+        assert stream.tracks["video"].resolution == (640, 360)
         await asyncio.gather(*(v.close() for v in viewers))
 
 

@@ -62,6 +62,7 @@ async def test_every_viewer_decodes_byte_identical_media(server, http, video, au
         assert assert_payloads_identical(publisher, viewer, "video") >= 15
         assert assert_payloads_identical(publisher, viewer, "audio") >= 10
     stream = server.app[REGISTRY].get("cam")
+    assert stream.tracks["video"].resolution == (WIDTH, HEIGHT)  # read from keyframes
     assert {t.codec.mimeType.lower() for t in stream.tracks.values()} == {
         video.lower(),
         audio.lower(),

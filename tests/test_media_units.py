@@ -6,6 +6,7 @@ from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from broadcast.media.keyframe import h264_starts_keyframe, vp8_starts_keyframe
+from broadcast.media.resolution import h264_resolution
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.transcode import split_access_units
 from broadcast.media.upstream import MAX_NACKED_GAP, BandwidthEstimate, UpstreamTrack
@@ -131,3 +132,33 @@ def test_aac_access_units_are_split_as_rfc_3640_says():
     assert split_access_units(payload[:-10], 13, 3) == units[:1]
     for garbage in (b"", b"\xff", b"\xff\xff", b"\x00\x10\xff\xff", bytes(range(256))):
         assert isinstance(split_access_units(garbage, 13, 3), list)
+
+
+def _x264_sps(width: int, height: int, profile: str) -> bytes:
+    import av
+    import numpy
+
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+    encoder.options = {"profile": profile, "tune": "zerolatency"}
+    frame = av.VideoFrame.from_ndarray(
+        numpy.zeros((height, width, 3), numpy.uint8), format="rgb24"
+    ).reformat(format="yuv420p")
+    stream = b"".join(bytes(p) for p in encoder.encode(frame))
+    stream += b"".join(bytes(p) for p in encoder.encode(None))
+    for nal in stream.split(b"\x00\x00\x01"):
+        nal = nal.rstrip(b"\x00")
+        if nal and nal[0] & 0x1F == 7:
+            return nal
+    raise AssertionError("no SPS")
+
+
+def test_resolution_is_read_from_h264_sps_of_any_profile():
+    for width, height, profile in [
+        (1280, 720, "high"),
+        (1920, 1080, "main"),
+        (640, 360, "baseline"),
+    ]:
+        assert h264_resolution(_x264_sps(width, height, profile)) == (width, height)
+    assert h264_resolution(b"\x67\x42") is None
+    assert h264_resolution(b"\x67" + b"\x00" * 20) is None

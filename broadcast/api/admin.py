@@ -29,10 +29,18 @@ def stream_summary(stream: Stream) -> dict[str, Any]:
         "source": source.kind if source else None,
         "camera": stream.camera.name if stream.camera else None,
         "codecs": [t.codec.mimeType for t in stream.tracks.values()],
+        "resolution": _resolution(stream),
         "bitrate_in_kbps": _kbps(source.bitrate_in_bps) if source else 0,
         "viewers": len(stream.viewers),
         "uptime_s": round(time.monotonic() - stream.created_at, 1),
     }
+
+
+def _resolution(stream: Stream) -> str | None:
+    video = stream.tracks.get("video")
+    if video is None or video.resolution is None:
+        return None
+    return "{}x{}".format(*video.resolution)
 
 
 def viewer_summary(viewer: Viewer) -> dict[str, Any]:

@@ -78,6 +78,17 @@ class _ServerCollector(Collector):
             "Viewer sessions",
             value=sum(len(s.viewers) for s in registry.streams.values()),
         )
+        yield GaugeMetricFamily(
+            "broadcast_viewers_waiting_for_keyframe",
+            "Viewer tracks connected but still waiting for their first keyframe",
+            value=sum(
+                1
+                for stream in registry.streams.values()
+                for track in stream.tracks.values()
+                for viewer in track.viewers
+                if viewer.waiting_for_keyframe
+            ),
+        )
         started = CounterMetricFamily(
             "broadcast_sessions_started", "Sessions created", labels=["kind"]
         )

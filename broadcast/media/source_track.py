@@ -19,6 +19,7 @@ from broadcast.media.history import (
 )
 from broadcast.media.keyframe import keyframe_test
 from broadcast.media.keyframes import KeyframeRequester
+from broadcast.media.resolution import keyframe_resolution
 
 if TYPE_CHECKING:
     from broadcast.media.viewer_track import ViewerTrack
@@ -74,6 +75,7 @@ class SourceTrack:
         # joining viewer starts at once at the latest keyframe.
         self._cache_gop = cache_gop and self._starts_keyframe is not None
         self.gop: list[bytes] = []
+        self.resolution: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return f"SourceTrack({self.kind} {self.codec.mimeType})"
@@ -105,6 +107,11 @@ class SourceTrack:
         self.packets_in += 1
         self.bytes_in += len(data)
         self.history.add(seq, data)
+        if keyframe:
+            self.resolution = (
+                keyframe_resolution(self.codec.mimeType, packet.payload)
+                or self.resolution
+            )
         if self._cache_gop:
             self._keep_in_gop(data, keyframe)
         for viewer in self.viewers:
