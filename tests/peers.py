@@ -283,3 +283,14 @@ async def watch(
     viewer.location, viewer.etag = await _exchange(http, url, pc, {})
     _record_received(pc, viewer.received, drop)
     return viewer
+
+
+async def recvonly_offer(kinds=("video",)) -> str:  # type: ignore[no-untyped-def]
+    """A real offer to receive `kinds`, from a peer that is gone by the time it is used."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for kind in kinds:
+        pc.addTransceiver(kind, direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    await pc.close()
+    return offer

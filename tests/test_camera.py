@@ -11,7 +11,7 @@ import pytest
 from broadcast.config import RtspCamera, RtspOptions
 from broadcast.web_keys import REGISTRY
 from tests.camera_sim import start_camera
-from tests.peers import wait_for, watch
+from tests.peers import recvonly_offer, wait_for, watch
 
 
 def camera(url: str, **options: object) -> tuple[RtspCamera, ...]:
@@ -122,7 +122,7 @@ async def test_wrong_password_is_a_clear_state_and_never_leaks(
             await ws.send_json({"type": "subscribe", "stream": "cam"})
             async with http.post(
                 server.make_url("/whep/cam"),
-                data=(await _recvonly_offer()),
+                data=(await recvonly_offer()),
                 headers={"Content-Type": "application/sdp"},
             ) as response:
                 body = await response.json()
@@ -137,17 +137,6 @@ async def test_wrong_password_is_a_clear_state_and_never_leaks(
             metrics = await r.text()
     everything = caplog.text + str(events) + str(body) + metrics
     assert "s3cr3t-wrong" not in everything and "admin:" not in everything
-
-
-async def _recvonly_offer() -> str:
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    offer = pc.localDescription.sdp
-    await pc.close()
-    return offer
 
 
 async def test_on_demand_camera_connects_for_viewers_and_lets_go_after(

@@ -9,7 +9,7 @@ import pytest
 
 from broadcast import tokens
 from broadcast.cli import main
-from tests.peers import publish, watch
+from tests.peers import publish, recvonly_offer, watch
 
 SECRET = "a-long-random-secret"
 
@@ -48,7 +48,7 @@ async def test_private_streams_need_a_view_token_and_do_not_reveal_themselves(
         http, str(server.make_url("/whip/secret")), headers=_publish_token("secret")
     )
     await publisher.wait_connected()
-    offer = await _recvonly_offer()
+    offer = await recvonly_offer()
     answers = []
     for path in ("/whep/secret", "/whep/nothing-here", "/whep/secret?token=view.1.x"):
         async with http.post(
@@ -84,17 +84,6 @@ def _publish_token(stream_id: str) -> dict[str, str]:
     return {
         "Authorization": f"Bearer {tokens.mint(SECRET, tokens.PUBLISH, stream_id, 60)}"
     }
-
-
-async def _recvonly_offer() -> str:
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    offer = pc.localDescription.sdp
-    await pc.close()
-    return offer
 
 
 def test_cli_mints_tokens_from_the_config_secret(tmp_path, capsys):
