@@ -9,10 +9,11 @@ const STATS_INTERVAL_MS = 1000;
 // The server keeps a dropped broadcast's viewers this long (reconnect_grace_s).
 const RECONNECT_WINDOW_MS = 30000;
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000];
+const DISCONNECTED_MS = 4000;
 const SAVED = 'broadcast.presenter';
 
 const state = {
-  media: null, pc: null, session: null, streamId: null, events: null,
+  media: null, pc: null, session: null, streamId: null, events: null, dropTimer: null,
   statsTimer: null, live: false, stopping: false, limitedFor: 0,
   key: new URLSearchParams(location.search).get('key') || sessionStorage.getItem(SAVED + '.key') || '',
 };
@@ -106,12 +107,20 @@ async function connect() {
 
 function onConnectionState(pc) {
   if (pc !== state.pc || state.stopping) return;
+  clearTimeout(state.dropTimer);
   if (pc.connectionState === 'connected') {
     state.live = true;
     setStatus('LIVE', true);
     showMessage('');
   } else if (pc.connectionState === 'failed' || pc.connectionState === 'closed') {
     reconnect();
+  } else if (pc.connectionState === 'disconnected') {
+    // Browsers call a connection failed only after ~30 s; the server keeps viewers
+    // waiting for us only so long. A few seconds of silence is enough to start over.
+    setStatus('Connection interrupted…');
+    state.dropTimer = setTimeout(() => {
+      if (pc === state.pc && pc.connectionState === 'disconnected') reconnect();
+    }, DISCONNECTED_MS);
   }
 }
 
@@ -277,3 +286,4 @@ state.streamId = sessionStorage.getItem(SAVED + '.stream');
 // Closing the page closes the connection at once (DTLS close), so the server knows.
 window.addEventListener('pagehide', () => { if (state.pc) state.pc.close(); });
 listDevices().catch(() => {});
+window.presenter = state; // for people debugging, and for the end-to-end tests

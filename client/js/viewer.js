@@ -12,6 +12,7 @@ const token = new URLSearchParams(location.search).get('token');
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
 const STATS_INTERVAL_MS = 1000;
 const QUALITY_REPORT_MS = 5000;
+const DISCONNECTED_MS = 4000;
 
 const TEXT = {
   connecting: 'Connecting…',
@@ -26,6 +27,7 @@ const TEXT = {
 const state = {
   pc: null, session: null, streamState: 'offline', attempt: 0, retryTimer: null,
   playing: true, statsTimer: null, connecting: false, openedAt: performance.now(),
+  dropTimer: null,
 };
 
 function show(key) {
@@ -49,9 +51,18 @@ async function connect() {
   });
   pc.addEventListener('connectionstatechange', () => {
     if (pc !== state.pc) return;
+    clearTimeout(state.dropTimer);
     if (pc.connectionState === 'failed' || pc.connectionState === 'closed') {
       drop();
       scheduleRetry();
+    } else if (pc.connectionState === 'disconnected') {
+      // Browsers wait ~30 s before "failed": start over after a few seconds instead.
+      state.dropTimer = setTimeout(() => {
+        if (pc === state.pc && pc.connectionState === 'disconnected') {
+          drop();
+          scheduleRetry();
+        }
+      }, DISCONNECTED_MS);
     }
   });
   try {

@@ -134,3 +134,35 @@ async def test_wrong_publish_key_is_explained(make_server, chromium):
     await page.fill("#publish-key", "right")
     await page.click("#start")
     await wait_text(page, "#status", "LIVE", 5000)
+
+
+async def test_presenter_reconnects_by_itself_and_viewers_keep_watching(
+    server, chromium
+):
+    origin = str(server.make_url("/")).rstrip("/")
+    presenter = await (await chromium.new_context()).new_page()
+    await presenter.goto(origin + "/")
+    await presenter.click("#start")
+    await wait_text(presenter, "#status", "LIVE", 3000)
+    link = await presenter.input_value("#share-link")
+    viewer = await (await chromium.new_context()).new_page()
+    await viewer.goto(link)
+    await viewer.wait_for_function(f"({VIDEO_SIZE_JS})()[0] > 0", timeout=10000)
+
+    # The presenter's connection drops (as when a network fails): the server keeps the
+    # stream for the grace period, and the page publishes again under the same id.
+    stream = server.app[REGISTRY].get(link.rsplit("/", 1)[1])
+    first = stream.publisher
+    await first.close("network dropped (test)", "transport")
+    assert stream.state == "reconnecting"
+    await wait_for(
+        lambda: stream.publisher not in (None, first) and stream.state == "live",
+        timeout=20,
+        message=f"presenter did not come back: {stream.state}",
+    )
+    await wait_text(presenter, "#status", "LIVE", 5000)
+    played = await viewer.evaluate("document.getElementById('player').currentTime")
+    await viewer.wait_for_function(
+        f"document.getElementById('player').currentTime > {played} + 1", timeout=10000
+    )
+    assert "ended" not in await text_of(viewer, "#status")
