@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
+
+from aiohttp import web
 
 from broadcast.errors import ClientError, ServiceUnavailable
 
@@ -43,6 +46,19 @@ class SessionRateLimit:
                 {"Retry-After": "1"},
             )
         self._buckets[client] = (tokens - 1, now)
+
+
+def client_address(request: web.Request) -> str:
+    """Who to count a session against: the address, or its /64 for IPv6, where one
+    subscriber holds a whole /64 and could otherwise take a fresh address per request."""
+    remote = request.remote or ""
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if address.version == 6 and not address.ipv4_mapped:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address.ipv4_mapped or address) if address.version == 6 else remote
 
 
 def check_event_loop(lag_s: float) -> None:

@@ -74,9 +74,9 @@ class StreamRegistry:
         """Publish a camera as a stream of its own, known from now on."""
         from broadcast.ingest.camera import Camera  # the ingest depends on us
 
+        if camera.id in self.streams:  # live, or waiting for its publisher to return
+            raise Conflict("stream_busy", f"Stream '{camera.id}' already exists.")
         stream = self.get_or_create(camera.id)
-        if stream.source is not None:
-            raise Conflict("stream_busy", f"Stream '{camera.id}' already has a source.")
         stream.camera = Camera(camera, stream)
         if camera.options.always_on:
             stream.camera.start()

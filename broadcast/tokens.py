@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
 PUBLISH, VIEW = "publish", "view"
+EXPIRY = re.compile(
+    r"[0-9]{1,12}"
+)  # ASCII digits only: int() takes "²" and 5000 digits
 # A share link made at publish time lives as long as a long event, no longer.
 VIEW_LINK_TTL_S = 24 * 3600
 
@@ -36,7 +40,7 @@ def verify(secret: str, token: str | None, purpose: str, stream_id: str) -> bool
     if not token:
         return False
     parts = token.split(".")
-    if len(parts) != 3 or parts[0] != purpose or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] != purpose or not EXPIRY.fullmatch(parts[1]):
         return False
     expires_at = int(parts[1])
     expected = _signature(secret, purpose, stream_id, expires_at)

@@ -162,3 +162,25 @@ def test_resolution_is_read_from_h264_sps_of_any_profile():
         assert h264_resolution(_x264_sps(width, height, profile)) == (width, height)
     assert h264_resolution(b"\x67\x42") is None
     assert h264_resolution(b"\x67" + b"\x00" * 20) is None
+
+
+def test_quality_reports_with_absurd_numbers_are_refused():
+    from broadcast.api.quality import clean_report
+
+    good = {
+        "width": 1280,
+        "height": 720,
+        "fps": 30,
+        "freezes": 0,
+        "jitter_buffer_ms": 50,
+        "loss_percent": 0,
+    }
+    assert clean_report(good) is not None
+    for field, value in (
+        ("fps", 10**400),
+        ("fps", float("nan")),
+        ("width", True),
+        ("fps", "30"),
+    ):
+        assert clean_report({**good, field: value}) is None
+    assert clean_report({**good, "fps": 1e9})["fps"] == 240  # clamped

@@ -59,3 +59,33 @@ def test_credentials_are_redacted():
     assert (
         redact("rtsp://admin:pa55@192.0.2.7:554/s?x=1") == "rtsp://192.0.2.7:554/s?x=1"
     )
+
+
+def test_credentials_in_paths_queries_and_ipv6_hosts_are_redacted_too():
+    assert redact("rtsp://h/user=admin&password=x&channel=1") == (
+        "rtsp://h/user=***&password=***&channel=1"
+    )
+    assert (
+        redact("rtsp://h:554/live?pwd=x&stream=0")
+        == "rtsp://h:554/live?pwd=***&stream=0"
+    )
+    assert redact("rtsp://a:b@[2001:db8::7]:554/s") == "rtsp://[2001:db8::7]:554/s"
+
+
+def test_aac_tracks_with_bad_parameters_are_not_taken():
+    from broadcast.ingest.camera import _is_aac
+
+    def aac(**fmtp: str):  # type: ignore[no-untyped-def]
+        text = "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/16000/1\r\n"
+        params = ";".join(f"{k}={v}" for k, v in {"mode": "AAC-hbr", **fmtp}.items())
+        return parse_sdp(text + f"a=fmtp:97 {params}\r\n")[0]
+
+    assert _is_aac(aac(config="1408"))
+    for bad in (
+        {"config": "zz"},
+        {},
+        {"config": "1408", "sizelength": "-1"},
+        {"config": "1408", "sizelength": "abc"},
+        {"config": "1408", "indexlength": "99"},
+    ):
+        assert not _is_aac(aac(**bad))

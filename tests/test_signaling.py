@@ -286,6 +286,17 @@ async def test_session_rate_per_client_gets_429(make_server, http):
     await first.close()
 
 
+async def test_probing_for_streams_is_rate_limited_too(make_server, http):
+    server = await make_server(sessions_per_client_per_minute=3)
+    statuses = []
+    for name in ("a", "b"):
+        async with http.post(
+            server.make_url(f"/whep/{name}"), data=G722_OFFER, headers=SDP
+        ) as r:
+            statuses.append(r.status)
+    assert statuses == [404, 429]
+
+
 async def test_new_viewers_wait_while_the_event_loop_lags(server, http):
     publisher = await publish(http, str(server.make_url("/whip/lag")))
     server.app[METRICS].loop_lag_s = 1.0  # as the lag probe would measure it

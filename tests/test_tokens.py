@@ -98,3 +98,8 @@ def test_cli_mints_tokens_from_the_config_secret(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["token", "view", "gate", "--config", str(config)])
     assert "token_secret" in capsys.readouterr().err
+
+
+def test_odd_digits_and_huge_expiries_are_refused_not_crashed():
+    for expiry in ("²", "1" * 5000, "١٢٣"):
+        assert not tokens.verify(SECRET, f"view.{expiry}.x", tokens.VIEW, "gate")

@@ -31,6 +31,9 @@ def clean_report(raw: dict[str, Any]) -> dict[str, Any] | None:
         value = raw.get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
+        # Huge ints overflow isfinite(); nothing a browser reports is that big.
+        if isinstance(value, int) and abs(value) > 10**12:
+            return None
         if not math.isfinite(value):
             return None
         report[name] = min(max(value, low), high)

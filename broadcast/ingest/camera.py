@@ -47,11 +47,14 @@ class Camera:
         self.problem: str | None = None
         self.bitrate_in_bps = 0
         self._ready = asyncio.Event()
+        # Viewers waiting for the camera, told at once when an attempt fails.
+        self._waiting: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._routes: list[_Route] = []
         self._packets = 0
         self._bytes = 0
+        self._failed_packets = 0
         self._closed = False
 
     def __repr__(self) -> str:
@@ -64,17 +67,30 @@ class Camera:
         if self._closed or (self._task is not None and not self._task.done()):
             return
         self._task = asyncio.create_task(self._run())
+        # Started for a viewer who may never arrive (its offer fails): let go in time.
+        self.viewers_changed(len(self.stream.viewers))
 
     async def wait_ready(self) -> None:
-        """Start if needed and wait until the camera's tracks are known and playing."""
+        """Start if needed and wait until the camera plays; fail at its first failure."""
         self.start()
+        if self._ready.is_set():
+            return
+        failed = asyncio.get_running_loop().create_future()
+        self._waiting.append(failed)
+        ready = asyncio.ensure_future(self._ready.wait())
         try:
-            await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
-        except TimeoutError:
+            await asyncio.wait(
+                [ready, failed], timeout=READY_TIMEOUT_S, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            ready.cancel()
+            if failed in self._waiting:
+                self._waiting.remove(failed)
+        if not self._ready.is_set():
             raise CameraError(
                 self.problem
                 or f"the camera did not start within {READY_TIMEOUT_S:.0f} s"
-            ) from None
+            )
 
     def viewers_changed(self, count: int) -> None:
         """Let an on-demand camera go a while after its last viewer."""
@@ -100,9 +116,13 @@ class Camera:
     # --- the pull loop -------------------------------------------------------
 
     async def _stop_idle(self) -> None:
-        if not self.stream.viewers:
-            logger.info("%r idle: disconnecting", self)
-            await self._stop()
+        if self.stream.viewers or self._task is None:
+            return
+        logger.info("%r idle: disconnecting", self)
+        stopping = self._task
+        await self._stop()
+        # A viewer may have started the camera again while it was let go.
+        if self._task is None and stopping is not None:
             self.stream.source_idle(self)
 
     async def _stop(self) -> None:
@@ -110,11 +130,13 @@ class Camera:
             self._idle_timer.cancel()
             self._idle_timer = None
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
         self._ready.clear()
+        task.cancel()
+        # Whatever the pull loop died of, stopping it must not fail (stream close).
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
     async def _run(self) -> None:
         delay = 1.0
@@ -126,9 +148,17 @@ class Camera:
                 await self._pull(session)
             except CameraError as error:
                 self.problem = str(error)
+            except Exception:  # a camera must never stop being retried
+                logger.exception("%r failed unexpectedly", self)
+                self.problem = "the camera sent something we could not handle"
             finally:
                 await session.close()
+            if self._ready.is_set():
+                delay = 1.0  # it played: the next failure starts the backoff over
             self._ready.clear()
+            for waiting in self._waiting:
+                if not waiting.done():
+                    waiting.set_result(None)
             logger.warning("%r: %s; retrying in %.0f s", self, self.problem, delay)
             self.stream.source_lost(self, self.problem or "camera lost")
             await asyncio.sleep(delay)
@@ -195,11 +225,8 @@ class Camera:
                 payloadType=OPUS_PAYLOAD_TYPE,
                 parameters={"minptime": 10, "useinbandfec": 1},
             )
-            aac = AacToOpus(
-                track.fmtp["config"],
-                int(track.fmtp.get("sizelength", "13")),
-                int(track.fmtp.get("indexlength", "3")),
-            )
+            size_length, index_length = _aac_header_lengths(track)
+            aac = AacToOpus(track.fmtp["config"], size_length, index_length)
             return _Route(self._source("audio", codec), None, aac)
         if track.kind == "audio":
             logger.warning(
@@ -232,7 +259,12 @@ class Camera:
             return
         self._packets += 1
         self._bytes += len(data)
-        self._routes[index].forward(packet)
+        try:
+            self._routes[index].forward(packet)
+        except Exception:  # aiortsp would close the whole session on an exception
+            self._failed_packets += 1
+            if self._failed_packets <= 5:
+                logger.exception("%r dropped a packet it could not handle", self)
 
 
 class _Route:
@@ -287,12 +319,29 @@ class _Route:
 
 
 def _is_aac(track: CameraTrack) -> bool:
-    """AAC as RFC 3640 AAC-hbr, with the decoder config the SDP must carry."""
-    return (
-        track.encoding == "MPEG4-GENERIC"
-        and track.fmtp.get("mode", "").lower() == "aac-hbr"
-        and bool(track.fmtp.get("config"))
-    )
+    """AAC as RFC 3640 AAC-hbr, with a sane decoder config and AU header lengths."""
+    if track.encoding != "MPEG4-GENERIC":
+        return False
+    if track.fmtp.get("mode", "").lower() != "aac-hbr":
+        return False
+    try:
+        bytes.fromhex(track.fmtp.get("config", ""))
+        _aac_header_lengths(track)
+    except ValueError:
+        return False
+    return bool(track.fmtp.get("config"))
+
+
+def _aac_header_lengths(track: CameraTrack) -> tuple[int, int]:
+    """sizelength and indexlength of the AU headers (RFC 3640 §4.1), checked."""
+    size = track.fmtp.get("sizelength", "13")
+    index = track.fmtp.get("indexlength", "3")
+    if not (size.isdecimal() and index.isdecimal()):
+        raise ValueError("AU header lengths must be numbers")
+    lengths = int(size[:3]), int(index[:3])
+    if not (1 <= lengths[0] <= 32 and 0 <= lengths[1] <= 32):
+        raise ValueError("AU header lengths out of range")
+    return lengths
 
 
 def _profile_level_id(track: CameraTrack) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aiortsp.rtsp.connection import RTSPConnection
 from aiortsp.rtsp.errors import RTSPError, RTSPResponseError
@@ -50,13 +51,32 @@ class CameraTrack:
     control: str | None = None
 
 
+# Some cameras take credentials in the path or query (`/user=admin&password=x`).
+SECRET_PARAMS = re.compile(
+    r"(?i)\b(user(?:name)?|pass(?:word|wd)?|pwd|auth|token)=[^&;/]*"
+)
+
+
 def redact(url: str) -> str:
-    """The URL without its user and password, for logs, errors and the API."""
+    """The URL without user, password or credential parameters: for logs and the API."""
+    parts = urlsplit(url)
+    path = SECRET_PARAMS.sub(r"\1=***", parts.path)
+    query = SECRET_PARAMS.sub(r"\1=***", parts.query)
+    return urlunsplit((parts.scheme, _host_port(url), path, query, ""))
+
+
+def request_url(url: str) -> str:
+    """The URL we send in requests: without user and password, path and query intact."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, _host_port(url), parts.path, parts.query, ""))
+
+
+def _host_port(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    return f"{host}:{parts.port}" if parts.port else host
 
 
 def parse_sdp(text: str) -> list[CameraTrack]:
@@ -143,11 +163,12 @@ class RtspSession:
     def __init__(self, url: str, transport: str, on_packet: PacketHandler) -> None:
         self._url = url
         self.name = redact(url)
+        self._request_url = request_url(url)
         self._transport_kind = transport
         self._on_packet = on_packet
         self._connection: RTSPConnection | None = None
         self._transports: list[TCPTransport | UDPTransport] = []
-        self._base = self.name
+        self._base = self._request_url
         self._session_id: str | None = None
         self._keepalive_s = DEFAULT_SESSION_TIMEOUT_S * 0.9
         self._methods: set[str] = set()
@@ -165,8 +186,8 @@ class RtspSession:
         self._connection = RTSPConnection(
             parts.hostname,
             parts.port or (322 if parts.scheme == "rtsps" else 554),
-            parts.username,
-            parts.password,
+            unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password else None,
             logger=QUIET,
             ssl=context,
             timeout=REQUEST_TIMEOUT_S,
@@ -175,13 +196,13 @@ class RtspSession:
             await self._connection.prepare()
         except RTSPError:
             raise CameraError("cannot connect to the camera") from None
-        options = await self._request("OPTIONS", self.name)
+        options = await self._request("OPTIONS", self._request_url)
         public = options.headers.get("public", "")
         self._methods = {m.strip().upper() for m in str(public).split(",")}
         answer = await self._request(
-            "DESCRIBE", self.name, {"Accept": "application/sdp"}
+            "DESCRIBE", self._request_url, {"Accept": "application/sdp"}
         )
-        self._base = str(answer.headers.get("content-base", self.name))
+        self._base = str(answer.headers.get("content-base", self._request_url))
         tracks = parse_sdp(str(answer.content or ""))
         if not tracks:
             raise CameraError("the camera described no audio or video track")
@@ -269,24 +290,25 @@ class RtspSession:
             ) from None
 
     async def close(self) -> None:
-        """TEARDOWN when the camera still listens, then close everything."""
+        """TEARDOWN when the camera still listens; close everything, even if cancelled."""
         connection = self._connection
-        if connection is not None and connection.running and self._session_id:
-            with contextlib.suppress(CameraError, asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    self._request(
-                        "TEARDOWN", self._base, {"Session": self._session_id}
-                    ),
-                    2.0,
-                )
-        for transport in self._transports:
-            transport.close()
-            with contextlib.suppress(Exception):
-                await transport.cleanup()
-        if connection is not None:
-            connection.close()
-            if connection.result.done() and not connection.result.cancelled():
-                connection.result.exception()  # retrieved: no "never retrieved" log
+        try:
+            if connection is not None and connection.running and self._session_id:
+                with contextlib.suppress(CameraError, asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        self._request(
+                            "TEARDOWN", self._base, {"Session": self._session_id}
+                        ),
+                        2.0,
+                    )
+        finally:
+            for transport in self._transports:
+                with contextlib.suppress(AttributeError):  # a UDP one never prepared
+                    transport.close()
+            if connection is not None:
+                connection.close()
+                if connection.result.done() and not connection.result.cancelled():
+                    connection.result.exception()  # retrieved: no "never retrieved" log
 
 
 def _deliver_to(handler: PacketHandler, index: int) -> Callable[[bytes], None]:

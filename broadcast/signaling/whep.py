@@ -10,7 +10,7 @@ from broadcast.api.metrics import METRICS
 from broadcast.auth import may_view, view_token
 from broadcast.errors import BadRequest, NotFound, ServiceUnavailable
 from broadcast.ingest.rtsp import CameraError
-from broadcast.limits import check_event_loop
+from broadcast.limits import check_event_loop, client_address
 from broadcast.media.transport import SecureTransport
 from broadcast.registry import check_stream_id
 from broadcast.signaling.http import SDP_TYPE, read_body
@@ -30,15 +30,18 @@ from broadcast.web_keys import REGISTRY
 async def post_whep(request: web.Request) -> web.Response:
     """Watch: `POST /whep/<id>`; 404 while no such stream is known."""
     registry = request.app[REGISTRY]
+    # Counted first: probing for stream ids costs the same as watching one.
+    registry.session_rate.take(client_address(request))
     stream_id = check_stream_id(request.match_info["stream_id"])
     offer = parse_offer(
         await read_body(request, SDP_TYPE, registry.config.max_sdp_bytes)
     )
+    # A private stream without a valid token answers exactly as a missing one, and
+    # the token is checked either way so that timing does not tell them apart.
+    allowed = may_view(registry.config, stream_id, view_token(request))
     stream = registry.get(stream_id)
-    # A private stream without a valid token answers exactly as a missing one.
-    if stream is None or not may_view(registry.config, stream_id, view_token(request)):
+    if stream is None or not allowed:
         raise NotFound("stream_not_found", f"There is no stream '{stream_id}' (yet).")
-    registry.session_rate.take(request.remote or "")
     check_event_loop(request.app[METRICS].loop_lag_s)
     registry.check_room_for_viewer(stream)
     if stream.camera is not None:

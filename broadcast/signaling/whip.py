@@ -12,6 +12,7 @@ from broadcast import tokens
 from broadcast.auth import check_publish_key
 from broadcast.config import Config
 from broadcast.errors import BadRequest, Conflict
+from broadcast.limits import client_address
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.upstream import BandwidthEstimate, UpstreamTrack
 from broadcast.publisher import Publisher
@@ -44,7 +45,7 @@ async def post_whip(request: web.Request) -> web.Response:
         check_stream_id(request.match_info["stream_id"]) if named else new_stream_id()
     )
     check_publish_key(request, config, stream_id if named else None)
-    registry.session_rate.take(request.remote or "")
+    registry.session_rate.take(client_address(request))
     offer = parse_offer(await read_body(request, SDP_TYPE, config.max_sdp_bytes))
 
     existing = registry.get(stream_id)
