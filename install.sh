@@ -1,0 +1,513 @@
+#!/usr/bin/env bash
+# Install the broadcast server on Debian 12, Ubuntu 22.04 or 24.04, as root:
+#
+#   sudo ./install.sh                          asks the public IP (default: detected)
+#   sudo ./install.sh --yes --ip 203.0.113.10  unattended
+#   sudo ./install.sh --uninstall [--purge]
+#
+# Run it again to upgrade in place: the config and the certificate are kept.
+# What it writes is described in deploy/README.md; ./install.sh --help lists the options.
+set -Eeuo pipefail
+
+readonly USAGE="usage: install.sh [options]
+  --ip IP            public address announced to browsers (default: asked, detected)
+  --yes              do not ask: take the detected IP unless --ip is given
+  --http-port N      HTTP port (default 8080)
+  --https-port N     HTTPS port (default 8443)
+  --domain NAME      DNS name of the server: put in the certificate and the URLs
+  --cert FILE --key FILE
+                     a PEM certificate (chain) and its key, copied to /etc/broadcast/tls
+                     (default: a self-signed certificate for the IP or domain)
+  --uninstall        remove the service, the app and the user; keep config and logs
+  --purge            with --uninstall: remove /etc/broadcast and /var/log/broadcast too
+  --python PATH      Python >= 3.11 for the venv (default: /usr/bin/python3, or 3.11)
+  --pip-args ARGS    extra pip arguments, e.g. \"--no-index --find-links /srv/wheels\"
+                     to install offline from a wheelhouse
+  --root DIR         install under DIR as a fake root (DIR/opt/broadcast, DIR/etc/...)
+  --no-systemd       skip apt, useradd, ufw and systemctl; still write every file
+  -h, --help         this help"
+
+ip="" yes=0 http_port=8080 https_port=8443 domain="" cert="" key=""
+uninstall=0 purge=0 python="" pip_args="" root="" no_systemd=0
+
+die() {
+    echo "install.sh: $*" >&2
+    exit 1
+}
+
+need_value() {
+    [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)"
+}
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --ip) need_value "$@"; ip=$2; shift ;;
+        --yes|-y) yes=1 ;;
+        --http-port) need_value "$@"; http_port=$2; shift ;;
+        --https-port) need_value "$@"; https_port=$2; shift ;;
+        --domain) need_value "$@"; domain=$2; shift ;;
+        --cert) need_value "$@"; cert=$2; shift ;;
+        --key) need_value "$@"; key=$2; shift ;;
+        --uninstall) uninstall=1 ;;
+        --purge) purge=1 ;;
+        --python) need_value "$@"; python=$2; shift ;;
+        --pip-args) need_value "$@"; pip_args=$2; shift ;;
+        --root) need_value "$@"; root=$2; shift ;;
+        --no-systemd) no_systemd=1 ;;
+        -h|--help) echo "$USAGE"; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+    shift
+done
+
+if [[ -n $root ]]; then
+    mkdir -p "$root" || die "cannot create --root $root"
+    root=$(cd "$root" && pwd)
+    [[ $root == / ]] && root=""
+fi
+readonly APP_DIR="$root/opt/broadcast"
+readonly VENV="$APP_DIR/venv"
+readonly CONF_DIR="$root/etc/broadcast"
+readonly CONFIG="$CONF_DIR/flashphoner.xml"
+readonly TLS_DIR="$CONF_DIR/tls"
+readonly LOG_DIR="$root/var/log/broadcast"
+readonly UNIT="$root/etc/systemd/system/broadcast.service"
+readonly LOGROTATE="$root/etc/logrotate.d/broadcast"
+readonly SERVICE_USER=broadcast
+
+# Piped (curl ... | sudo bash), there is no script file: the checkout is the current directory.
+SOURCE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]:-$PWD/install.sh}")" && pwd)
+readonly SOURCE_DIR
+
+# Every step names itself and what to do when it fails; the ERR trap prints both.
+step="starting"
+failed_command=""  # set when $BASH_COMMAND would not say what failed
+fix="read the message above, then run install.sh again"
+begin() {
+    step=$1
+    fix=$2
+    echo "==> $step"
+}
+on_error() {
+    local status=$? command=${failed_command:-$BASH_COMMAND}
+    if ((BASH_SUBSHELL > 0)); then
+        exit "$status"  # inside $(...): the command around it reports
+    fi
+    trap - ERR
+    echo >&2
+    echo "install.sh: FAILED while $step" >&2
+    echo "  command: $command (exit status $status)" >&2
+    echo "  what to do: $fix" >&2
+    exit "$status"
+}
+trap on_error ERR
+
+work_dir=""
+cleanup() {
+    if [[ -n $work_dir ]]; then
+        rm -rf "$work_dir"
+    fi
+}
+trap cleanup EXIT
+
+# --- checks ---------------------------------------------------------------------------
+
+valid_port() {
+    [[ $1 =~ ^[0-9]{1,5}$ ]] && ((10#$1 >= 1 && 10#$1 <= 65535))
+}
+
+valid_ip() {
+    local IFS=. part
+    if [[ $1 =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; then
+        for part in $1; do
+            ((10#$part <= 255)) || return 1
+        done
+        return 0
+    fi
+    [[ $1 == *:* && $1 =~ ^[0-9A-Fa-f:.]+$ ]]
+}
+
+(( purge == 0 || uninstall == 1 )) || die "--purge goes with --uninstall"
+valid_port "$http_port" || die "--http-port must be 1-65535, got \"$http_port\""
+valid_port "$https_port" || die "--https-port must be 1-65535, got \"$https_port\""
+[[ $http_port != "$https_port" ]] || die "--http-port and --https-port must differ"
+[[ -z $ip ]] || valid_ip "$ip" || die "--ip must be an IPv4 or IPv6 address, got \"$ip\""
+[[ -z $domain || $domain =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$ ]] \
+    || die "--domain must be a DNS name, got \"$domain\""
+if [[ -n $cert || -n $key ]]; then
+    [[ -n $cert && -n $key ]] || die "--cert and --key go together"
+    [[ -r $cert ]] || die "cannot read --cert $cert"
+    [[ -r $key ]] || die "cannot read --key $key"
+fi
+if [[ -z $root && $EUID -ne 0 ]]; then
+    die "run it as root: sudo $0 $*"
+fi
+
+systemd() {
+    (( no_systemd == 0 ))
+}
+if systemd && [[ ! -d /run/systemd/system ]]; then
+    die "systemd is not running here (a container?): pass --no-systemd, then start the" \
+        "server yourself with the command printed at the end"
+fi
+
+# --- uninstall ------------------------------------------------------------------------
+
+config_value() {  # the first <name>value</name> of the config, or nothing
+    sed -n "s:.*<$1>[[:space:]]*\([^<]*[^<[:space:]]\)[[:space:]]*</$1>.*:\1:p" "$CONFIG" \
+        | head -n 1
+}
+
+ufw_active() {
+    command -v ufw >/dev/null && ufw status 2>/dev/null | grep -q '^Status: active'
+}
+
+firewall_rules() {  # the ufw rules for a config: one per line
+    local port media
+    for port in "$(config_value http_port)" "$(config_value https_port)"; do
+        [[ -n $port ]] && echo "$port/tcp"
+    done
+    media=$(config_value media_ports)
+    if [[ -n $media ]]; then
+        echo "${media/-/:}/udp"
+    fi
+}
+
+if (( uninstall )); then
+    if systemd; then
+        begin "stopping and removing the service" \
+            "check 'systemctl status broadcast', then run install.sh --uninstall again"
+        if [[ -f $UNIT ]]; then
+            systemctl disable --now broadcast.service || true
+        fi
+        rm -f "$UNIT"
+        systemctl daemon-reload
+        if [[ -f $CONFIG ]] && ufw_active; then
+            while read -r rule; do
+                ufw delete allow "$rule" || true
+            done < <(firewall_rules)
+        fi
+    else
+        rm -f "$UNIT"
+    fi
+    begin "removing $APP_DIR and the logrotate file" "remove $APP_DIR by hand"
+    rm -rf "$APP_DIR"
+    rm -f "$LOGROTATE"
+    if systemd && getent passwd "$SERVICE_USER" >/dev/null; then
+        begin "removing the $SERVICE_USER user" "remove it with: userdel $SERVICE_USER"
+        userdel "$SERVICE_USER"
+    fi
+    if (( purge )); then
+        begin "removing $CONF_DIR and $LOG_DIR" "remove them by hand"
+        rm -rf "$CONF_DIR" "$LOG_DIR"
+        echo "broadcast is uninstalled; its config and logs are removed."
+    else
+        echo "broadcast is uninstalled. Kept: $CONF_DIR (config, keys, certificate) and" \
+            "$LOG_DIR; remove them with: install.sh --uninstall --purge"
+    fi
+    exit 0
+fi
+
+# --- questions ------------------------------------------------------------------------
+
+[[ -f $SOURCE_DIR/setup.cfg && -f $SOURCE_DIR/deploy/broadcast.service ]] \
+    || die "$SOURCE_DIR is not a checkout of broadcast: run install.sh from the repository"
+
+detect_ip() {  # the source address of the default route; sends no traffic
+    local found=""
+    if command -v ip >/dev/null; then
+        found=$(ip -4 route get 1.1.1.1 2>/dev/null \
+            | awk '{for (i = 1; i < NF; i++) if ($i == "src") {print $(i + 1); exit}}') || true
+    fi
+    if [[ -z $found ]] && command -v hostname >/dev/null; then
+        found=$(hostname -I 2>/dev/null | awk '{print $1}') || true
+    fi
+    echo "$found"
+}
+
+ask_ip() {
+    local detected answer tty
+    detected=$(detect_ip)
+    if (( yes )); then
+        [[ -n $detected ]] || die "cannot detect this server's IP: pass --ip"
+        ip=$detected
+        return
+    fi
+    if [[ -t 0 ]]; then
+        tty=/dev/stdin
+    elif { true </dev/tty; } 2>/dev/null; then
+        tty=/dev/tty  # piped: the answers come from the terminal, never from the pipe
+    else
+        die "no terminal to ask the server's IP on: pass --yes (and --ip IP)"
+    fi
+    while true; do
+        echo "Public IP address of this server, announced to browsers" \
+            "(behind NAT: the public one)" >&2
+        read -r -p "IP [${detected:-none detected}]: " answer <"$tty" \
+            || die "no answer: pass --yes (and --ip IP)"
+        answer=${answer:-$detected}
+        if [[ -n $answer ]] && valid_ip "$answer"; then
+            ip=$answer
+            return
+        fi
+        echo "\"$answer\" is not an IPv4 or IPv6 address." >&2
+    done
+}
+
+config_kept=0
+if [[ -f $CONFIG ]]; then
+    config_kept=1
+elif [[ -z $ip ]]; then
+    ask_ip
+fi
+
+# --- system ---------------------------------------------------------------------------
+
+if systemd; then
+    if [[ -r /etc/os-release ]]; then
+        # shellcheck source=/dev/null
+        os=$(. /etc/os-release && echo "${ID:-?} ${VERSION_ID:-?}")
+        case $os in
+            "debian 12"|"ubuntu 22.04"|"ubuntu 24.04") ;;
+            *) echo "install.sh: warning: tested on Debian 12, Ubuntu 22.04 and 24.04," \
+                "not on $os" >&2 ;;
+        esac
+    fi
+    begin "installing system packages (apt-get)" \
+        "check the network and the apt sources (apt-get update), then run install.sh again"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q python3-venv python3-pip openssl ca-certificates iproute2
+fi
+
+begin "finding Python >= 3.11" \
+    "install Python 3.11 or later (Ubuntu 22.04: apt-get install python3.11-venv) or pass --python"
+python_ok() {
+    "$1" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+}
+if [[ -z $python ]]; then
+    # The system's Python, never one from PATH under /root (pyenv): the service user
+    # must be able to run the venv's interpreter.
+    python=/usr/bin/python3
+    if ! python_ok "$python" && systemd; then
+        apt-get install -y -q python3.11 python3.11-venv  # Ubuntu 22.04 ships 3.10
+        python=/usr/bin/python3.11
+    fi
+fi
+python_ok "$python"
+command -v openssl >/dev/null
+
+if systemd; then
+    begin "creating the $SERVICE_USER system user" "create it with: useradd --system $SERVICE_USER"
+    if ! getent passwd "$SERVICE_USER" >/dev/null; then
+        useradd --system --user-group --no-create-home --home-dir "$APP_DIR" \
+            --shell /usr/sbin/nologin "$SERVICE_USER"
+    fi
+fi
+
+begin "creating the directories" "check that the disk is writable and not full"
+mkdir -p "$APP_DIR" "$CONF_DIR" "$TLS_DIR" "$LOG_DIR" "${UNIT%/*}" "${LOGROTATE%/*}"
+chmod 0750 "$CONF_DIR" "$TLS_DIR" "$LOG_DIR"
+if systemd; then
+    chown "root:$SERVICE_USER" "$CONF_DIR" "$TLS_DIR"
+    chown "$SERVICE_USER:$SERVICE_USER" "$LOG_DIR"
+fi
+
+# --- the app --------------------------------------------------------------------------
+
+begin "creating the venv $VENV" "remove $VENV and run install.sh again"
+wanted_python=$(realpath "$(command -v "$python")")
+if [[ -e $VENV/bin/python || -L $VENV/bin/python ]] \
+    && [[ $(realpath -q "$VENV/bin/python" || true) != "$wanted_python" ]]; then
+    # Its Python is gone (distribution upgrade) or another one was asked for: start afresh.
+    echo "    (recreating it for $wanted_python)"
+    rm -rf "$VENV"
+fi
+if [[ ! -x $VENV/bin/python ]]; then
+    "$python" -m venv "$VENV"
+fi
+
+begin "installing broadcast into $VENV (pip)" \
+    "check the network (pip needs PyPI, or pass --pip-args with a wheelhouse), then run install.sh again"
+# Build from a copy: the checkout stays untouched (no build/ or egg-info written into it).
+work_dir=$(mktemp -d)
+tar -C "$SOURCE_DIR" --exclude='./.*' --exclude='./build' --exclude='./dist' \
+    --exclude='*.egg-info' --exclude='__pycache__' --exclude='./tests' \
+    --exclude='./bench' --exclude='./test-artifacts' -cf - . | tar -C "$work_dir" -xf -
+read -r -a extra_pip_args <<<"$pip_args"
+# A local directory is always reinstalled, so a second run upgrades in place.
+"$VENV/bin/python" -m pip install --disable-pip-version-check -q \
+    "${extra_pip_args[@]}" "$work_dir"
+installed_version=$("$VENV/bin/broadcast" version)
+[[ -f $VENV/share/broadcast/client/index.html ]]
+install -m 0644 "$SOURCE_DIR/flashphoner.xml.example" "$CONF_DIR/flashphoner.xml.example"
+
+# --- certificate ----------------------------------------------------------------------
+
+readonly CERT_FILE="$TLS_DIR/cert.pem" KEY_FILE="$TLS_DIR/key.pem"
+if [[ -n $cert ]]; then
+    begin "copying the certificate $cert and key $key" "check both are PEM files"
+    install -m 0644 "$cert" "$CERT_FILE"
+    install -m 0640 "$key" "$KEY_FILE"
+    certificate_note="$CERT_FILE (copied from $cert: run install.sh with --cert/--key again after a renewal)"
+elif [[ -f $CERT_FILE && -f $KEY_FILE ]]; then
+    echo "==> kept the existing certificate $CERT_FILE"
+    certificate_note="$CERT_FILE (kept)"
+else
+    begin "creating a self-signed certificate" "check openssl works: openssl version"
+    cert_ip=${ip:-$(config_value ip)}
+    san=""
+    [[ -n $domain ]] && san="DNS:$domain"
+    [[ -n $cert_ip ]] && san="${san:+$san,}IP:$cert_ip"
+    [[ -n $san ]] || san="IP:127.0.0.1"
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
+        -subj "/CN=${domain:-${cert_ip:-broadcast}}" -addext "subjectAltName=$san" \
+        -keyout "$KEY_FILE" -out "$CERT_FILE" 2>/dev/null
+    chmod 0644 "$CERT_FILE"
+    chmod 0640 "$KEY_FILE"
+    certificate_note="$CERT_FILE, self-signed for $san: browsers warn once
+              (avoid it with --domain NAME --cert FILE --key FILE, e.g. from Let's Encrypt)"
+fi
+if systemd; then
+    chown "root:$SERVICE_USER" "$CERT_FILE" "$KEY_FILE"
+fi
+
+# --- config ---------------------------------------------------------------------------
+
+random_key() {
+    openssl rand -hex 16
+}
+
+if (( config_kept )); then
+    echo "==> kept the existing config $CONFIG (not changed; edit it to change settings)"
+else
+    begin "writing the config $CONFIG" "check that $CONF_DIR is writable"
+    umask_before=$(umask)
+    umask 0027
+    cat >"$CONFIG" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<!--
+  Written by install.sh on $(date -u +%Y-%m-%d). Every setting, with its default:
+  $CONF_DIR/flashphoner.xml.example. After an edit, check it and restart:
+      $VENV/bin/broadcast check-config $CONFIG && systemctl restart broadcast
+  install.sh keeps this file when it upgrades the server.
+-->
+<flashphoner>
+  <server>
+    <bind>0.0.0.0</bind>
+    <ip>$ip</ip>
+    <http_port>$http_port</http_port>
+    <https_port>$https_port</https_port>
+    <!-- relative to this file's directory -->
+    <tls_certificate>tls/cert.pem</tls_certificate>
+    <tls_key>tls/key.pem</tls_key>
+  </server>
+  <auth>
+    <!-- presenters publish with this key: https://HOST:$https_port/?key=KEY -->
+    <publish_key>$(random_key)</publish_key>
+    <!-- /api and /metrics: Authorization: Bearer KEY -->
+    <admin_key>$(random_key)</admin_key>
+  </auth>
+</flashphoner>
+EOF
+    umask "$umask_before"
+    if systemd; then
+        chown "root:$SERVICE_USER" "$CONFIG"
+    fi
+fi
+
+begin "checking the config (broadcast check-config)" \
+    "fix $CONFIG as the message says, then run install.sh again"
+check_command=("$VENV/bin/broadcast" check-config "$CONFIG")
+if systemd; then
+    check_command=(runuser -u "$SERVICE_USER" -- "${check_command[@]}")  # can it read it all?
+fi
+if ! check_output=$("${check_command[@]}" 2>&1); then
+    echo "$check_output" >&2
+    failed_command="${check_command[*]}"
+    false  # the ERR trap reports the step and what to do
+fi
+[[ -z $check_output ]] || echo "$check_output"
+
+# --- service --------------------------------------------------------------------------
+
+begin "writing the systemd unit and the logrotate file" "check that /etc is writable"
+install -m 0644 "$SOURCE_DIR/deploy/broadcast.service" "$UNIT"
+install -m 0644 "$SOURCE_DIR/deploy/logrotate-broadcast" "$LOGROTATE"
+
+public_ip=$(config_value ip)
+public_ip=${public_ip:-$ip}
+host=${domain:-$public_ip}
+[[ $host == *:* ]] && host="[$host]"
+port_http=$(config_value http_port)
+port_https=$(config_value https_port)
+publish_key=$(config_value publish_key)
+admin_key=$(config_value admin_key)
+if [[ -n $port_https ]]; then
+    base_url="https://$host:$port_https"
+else
+    base_url="http://$host:${port_http:-8080}"
+fi
+
+if systemd; then
+    if ufw_active; then
+        begin "opening the firewall (ufw)" "open the ports by hand: ufw allow PORT/tcp"
+        while read -r rule; do
+            ufw allow "$rule" >/dev/null
+        done < <(firewall_rules)
+        [[ -n $(config_value media_ports) ]] || echo "note: no <media_ports> in the config:" \
+            "media uses ephemeral UDP ports (32768-60999), which ufw must let in"
+    fi
+    begin "starting broadcast.service" \
+        "see why with: journalctl -u broadcast -n 50 --no-pager"
+    systemctl daemon-reload
+    systemctl enable broadcast.service >/dev/null
+    systemctl restart broadcast.service
+    health_host=$(config_value bind)
+    case $health_host in
+        ""|0.0.0.0|::) health_host=127.0.0.1 ;;
+        *:*) health_host="[$health_host]" ;;
+    esac
+    health_url="http://$health_host:${port_http:-8080}/healthz"
+    healthy=0
+    for _ in $(seq 30); do
+        if "$VENV/bin/python" -c 'import sys, urllib.request
+sys.exit(urllib.request.urlopen(sys.argv[1], timeout=2).read() != b"ok")' \
+            "$health_url" 2>/dev/null; then
+            healthy=1
+            break
+        fi
+        sleep 1
+    done
+    if (( ! healthy )); then
+        journalctl -u broadcast.service -n 30 --no-pager >&2 || true
+        echo "$health_url did not answer within 30 s" >&2
+        false
+    fi
+fi
+
+trap - ERR
+echo
+if (( config_kept )); then
+    echo "broadcast $installed_version is upgraded; kept the existing config $CONFIG."
+    if [[ -n $ip$domain ]]; then
+        echo "note: --ip/--domain/ports apply to a new config only; edit $CONFIG to change them."
+    fi
+else
+    echo "broadcast $installed_version is installed."
+fi
+cat <<EOF
+
+  presenter:  $base_url/?key=${publish_key:-<none: publishing is open>}
+  viewers:    $base_url/watch/<stream-id>   (the presenter page shows the link)
+  admin key:  ${admin_key:-<none: admin API off>}   (/api and /metrics: Authorization: Bearer KEY)
+  config:     $CONFIG
+  certificate: $certificate_note
+  logs:       journalctl -u broadcast -f    and    $LOG_DIR/broadcast.log
+  status:     systemctl status broadcast    (alias: service webcallserver status)
+EOF
+if ! systemd; then
+    echo
+    echo "  not started (--no-systemd); run it with:"
+    echo "    $VENV/bin/broadcast serve --config $CONFIG"
+fi
