@@ -15,21 +15,6 @@ from broadcast.config import Config
 logger = logging.getLogger(__name__)
 
 
-def not_yet_in_effect(config: Config) -> list[str]:
-    """Settings that are read and checked but that this version does not act on yet."""
-    defaults = Config()
-    pending = {
-        "media_ports": "media UDP ports are still chosen by the system",
-        "turn_servers": "TURN servers are not handed to browsers yet",
-        "turn_secret": "TURN credentials are not handed to browsers yet",
-    }
-    return [
-        f"<{name}> is set but not in effect yet: {why}"
-        for name, why in pending.items()
-        if getattr(config, name) != getattr(defaults, name)
-    ]
-
-
 def tls_context(config: Config) -> ssl.SSLContext | None:
     if config.https_port is None or not config.tls_certificate or not config.tls_key:
         return None
@@ -40,8 +25,10 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 async def serve(config: Config) -> None:
     """Serve until SIGINT or SIGTERM, then close every session and stop."""
-    for warning in not_yet_in_effect(config):
-        logger.warning("%s", warning)
+    if config.turn_servers and not config.turn_secret:
+        logger.warning(
+            "<turn_server> is set without <turn_secret>: browsers get no TURN"
+        )
     runner = web.AppRunner(create_app(config))
     await runner.setup()
     sites = [web.TCPSite(runner, config.host, config.port)]

@@ -9,7 +9,7 @@ import pytest
 
 from broadcast.api.metrics import METRICS
 from broadcast.web_keys import REGISTRY
-from tests.peers import publish, wait_for, watch
+from tests.peers import publish, recvonly_offer, wait_for, watch
 
 SDP = {"Content-Type": "application/sdp"}
 TRICKLE = {"Content-Type": "application/trickle-ice-sdpfrag"}
@@ -305,3 +305,52 @@ async def test_new_viewers_wait_while_the_event_loop_lags(server, http):
     ) as r:
         assert (await error_of(r))[:2] == (503, "server_busy")
     await publisher.close()
+
+
+async def test_media_ports_stay_within_the_configured_range(make_server, http):
+    server = await make_server(media_ports=(47000, 47001))
+    publisher = await publish(http, str(server.make_url("/whip/ports")))
+    viewer = await watch(http, str(server.make_url("/whep/ports")))
+    await asyncio.gather(publisher.wait_connected(), viewer.wait_connected())
+    await wait_for(lambda: viewer.frames.get("video"))
+    used = {
+        int(port)
+        for peer in (publisher, viewer)
+        for port in re.findall(
+            r" udp \d+ 127\.0\.0\.1 (\d+) typ host", peer.pc.remoteDescription.sdp
+        )
+    }
+    assert used == {47000, 47001}
+    # The range is full: a third session is told so, and the others go on.
+    async with http.post(
+        server.make_url("/whep/ports"), data=await recvonly_offer(), headers=SDP
+    ) as r:
+        assert (await error_of(r))[:2] == (503, "no_candidates")
+    before = len(viewer.frames["video"])
+    await wait_for(lambda: len(viewer.frames["video"]) > before + 5)
+    await asyncio.gather(viewer.close(), publisher.close())
+
+
+async def test_options_hands_out_stun_and_time_limited_turn_credentials(
+    make_server, http
+):
+    import base64
+    import hashlib
+    import hmac
+    import time
+
+    server = await make_server(
+        stun_servers=("stun:127.0.0.1:3478",),
+        turn_servers=("turn:127.0.0.1:3478?transport=udp",),
+        turn_secret="coturn-secret",
+    )
+    async with http.options(server.make_url("/whip/x")) as r:
+        links = r.headers.getall("Link")
+    assert '<stun:127.0.0.1:3478>; rel="ice-server"' in links
+    turn = next(link for link in links if link.startswith("<turn:"))
+    username = re.search(r'username="([^"]+)"', turn).group(1)
+    credential = re.search(r'credential="([^"]+)"', turn).group(1)
+    expiry, _, name = username.partition(":")
+    assert name and int(expiry) > time.time() + 3600
+    expected = hmac.new(b"coturn-secret", username.encode(), hashlib.sha1).digest()
+    assert base64.b64decode(credential) == expected

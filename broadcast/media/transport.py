@@ -10,12 +10,18 @@ synchronously, one `sendto` each, without a coroutine per packet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import aioice
+import aioice.stun
 import pylibsrtp
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aioice.ice import StunProtocol, get_host_addresses, server_reflexive_candidate
 from aiortc import (
     RTCCertificate,
     RTCDtlsFingerprint,
@@ -45,11 +51,16 @@ RtpHandler = Callable[[bytes], None]
 StateHandler = Callable[[str], Awaitable[None] | None]
 
 
-def _gather_only_on(connection: aioice.Connection, addresses: Sequence[str]) -> None:
-    """Make aioice gather host candidates on `addresses` only.
+def _gather_our_way(
+    connection: aioice.Connection,
+    addresses: Sequence[str],
+    ports: tuple[int, int] | None,
+) -> None:
+    """Make aioice gather host candidates on `addresses`, within `ports` if given.
 
-    aioice gathers on every interface except loopback and has no option to choose;
-    a server bound to one address must offer that address and nothing else.
+    aioice gathers on every interface except loopback, on ephemeral ports, and has no
+    option for either: a server bound to one address must offer that address only, and
+    a firewall opened for a port range must see media on those ports only.
     """
 
     async def gather_candidates() -> None:
@@ -57,12 +68,73 @@ def _gather_only_on(connection: aioice.Connection, addresses: Sequence[str]) -> 
             return
         connection._local_candidates_start = True
         for component in connection._components:
-            connection._local_candidates += await connection.get_component_candidates(
-                component=component, addresses=list(addresses)
-            )
+            if ports is None:
+                found = await connection.get_component_candidates(
+                    component=component, addresses=list(addresses)
+                )
+            else:
+                found = await _candidates_in_range(
+                    connection, component, addresses, ports
+                )
+            connection._local_candidates += found
         connection._local_candidates_end = True
 
     connection.gather_candidates = gather_candidates  # type: ignore[method-assign]
+
+
+async def _candidates_in_range(
+    connection: aioice.Connection,
+    component: int,
+    addresses: Sequence[str],
+    ports: tuple[int, int],
+) -> list[Candidate]:
+    """Host candidates on ports of `ports` (and their STUN reflexive twins)."""
+    loop = asyncio.get_running_loop()
+    candidates: list[Candidate] = []
+    for address in addresses or get_host_addresses(use_ipv4=True, use_ipv6=False):
+        protocol = await _bind_in_range(loop, connection, address, ports)
+        host, port = protocol.transport.get_extra_info("sockname")[:2]
+        protocol.local_candidate = Candidate(
+            foundation=candidate_foundation("host", "udp", host),
+            component=component,
+            transport="udp",
+            priority=candidate_priority(component, "host"),
+            host=host,
+            port=port,
+            type="host",
+        )
+        connection._protocols.append(protocol)
+        candidates.append(protocol.local_candidate)
+        if connection.stun_server and ipaddress.ip_address(host).version == 4:
+            with contextlib.suppress(
+                OSError, TimeoutError, aioice.stun.TransactionFailed
+            ):
+                reflexive, _ = await asyncio.wait_for(
+                    server_reflexive_candidate(protocol, connection.stun_server), 5
+                )
+                candidates.append(reflexive)
+    return candidates
+
+
+async def _bind_in_range(
+    loop: asyncio.AbstractEventLoop,
+    connection: aioice.Connection,
+    address: str,
+    ports: tuple[int, int],
+) -> StunProtocol:
+    first, last = ports
+    count = last - first + 1
+    start = secrets.randbelow(count)  # spread sessions over the range
+    for offset in range(count):
+        port = first + (start + offset) % count
+        try:
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: StunProtocol(connection), local_addr=(address, port)
+            )
+        except OSError:
+            continue
+        return protocol
+    raise OSError(f"no free UDP port in {first}-{last} on {address}")
 
 
 class SecureTransport:
@@ -74,14 +146,15 @@ class SecureTransport:
         host_addresses: Sequence[str],
         name: str,
         stun_servers: Sequence[str] = (),
+        ports: tuple[int, int] | None = None,
     ) -> None:
         self.name = name
         # aiortc's default is Google's STUN server: ask only those we are told to.
         self._gatherer = RTCIceGatherer(
             iceServers=[RTCIceServer(urls=url) for url in stun_servers]
         )
-        if host_addresses:
-            _gather_only_on(self._gatherer._connection, host_addresses)
+        if host_addresses or ports:
+            _gather_our_way(self._gatherer._connection, host_addresses, ports)
         self._ice = RTCIceTransport(self._gatherer)
         self._dtls = RTCDtlsTransport(self._ice, [certificate])
         self._connection: aioice.Connection = self._gatherer._connection

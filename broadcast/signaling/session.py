@@ -25,6 +25,7 @@ from broadcast.signaling.http import (
     read_body,
     session_not_found,
 )
+from broadcast.signaling.ice_servers import ice_server_links
 from broadcast.signaling.sdp import MediaAnswer, Offer, build_answer
 from broadcast.web_keys import REGISTRY
 
@@ -46,6 +47,7 @@ async def answer_session(
         registry.config.ice_addresses,
         f"{kind} {stream_id}",
         registry.config.stun_servers,
+        registry.config.media_ports,
     )
     session = make_session(transport)
     registry.add_session(session)
@@ -190,6 +192,6 @@ async def delete_session(request: web.Request) -> web.Response:
 async def options(request: web.Request) -> web.Response:
     """CORS pre-flight, and the ICE servers a client may use (RFC 9725 §4.6)."""
     response = web.Response(status=204)
-    for url in request.app[REGISTRY].config.stun_servers:
-        response.headers.add("Link", f'<{url}>; rel="ice-server"')
+    for link in ice_server_links(request.app[REGISTRY].config):
+        response.headers.add("Link", link)
     return response

@@ -2,7 +2,9 @@
 
 import qrcode from '../vendor/qrcode-generator.mjs';
 import {subscribe} from './events.js';
-import {ServerError, describe, hangUp, negotiate, sendingVideo} from './webrtc.js';
+import {
+  ServerError, describe, hangUp, iceServers, negotiate, sendingVideo,
+} from './webrtc.js';
 
 const $ = (id) => document.getElementById(id);
 const STATS_INTERVAL_MS = 1000;
@@ -82,7 +84,8 @@ async function listDevices() {
 }
 
 async function connect() {
-  const pc = new RTCPeerConnection();
+  const url = state.streamId ? `/whip/${encodeURIComponent(state.streamId)}` : '/whip';
+  const pc = new RTCPeerConnection({iceServers: await iceServers(new URL(url, location.href).href)});
   for (const track of state.media.getTracks()) {
     const {sender} = pc.addTransceiver(track, {direction: 'sendonly', streams: [state.media]});
     if (track.kind === 'video') {
@@ -91,7 +94,6 @@ async function connect() {
       await sender.setParameters(parameters).catch(() => {});
     }
   }
-  const url = state.streamId ? `/whip/${encodeURIComponent(state.streamId)}` : '/whip';
   try {
     ({session: state.session, watch: state.watchLink} = await negotiate(
       pc, new URL(url, location.href).href, state.key));

@@ -2,7 +2,7 @@
 
 import {subscribe} from './events.js';
 import {
-  ServerError, describe, hangUp, negotiate, qualityReport, receivingVideo,
+  ServerError, describe, hangUp, iceServers, negotiate, qualityReport, receivingVideo,
 } from './webrtc.js';
 
 const $ = (id) => document.getElementById(id);
@@ -40,7 +40,9 @@ async function connect() {
   if (state.pc || state.connecting || !state.playing) return;
   state.connecting = true;
   clearTimeout(state.retryTimer);
-  const pc = new RTCPeerConnection();
+  const whep = new URL(`/whep/${encodeURIComponent(streamId)}`, location.href);
+  if (token) whep.searchParams.set('token', token);
+  const pc = new RTCPeerConnection({iceServers: await iceServers(whep.href)});
   pc.addTransceiver('video', {direction: 'recvonly'});
   pc.addTransceiver('audio', {direction: 'recvonly'});
   const media = new MediaStream();
@@ -66,8 +68,6 @@ async function connect() {
     }
   });
   try {
-    const whep = new URL(`/whep/${encodeURIComponent(streamId)}`, location.href);
-    if (token) whep.searchParams.set('token', token);
     ({session: state.session} = await negotiate(pc, whep.href));
     state.pc = pc;
     state.attempt = 0;

@@ -9,6 +9,28 @@ export class ServerError extends Error {
   }
 }
 
+/**
+ * The STUN/TURN servers the server hands out, from `Link: <url>; rel="ice-server"`
+ * headers of an OPTIONS request (RFC 9725 §4.6). [] when it names none or fails.
+ */
+export async function iceServers(url) {
+  try {
+    const response = await fetch(url, {method: 'OPTIONS'});
+    const header = response.headers.get('Link') || '';
+    return header.split(/,\s*(?=<)/).map((link) => {
+      const target = /<([^>]+)>/.exec(link);
+      const params = Object.fromEntries(
+        [...link.matchAll(/([\w-]+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
+      if (!target || params.rel !== 'ice-server') return null;
+      return params.username
+        ? {urls: target[1], username: params.username, credential: params.credential}
+        : {urls: target[1]};
+    }).filter(Boolean);
+  } catch (e) {
+    return [];
+  }
+}
+
 /** Wait until ICE gathering completes (or `timeoutMs`), so the offer holds candidates. */
 export function iceGathered(pc, timeoutMs = 2000) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
