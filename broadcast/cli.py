@@ -24,6 +24,7 @@ from broadcast.config import (
     parse_public_ip,
 )
 from broadcast.config_xml import load_config
+from broadcast.doctor import run_checks
 from broadcast.server import run
 
 HUMAN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -118,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="lifetime (default 3600)",
     )
+    doctor = commands.add_parser(
+        "doctor", help="check this server's network set-up (exit 1 on a problem)"
+    )
+    doctor.add_argument("--config", metavar="FILE", help="read settings from FILE")
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -171,6 +176,20 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+def _doctor(args: argparse.Namespace) -> None:
+    config = Config()
+    if args.config is not None:
+        try:
+            config, _ = load_config(args.config)
+        except ConfigError as error:
+            _fail(str(error))
+    findings = run_checks(config)
+    for finding in findings:
+        print(finding)
+    if any(f.level == "FAIL" for f in findings):
+        raise SystemExit(1)
+
+
 def _print_token(args: argparse.Namespace) -> None:
     try:
         config, _ = load_config(args.config)
@@ -202,6 +221,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "token":
         _print_token(args)
+        return
+    if args.command == "doctor":
+        _doctor(args)
         return
     config, warnings = Config(), []
     if args.config is not None:
