@@ -13,6 +13,7 @@ from broadcast.api.metrics import METRICS, Metrics, metrics, watch_loop_lag
 from broadcast.config import Config
 from broadcast.pages import add_routes
 from broadcast.registry import StreamRegistry
+from broadcast.signaling.check import post_check
 from broadcast.signaling.http import errors_middleware
 from broadcast.signaling.session import delete_session, options, patch_session
 from broadcast.signaling.whep import post_whep
@@ -35,15 +36,22 @@ def create_app(config: Config) -> web.Application:
     app[REGISTRY] = StreamRegistry(config)
     if not config.publish_keys and not config.token_secret:
         logger.warning("No publish key is set: anyone who can reach us may publish.")
-    session = "/{kind:whip|whep}/{stream_id}/{session_id}"
+    session = "/{kind:whip|whep|check}/{stream_id}/{session_id}"
     app.router.add_post("/whip", post_whip)
     app.router.add_post("/whip/{stream_id}", post_whip)
     app.router.add_post("/whep/{stream_id}", post_whep)
-    for path in ("/whip", "/whip/{stream_id}", "/whep/{stream_id}", session):
+    for path in (
+        "/whip",
+        "/whip/{stream_id}",
+        "/whep/{stream_id}",
+        "/check/ice",
+        session,
+    ):
         app.router.add_route("OPTIONS", path, options)
     app.router.add_patch(session, patch_session)
     app.router.add_delete(session, delete_session)
     app.router.add_get("/healthz", healthz)
+    app.router.add_post("/check/ice", post_check)
     app.router.add_get("/ws", websocket)
     app[WEBSOCKETS] = weakref.WeakSet()
     app.on_shutdown.append(close_websockets)

@@ -32,6 +32,10 @@ def add_routes(app: web.Application) -> None:
         check_stream_id(request.match_info["stream_id"])
         return web.FileResponse(root / "watch.html")
 
+    async def check(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(root / "check.html")
+
     app.router.add_get("/", presenter)
+    app.router.add_get("/check", check)
     app.router.add_get("/watch/{stream_id}", viewer)
     app.router.add_static("/static/", root, follow_symlinks=False)

@@ -354,3 +354,27 @@ async def test_options_hands_out_stun_and_time_limited_turn_credentials(
     assert name and int(expiry) > time.time() + 3600
     expected = hmac.new(b"coturn-secret", username.encode(), hashlib.sha1).digest()
     assert base64.b64decode(credential) == expected
+
+
+async def test_a_connectivity_probe_connects_and_ends_by_itself(
+    server, http, monkeypatch
+):
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    monkeypatch.setattr("broadcast.signaling.check.PROBE_LIFETIME_S", 1.0)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    async with http.post(
+        server.make_url("/check/ice"), data=pc.localDescription.sdp, headers=SDP
+    ) as r:
+        assert r.status == 201 and r.headers["Location"].startswith("/check/probe/")
+        answer = await r.text()
+    assert "a=inactive" in answer
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    await wait_for(
+        lambda: pc.connectionState == "connected", message=pc.connectionState
+    )
+    registry = server.app[REGISTRY]
+    await wait_for(lambda: not registry.sessions, timeout=5, message="probe kept")
+    await pc.close()

@@ -166,3 +166,21 @@ async def test_presenter_reconnects_by_itself_and_viewers_keep_watching(
         f"document.getElementById('player').currentTime > {played} + 1", timeout=10000
     )
     assert "ended" not in await text_of(viewer, "#status")
+
+
+async def test_check_page_says_which_paths_work(server, chromium):
+    page = await (await chromium.new_context()).new_page()
+    await page.goto(str(server.make_url("/check")))
+    await page.wait_for_function(
+        "document.getElementById('status').dataset.done === 'true'", timeout=30000
+    )
+    results = await page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#results li')]"
+        ".map(li => [li.id, [li.dataset.ok, li.textContent]]))"
+    )
+    assert results["udp"][0] == "true", results
+    assert "directly over UDP" in results["udp"][1]
+    assert results["events"][0] == "true" and results["camera"][0] == "true"
+    assert "No TURN server" in results["turn"][1]
+    assert await text_of(page, "#status") == "All good"
+    await page.screenshot(path=str(ARTIFACTS / "check.png"))
