@@ -103,7 +103,10 @@ class Session:
 
     def counters(self) -> dict[str, int]:
         """Monotonic counts of this session's media, summed into server totals."""
-        return {"packets_dropped": self.transport.failed_packets}
+        return {
+            "packets_dropped": self.transport.failed_packets,
+            "foreign_packets_dropped": self.transport.foreign_packets,
+        }
 
     @property
     def remote_address(self) -> str | None:

@@ -40,6 +40,7 @@ COUNTERS = {
     "retransmissions": "packets retransmitted to viewers after a NACK",
     "plis_sent": "keyframe requests (PLI) sent to publishers",
     "packets_dropped": "packets dropped because they could not be handled or protected",
+    "foreign_packets_dropped": "datagrams dropped because they came from no ICE peer",
 }
 
 

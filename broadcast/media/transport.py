@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 # 10-16 bytes, so a 2 KiB buffer protects every packet that arrived in a datagram.
 SRTP_BUFFER_BYTES = 2048
 MAX_FAILURES_LOGGED = 5
+STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"  # RFC 8489 §5
 # ICE waits forever for candidates when the offer lacks a=end-of-candidates; a session
 # that has not connected by then never will, and must free its port and stream slot.
 CONNECT_TIMEOUT_S = 30.0
@@ -165,12 +166,43 @@ class SecureTransport:
         self._start_task: asyncio.Task[None] | None = None
         self.closed = False
         self.failed_packets = 0
+        self.foreign_packets = 0  # datagrams from addresses that are not our peer
 
     # --- setup -------------------------------------------------------------------
 
     async def gather(self) -> None:
         """Gather local candidates (host candidates are immediate on our addresses)."""
         await self._gatherer.gather()
+        for protocol in self._connection._protocols:
+            self._admit_only_the_peer(protocol)
+
+    def _admit_only_the_peer(self, protocol: StunProtocol) -> None:
+        """Drop DTLS/SRTP datagrams that do not come from our ICE peer.
+
+        aioice hands every non-STUN datagram on a port to DTLS, whoever sent it. Once a
+        pair is selected only its remote address may send media (RFC 8445 §12); before,
+        only addresses ICE has paired with. STUN still goes to aioice, which answers
+        checks from new addresses as RFC 8445 says.
+        """
+        deliver = protocol.datagram_received
+        connection = self._connection
+
+        def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+            if not _looks_like_stun(data):
+                address = (addr[0], addr[1])
+                pair = connection._nominated.get(1)
+                if pair is not None:
+                    allowed = pair.remote_addr == address
+                else:
+                    allowed = any(
+                        p.remote_addr == address for p in connection._check_list
+                    )
+                if not allowed:
+                    self.foreign_packets += 1
+                    return
+            deliver(data, addr)
+
+        protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
 
     @property
     def local_ice(self) -> RTCIceParameters:
@@ -330,3 +362,8 @@ def _widen(session: pylibsrtp.Session) -> None:
     """Give pylibsrtp a work buffer large enough for any packet we forward."""
     session._cdata = ffi.new("char[]", SRTP_BUFFER_BYTES)
     session._buffer = ffi.buffer(session._cdata)
+
+
+def _looks_like_stun(data: bytes) -> bool:
+    """RFC 8489 §5: two zero bits, then the magic cookie; anything else is media."""
+    return len(data) >= 20 and data[0] < 4 and data[4:8] == STUN_MAGIC_COOKIE
