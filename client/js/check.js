@@ -1,7 +1,7 @@
 // Connection check: which paths from this browser to the server work, in plain words.
 
 import {subscribe} from './events.js';
-import {hangUp, iceServers, negotiate} from './webrtc.js';
+import {hangUp, iceServers, negotiate, selectedPair} from './webrtc.js';
 
 const $ = (id) => document.getElementById(id);
 const CONNECT_TIMEOUT_MS = 8000;
@@ -33,16 +33,10 @@ async function probe(servers, policy) {
       check();
     });
     if (!connected) return null;
-    const stats = await pc.getStats();
-    for (const s of stats.values()) {
-      if (s.type === 'transport' && s.selectedCandidatePairId) {
-        const pair = stats.get(s.selectedCandidatePairId);
-        const local = stats.get(pair.localCandidateId);
-        const remote = stats.get(pair.remoteCandidateId);
-        return {local: local.candidateType, remote: remote.candidateType, protocol: local.protocol};
-      }
-    }
-    return {local: 'unknown', remote: 'unknown', protocol: 'udp'};
+    const selected = selectedPair(await pc.getStats());
+    if (!selected) return {local: 'unknown', remote: 'unknown', protocol: 'udp'};
+    const {local, remote} = selected;
+    return {local: local.candidateType, remote: remote.candidateType, protocol: local.protocol};
   } catch (error) {
     return null;
   } finally {

@@ -111,56 +111,69 @@ export async function sendingVideo(pc, previous) {
   return null;
 }
 
+/** The selected candidate pair with its two ends, or null before one is chosen. */
+export function selectedPair(report) {
+  for (const s of report.values()) {
+    if (s.type === 'transport' && s.selectedCandidatePairId) {
+      const pair = report.get(s.selectedCandidatePairId);
+      if (pair) {
+        return {pair, local: report.get(pair.localCandidateId), remote: report.get(pair.remoteCandidateId)};
+      }
+    }
+  }
+  return null;
+}
+
+/** The received video's figures both the stats overlay and the quality report show. */
+function inboundVideo(report) {
+  for (const s of report.values()) {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') {
+      const received = s.packetsReceived || 0;
+      const lost = Math.max(0, s.packetsLost || 0);
+      return {
+        stats: s,
+        lossPercent: received + lost ? 100 * lost / (received + lost) : 0,
+        jitterBufferSeconds: s.jitterBufferEmittedCount
+          ? s.jitterBufferDelay / s.jitterBufferEmittedCount : 0,
+      };
+    }
+  }
+  return null;
+}
+
 /** What a viewer receives: resolution, fps, bitrate, loss and an estimate of delay. */
 export async function receivingVideo(pc, previous) {
   const report = await pc.getStats();
-  let video = null;
-  let rttSeconds = 0;
-  for (const s of report.values()) {
-    if (s.type === 'inbound-rtp' && s.kind === 'video') video = s;
-    if (s.type === 'candidate-pair' && s.nominated && s.currentRoundTripTime) {
-      rttSeconds = s.currentRoundTripTime;
-    }
-  }
+  const video = inboundVideo(report);
   if (!video) return null;
-  const bytes = rate(video, previous.sample, 'bytesReceived');
-  const received = video.packetsReceived || 0;
-  const lost = video.packetsLost || 0;
-  const buffer = video.jitterBufferEmittedCount
-    ? video.jitterBufferDelay / video.jitterBufferEmittedCount : 0;
-  previous.sample = video;
+  const selected = selectedPair(report);
+  const rttSeconds = (selected && selected.pair.currentRoundTripTime) || 0;
+  const s = video.stats;
+  const bytes = rate(s, previous.sample, 'bytesReceived');
+  previous.sample = s;
   return {
-    width: video.frameWidth, height: video.frameHeight, fps: video.framesPerSecond,
+    width: s.frameWidth, height: s.frameHeight, fps: s.framesPerSecond,
     kbps: bytes === null ? null : bytes * 8 / 1000,
-    lossPercent: received + lost ? 100 * lost / (received + lost) : 0,
-    delayMs: Math.round(1000 * (buffer + rttSeconds / 2)),
+    lossPercent: video.lossPercent,
+    delayMs: Math.round(1000 * (video.jitterBufferSeconds + rttSeconds / 2)),
   };
 }
 
 /** The report a viewer page sends over /ws so the operator sees what viewers see. */
 export async function qualityReport(pc) {
   const report = await pc.getStats();
-  let video = null;
-  let pair = null;
-  for (const s of report.values()) {
-    if (s.type === 'inbound-rtp' && s.kind === 'video') video = s;
-    if (s.type === 'transport' && s.selectedCandidatePairId) {
-      pair = report.get(s.selectedCandidatePairId);
-    }
-  }
+  const video = inboundVideo(report);
   if (!video) return null;
-  const local = pair ? report.get(pair.localCandidateId) : null;
-  const received = video.packetsReceived || 0;
-  const lost = Math.max(0, video.packetsLost || 0);
+  const local = selectedPair(report)?.local;
+  const s = video.stats;
   return {
     type: 'quality',
-    width: video.frameWidth || 0,
-    height: video.frameHeight || 0,
-    fps: video.framesPerSecond || 0,
-    freezes: video.freezeCount || 0,
-    jitter_buffer_ms: video.jitterBufferEmittedCount
-      ? Math.round(1000 * video.jitterBufferDelay / video.jitterBufferEmittedCount) : 0,
-    loss_percent: received + lost ? 100 * lost / (received + lost) : 0,
+    width: s.frameWidth || 0,
+    height: s.frameHeight || 0,
+    fps: s.framesPerSecond || 0,
+    freezes: s.freezeCount || 0,
+    jitter_buffer_ms: Math.round(1000 * video.jitterBufferSeconds),
+    loss_percent: video.lossPercent,
     candidate: local ? local.candidateType : 'unknown',
     tcp: local ? local.protocol === 'tcp' : false,
   };
