@@ -119,10 +119,9 @@ class Camera:
         if self.stream.viewers or self._task is None:
             return
         logger.info("%r idle: disconnecting", self)
-        stopping = self._task
         await self._stop()
         # A viewer may have started the camera again while it was let go.
-        if self._task is None and stopping is not None:
+        if self._task is None:
             self.stream.source_idle(self)
 
     async def _stop(self) -> None:
