@@ -222,7 +222,10 @@ class Config:
     max_sdp_bytes: int = 64 * 1024
 
     # <media>
-    # Inclusive UDP port range for media (first, last); None: ephemeral ports.
+    # The one UDP port all sessions' media share (0: any free port, for tests).
+    media_port: int = 8081
+    # Inclusive UDP port range (first, last), one port per session, instead of the
+    # shared port: for networks that need it. None: the shared port.
     media_ports: tuple[int, int] | None = None
     # Browsers publishing to us start at this bitrate and may climb to the maximum.
     # Chrome in its default (balanced) mode sends 720p only once its target passes

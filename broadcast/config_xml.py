@@ -146,6 +146,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "max_sdp_bytes": Setting("max_sdp_bytes", integer_in(1024, 1024 * 1024)),
     },
     "media": {
+        "media_port": Setting("media_port", _PORT),
         "media_ports": Setting("media_ports", parse_port_range),
         "start_bitrate_kbps": Setting("start_bitrate_kbps", _BITRATE),
         "max_bitrate_kbps": Setting("max_bitrate_kbps", _BITRATE),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from aioice.ice import get_host_addresses
 from aiortc import RTCCertificate
 
 from broadcast.config import Config, RtspCamera
@@ -14,10 +16,13 @@ from broadcast.config import check_stream_id as config_check_stream_id
 from broadcast.errors import BadRequest, Conflict, ServiceUnavailable
 from broadcast.events import StreamEvents
 from broadcast.limits import SessionRateLimit
+from broadcast.media.udp_mux import MediaSocket
 from broadcast.stream import Stream
 
 if TYPE_CHECKING:
     from broadcast.session import Session
+
+logger = logging.getLogger(__name__)
 
 
 def check_stream_id(stream_id: str) -> str:
@@ -49,6 +54,38 @@ class StreamRegistry:
         self.sessions_started: Counter[str] = Counter()
         self.sessions_ended: Counter[tuple[str, str]] = Counter()
         self.session_rate = SessionRateLimit(config.sessions_per_client_per_minute)
+        self.media_sockets: list[MediaSocket] = []
+
+    async def open_media_sockets(self) -> None:
+        """Bind the shared UDP media port on each address we offer candidates on.
+
+        Not in port-range mode (`media_ports`), where each session binds its own.
+        """
+        if self.config.media_ports is not None:
+            return
+        port = self.config.media_port
+        addresses = self.config.ice_addresses or get_host_addresses(
+            use_ipv4=True, use_ipv6=True
+        )
+        for address in addresses:
+            try:
+                media = await MediaSocket.open(address, port)
+            except OSError as exc:
+                self.close_media_sockets()
+                raise OSError(
+                    f"UDP media port {port} on {address}: {exc.strerror or exc};"
+                    " free it or set another <media_port>"
+                ) from exc
+            self.media_sockets.append(media)
+            port = media.address[1]  # with port 0, the same free port everywhere
+            logger.info("media on UDP %s port %d", address, port)
+        if not self.media_sockets:
+            logger.warning("no network address to receive media on: nobody can connect")
+
+    def close_media_sockets(self) -> None:
+        for media in self.media_sockets:
+            media.close()
+        self.media_sockets.clear()
 
     def get(self, stream_id: str) -> Stream | None:
         return self.streams.get(stream_id)
@@ -112,6 +149,9 @@ class StreamRegistry:
             totals.update(session.counters())
         for stream in self.streams.values():
             totals.update(stream.counters())
+        for media in self.media_sockets:
+            totals["foreign_packets_dropped"] += media.unrouted
+            totals["packets_dropped"] += media.send_dropped
         return totals
 
     async def close(self) -> None:
@@ -123,6 +163,7 @@ class StreamRegistry:
                 for s in list(self.sessions.values())
             )
         )
+        self.close_media_sockets()
 
 
 def _full(message: str) -> ServiceUnavailable:

@@ -25,7 +25,9 @@ async def make_server() -> AsyncIterator[Callable[..., TestServer]]:
     servers: list[TestServer] = []
 
     async def start(**overrides: object) -> TestServer:
-        config = Config(host="127.0.0.1", **overrides)  # type: ignore[arg-type]
+        # Each test server shares one free UDP media port, as `broadcast serve` does 8081.
+        options = {"media_port": 0, **overrides}
+        config = Config(host="127.0.0.1", **options)  # type: ignore[arg-type]
         server = TestServer(create_app(config), host="127.0.0.1")
         await server.start_server()
         servers.append(server)

@@ -36,6 +36,8 @@ from aiortc import (
 from aiortc.rtcdtlstransport import State as DtlsState
 from pylibsrtp._binding import ffi
 
+from broadcast.media.udp_mux import MediaSocket, looks_like_stun
+
 logger = logging.getLogger(__name__)
 
 # pylibsrtp protects in a 1,500-byte buffer less 144 bytes of worst-case trailer, so it
@@ -43,7 +45,6 @@ logger = logging.getLogger(__name__)
 # 10-16 bytes, so a 2 KiB buffer protects every packet that arrived in a datagram.
 SRTP_BUFFER_BYTES = 2048
 MAX_FAILURES_LOGGED = 5
-STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"  # RFC 8489 §5
 # ICE waits forever for candidates when the offer lacks a=end-of-candidates; a session
 # that has not connected by then never will, and must free its port and stream slot.
 CONNECT_TIMEOUT_S = 30.0
@@ -56,12 +57,14 @@ def _gather_our_way(
     connection: aioice.Connection,
     addresses: Sequence[str],
     ports: tuple[int, int] | None,
+    media_sockets: Sequence[MediaSocket],
 ) -> None:
-    """Make aioice gather host candidates on `addresses`, within `ports` if given.
+    """Make aioice gather host candidates on our shared media sockets, or else on
+    `addresses` within `ports`.
 
-    aioice gathers on every interface except loopback, on ephemeral ports, and has no
-    option for either: a server bound to one address must offer that address only, and
-    a firewall opened for a port range must see media on those ports only.
+    aioice gathers on every interface except loopback, on an ephemeral port per
+    connection, and has no option for either: a server bound to one address must offer
+    that address only, and a firewall opened for a port must see media on it only.
     """
 
     async def gather_candidates() -> None:
@@ -69,7 +72,11 @@ def _gather_our_way(
             return
         connection._local_candidates_start = True
         for component in connection._components:
-            if ports is None:
+            if media_sockets:
+                found = await _candidates_on_shared_sockets(
+                    connection, component, media_sockets
+                )
+            elif ports is None:
                 found = await connection.get_component_candidates(
                     component=component, addresses=list(addresses)
                 )
@@ -94,26 +101,52 @@ async def _candidates_in_range(
     candidates: list[Candidate] = []
     for address in addresses or get_host_addresses(use_ipv4=True, use_ipv6=False):
         protocol = await _bind_in_range(loop, connection, address, ports)
-        host, port = protocol.transport.get_extra_info("sockname")[:2]
-        protocol.local_candidate = Candidate(
-            foundation=candidate_foundation("host", "udp", host),
-            component=component,
-            transport="udp",
-            priority=candidate_priority(component, "host"),
-            host=host,
-            port=port,
-            type="host",
+        candidates += await _candidates_of(connection, component, protocol)
+    return candidates
+
+
+async def _candidates_on_shared_sockets(
+    connection: aioice.Connection,
+    component: int,
+    media_sockets: Sequence[MediaSocket],
+) -> list[Candidate]:
+    """Host candidates on the server's shared media sockets, one per address.
+
+    aioice's 4-character ICE username fragments (~24 bits) would collide among
+    thousands of sessions sharing a port, and they route its STUN: 64 bits instead
+    (RFC 8445 §5.3 allows up to 256 characters).
+    """
+    connection._local_username = secrets.token_hex(8)
+    candidates: list[Candidate] = []
+    for media in media_sockets:
+        candidates += await _candidates_of(
+            connection, component, media.attach(connection)
         )
-        connection._protocols.append(protocol)
-        candidates.append(protocol.local_candidate)
-        if connection.stun_server and ipaddress.ip_address(host).version == 4:
-            with contextlib.suppress(
-                OSError, TimeoutError, aioice.stun.TransactionFailed
-            ):
-                reflexive, _ = await asyncio.wait_for(
-                    server_reflexive_candidate(protocol, connection.stun_server), 5
-                )
-                candidates.append(reflexive)
+    return candidates
+
+
+async def _candidates_of(
+    connection: aioice.Connection, component: int, protocol: StunProtocol
+) -> list[Candidate]:
+    """The host candidate of `protocol`'s address, and its STUN reflexive twin."""
+    host, port = protocol.transport.get_extra_info("sockname")[:2]
+    protocol.local_candidate = Candidate(
+        foundation=candidate_foundation("host", "udp", host),
+        component=component,
+        transport="udp",
+        priority=candidate_priority(component, "host"),
+        host=host,
+        port=port,
+        type="host",
+    )
+    connection._protocols.append(protocol)
+    candidates = [protocol.local_candidate]
+    if connection.stun_server and ipaddress.ip_address(host).version == 4:
+        with contextlib.suppress(OSError, TimeoutError, aioice.stun.TransactionFailed):
+            reflexive, _ = await asyncio.wait_for(
+                server_reflexive_candidate(protocol, connection.stun_server), 5
+            )
+            candidates.append(reflexive)
     return candidates
 
 
@@ -148,14 +181,17 @@ class SecureTransport:
         name: str,
         stun_servers: Sequence[str] = (),
         ports: tuple[int, int] | None = None,
+        media_sockets: Sequence[MediaSocket] = (),
     ) -> None:
         self.name = name
         # aiortc's default is Google's STUN server: ask only those we are told to.
         self._gatherer = RTCIceGatherer(
             iceServers=[RTCIceServer(urls=url) for url in stun_servers]
         )
-        if host_addresses or ports:
-            _gather_our_way(self._gatherer._connection, host_addresses, ports)
+        if host_addresses or ports or media_sockets:
+            _gather_our_way(
+                self._gatherer._connection, host_addresses, ports, media_sockets
+            )
         self._ice = RTCIceTransport(self._gatherer)
         self._dtls = RTCDtlsTransport(self._ice, [certificate])
         self._connection: aioice.Connection = self._gatherer._connection
@@ -188,7 +224,7 @@ class SecureTransport:
         connection = self._connection
 
         def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
-            if not _looks_like_stun(data):
+            if not looks_like_stun(data):
                 address = (addr[0], addr[1])
                 pair = connection._nominated.get(1)
                 if pair is not None:
@@ -362,8 +398,3 @@ def _widen(session: pylibsrtp.Session) -> None:
     """Give pylibsrtp a work buffer large enough for any packet we forward."""
     session._cdata = ffi.new("char[]", SRTP_BUFFER_BYTES)
     session._buffer = ffi.buffer(session._cdata)
-
-
-def _looks_like_stun(data: bytes) -> bool:
-    """RFC 8489 §5: two zero bits, then the magic cookie; anything else is media."""
-    return len(data) >= 20 and data[0] < 4 and data[4:8] == STUN_MAGIC_COOKIE

@@ -48,6 +48,7 @@ async def answer_session(
         f"{kind} {stream_id}",
         registry.config.stun_servers,
         registry.config.media_ports,
+        registry.media_sockets,
     )
     session = make_session(transport)
     registry.add_session(session)

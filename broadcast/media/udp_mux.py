@@ -1,0 +1,289 @@
+"""One UDP port for the media of every session, demultiplexed here.
+
+aioice binds a socket per connection; firewalls, NAT and containers want one known port,
+and one socket lets a packet reach all its viewers in one `sendmmsg`. A `MediaSocket`
+carries every session on one address: a STUN request goes to the session whose ICE
+username fragment it names (RFC 8445 §7.2.2), a STUN response to the session whose
+request it answers, and anything else (DTLS, SRTP, SRTCP) to the session that has
+authenticated its sender with ICE. Datagrams matching nothing are dropped and counted.
+
+Packets to send are queued and leave together when the event loop's current step ends:
+the viewers of one incoming packet share one system call when the native extension
+(`_sendmmsg.c`) is built, one `sendto` each otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import aioice
+from aioice import stun
+from aioice.ice import StunProtocol
+
+try:
+    from broadcast.media import _sendmmsg  # type: ignore[attr-defined]
+except ImportError:  # not built: the pure-Python path sends the same packets
+    _sendmmsg = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+Outbox = list[tuple[bytes, Address]]
+STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"  # RFC 8489 §5
+STUN_USERNAME = 0x0006
+STUN_ATTRIBUTE = struct.Struct("!HH")
+STUN_REQUEST, STUN_INDICATION, STUN_SUCCESS, STUN_ERROR = range(4)
+# Room for a burst (a GOP sent to a joining viewer) without kernel drops.
+SOCKET_BUFFER_BYTES = 4 << 20
+
+
+def looks_like_stun(data: bytes) -> bool:
+    """RFC 8489 §5: two zero bits, then the magic cookie; anything else is media."""
+    return len(data) >= 20 and data[0] < 4 and data[4:8] == STUN_MAGIC_COOKIE
+
+
+def stun_class(data: bytes) -> int:
+    """The class bits C1 C0 of a STUN message type (RFC 8489 §5)."""
+    return ((data[0] & 0x01) << 1) | ((data[1] >> 4) & 0x01)
+
+
+def stun_username(data: bytes) -> bytes | None:
+    """The USERNAME attribute of a STUN message, read without parsing the rest."""
+    end = min(len(data), 20 + int.from_bytes(data[2:4], "big"))
+    offset = 20
+    while offset + 4 <= end:
+        kind, length = STUN_ATTRIBUTE.unpack_from(data, offset)
+        if kind == STUN_USERNAME:
+            return data[offset + 4 : offset + 4 + length]
+        offset += 4 + length + (-length % 4)
+    return None
+
+
+def send_each(sock: socket.socket, outbox: Outbox) -> int:
+    """Send queued datagrams one `sendto` each; returns how many left."""
+    sent = 0
+    sendto = sock.sendto
+    for data, addr in outbox:
+        try:
+            sendto(data, addr)
+        except BlockingIOError:
+            break  # the socket buffer is full: the rest is dropped, like UDP would
+        except OSError:
+            continue  # this address cannot be reached; the others may
+        sent += 1
+    return sent
+
+
+def send_batched(sock: socket.socket, outbox: Outbox) -> int:
+    """Send queued datagrams with `sendmmsg` (native); same outcome as `send_each`."""
+    return _sendmmsg.send(sock.fileno(), sock.family, outbox)
+
+
+def default_sender() -> Callable[[socket.socket, Outbox], int]:
+    return send_each if _sendmmsg is None else send_batched
+
+
+class MediaSocket(asyncio.DatagramProtocol):
+    """The shared UDP socket of one address, and who each datagram belongs to."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        sender: Callable[[socket.socket, Outbox], int] | None = None,
+    ) -> None:
+        self.sock = sock
+        self.address: Address = sock.getsockname()[:2]
+        self._send = sender or default_sender()
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._by_ufrag: dict[bytes, SessionPort] = {}
+        self._by_address: dict[Address, SessionPort] = {}
+        self._by_transaction: dict[bytes, SessionPort] = {}
+        self._outbox: Outbox = []
+        self.unrouted = 0  # datagrams that belonged to no session
+        self.send_dropped = 0  # datagrams the kernel would not take
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        sender: Callable[[socket.socket, Outbox], int] | None = None,
+    ) -> MediaSocket:
+        """Bind `host:port` (0: any free port) and start receiving."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+            sock.bind((host, port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        loop = asyncio.get_running_loop()
+        _, media = await loop.create_datagram_endpoint(
+            lambda: cls(sock, sender), sock=sock
+        )
+        return media
+
+    def __repr__(self) -> str:
+        return f"MediaSocket({self.address[0]}:{self.address[1]})"
+
+    @property
+    def sessions(self) -> int:
+        return len(self._by_ufrag)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # --- sessions ------------------------------------------------------------------
+
+    def attach(self, connection: aioice.Connection) -> SessionPort:
+        """A protocol for `connection` on this socket, found by its username fragment.
+
+        The ufrag must be unique on the socket: the transport makes it 64 bits long.
+        """
+        ufrag = connection.local_username.encode()
+        if ufrag in self._by_ufrag:
+            raise OSError(f"ICE username fragment {ufrag!r} is taken on {self!r}")
+        port = SessionPort(connection, self, ufrag)
+        self._by_ufrag[ufrag] = port
+        return port
+
+    def detach(self, port: SessionPort) -> None:
+        if self._by_ufrag.get(port.ufrag) is port:
+            del self._by_ufrag[port.ufrag]
+        for addr in port.addresses:
+            if self._by_address.get(addr) is port:
+                del self._by_address[addr]
+        for transaction_id in port.transactions_sent:
+            if self._by_transaction.get(transaction_id) is port:
+                del self._by_transaction[transaction_id]
+        port.addresses.clear()
+        port.transactions_sent.clear()
+
+    def learn(self, addr: Address, port: SessionPort) -> None:
+        """`addr` has proved it is `port`'s ICE peer: its media goes there."""
+        previous = self._by_address.get(addr)
+        if previous is port:
+            return
+        if previous is not None:
+            previous.addresses.discard(addr)
+        self._by_address[addr] = port
+        port.addresses.add(addr)
+
+    def expect(self, transaction_id: bytes, port: SessionPort) -> None:
+        """`port` sent a STUN request: its response goes back there."""
+        self._by_transaction[transaction_id] = port
+        port.transactions_sent.add(transaction_id)
+
+    # --- receiving -----------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:  # type: ignore[override]
+        if len(addr) != 2:
+            addr = (addr[0], addr[1])  # IPv6 four-tuple
+        if looks_like_stun(data):
+            port = self._stun_destination(data, addr)  # type: ignore[arg-type]
+        else:
+            port = self._by_address.get(addr)  # type: ignore[arg-type]
+        if port is None:
+            self.unrouted += 1
+            return
+        port.datagram_received(data, addr)
+
+    def _stun_destination(self, data: bytes, addr: Address) -> SessionPort | None:
+        kind = stun_class(data)
+        if kind == STUN_REQUEST:
+            username = stun_username(data)
+            if username is None:
+                return None
+            return self._by_ufrag.get(username.split(b":", 1)[0])
+        if kind == STUN_INDICATION:
+            return self._by_address.get(addr)
+        port = self._by_transaction.pop(data[8:20], None)
+        if port is not None:
+            port.transactions_sent.discard(data[8:20])
+            if kind == STUN_SUCCESS:
+                self.learn(addr, port)
+        return port
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for one peer (port unreachable) say nothing about the others.
+        logger.debug("%r: %s", self, exc)
+
+    # --- sending -------------------------------------------------------------------
+
+    def send(self, data: bytes, addr: Address) -> None:
+        """Queue a datagram; the queue leaves when the loop's current step is done."""
+        self._outbox.append((data, addr))
+        if len(self._outbox) == 1:
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if outbox:
+            self.send_dropped += len(outbox) - self._send(self.sock, outbox)
+
+
+class SessionPort(StunProtocol):
+    """One session's share of a MediaSocket; to aioice, a protocol like any other."""
+
+    def __init__(
+        self, connection: aioice.Connection, media: MediaSocket, ufrag: bytes
+    ) -> None:
+        super().__init__(connection)
+        self.media = media
+        self.ufrag = ufrag
+        self.addresses: set[Address] = set()
+        self.transactions_sent: set[bytes] = set()
+        self.connection_made(_SessionEndpoint(self))
+
+    def send_stun(self, message: stun.Message, addr: Address) -> None:
+        if message.message_class == stun.Class.RESPONSE:
+            # aioice answers success only to a request signed with our ICE password.
+            self.media.learn(addr, self)
+        elif message.message_class == stun.Class.REQUEST:
+            self.media.expect(message.transaction_id, self)
+        self.media.send(bytes(message), addr)
+
+    async def send_data(self, data: bytes, addr: Address) -> None:
+        self.media.send(data, addr)
+
+
+class _SessionEndpoint(asyncio.DatagramTransport):
+    """What aioice and our transport call `protocol.transport`: the shared socket."""
+
+    def __init__(self, port: SessionPort) -> None:
+        super().__init__()
+        self._port = port
+        self._closing = False
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        self._port.media.send(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self._port.media.sock.getsockname()
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._port.media.detach(self._port)
+        self._port.media._loop.call_soon(self._port.connection_lost, None)

@@ -1,0 +1,112 @@
+"""One UDP port for every session: demultiplexing, and batched sends that lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+
+import pytest
+
+from broadcast.media import udp_mux
+from broadcast.media.udp_mux import MediaSocket, send_batched, send_each
+from broadcast.web_keys import REGISTRY
+from tests.peers import RtpLog, publish, wait_for, watch
+
+VIEWERS = 50
+
+
+def payloads(log: RtpLog) -> set[bytes]:
+    return {p.payload for packets in log.packets.values() for p in packets}
+
+
+def candidate_ports(sdp: str) -> set[int]:
+    return {int(m) for m in re.findall(r"a=candidate:\S+ 1 udp \d+ \S+ (\d+)", sdp)}
+
+
+async def test_fifty_viewers_on_one_port_each_get_their_own_stream(server, http):
+    """Every viewer decrypts its packets: none went to another viewer's session."""
+    publisher = await publish(
+        http, str(server.make_url("/whip/mux")), video=None, audio="audio/opus"
+    )
+    await publisher.wait_connected()
+    viewers = [
+        await watch(http, str(server.make_url("/whep/mux")), kinds=("audio",))
+        for _ in range(VIEWERS)
+    ]
+    registry = server.app[REGISTRY]
+    (media,) = registry.media_sockets
+    assert media.sessions == VIEWERS + 1
+    answers = [v.pc.remoteDescription.sdp for v in viewers]
+    assert {port for sdp in answers for port in candidate_ports(sdp)} == {
+        media.address[1]
+    }
+    await wait_for(
+        lambda: all(len(payloads(v.received)) >= 20 for v in viewers),
+        timeout=20,
+        message="a viewer on the shared port got no audio",
+    )
+    sent = payloads(publisher.sent)
+    for viewer in viewers:
+        assert payloads(viewer.received) <= sent
+    await asyncio.gather(publisher.close(), *(v.close() for v in viewers))
+    await wait_for(lambda: media.sessions == 0, message="sessions left on the port")
+
+
+async def test_a_stranger_on_the_shared_port_reaches_no_session(server, http):
+    publisher = await publish(http, str(server.make_url("/whip/s")), video=None)
+    await publisher.wait_connected()
+    (media,) = server.app[REGISTRY].media_sockets
+    before = media.unrouted
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        # A DTLS ClientHello-like record, SRTP-like junk, and STUN naming nobody.
+        stun = bytes.fromhex("0001000c2112a442") + bytes(12)
+        stun += bytes.fromhex("00060008") + b"nobody:x"
+        for data in (b"\x16\xfe\xfd" + bytes(60), b"\x80\x60" + bytes(100), stun):
+            stranger.sendto(data, media.address)
+    await wait_for(lambda: media.unrouted - before == 3, message="not counted")
+    assert publisher.pc.connectionState == "connected"
+    assert server.app[REGISTRY].get("s").state == "live"
+    await publisher.close()
+
+
+def test_the_native_extension_is_built() -> None:
+    """README's test set-up installs a C compiler: the fast path must be there."""
+    assert udp_mux._sendmmsg is not None
+    assert udp_mux.default_sender() is send_batched
+
+
+def receivers(count: int) -> list[socket.socket]:
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(2)
+        sockets.append(sock)
+    return sockets
+
+
+@pytest.mark.parametrize("sender", [send_each, send_batched])
+async def test_batched_and_one_by_one_sends_deliver_the_same_datagrams(sender):
+    peers = receivers(5)
+    media = await MediaSocket.open("127.0.0.1", 0, sender=sender)
+    try:
+        expected: dict[int, list[bytes]] = {i: [] for i in range(len(peers))}
+        # More datagrams than one sendmmsg batch, with addresses that cannot be sent
+        # to in between: those are skipped, everything else arrives in order.
+        for n in range(600):
+            data = n.to_bytes(2, "big") * (1 + n % 700)
+            peer = n % len(peers)
+            media.send(data, peers[peer].getsockname())
+            expected[peer].append(data)
+            if n % 97 == 0:
+                media.send(b"lost", ("127.0.0.1", 0))  # EINVAL: no port 0
+        media.flush()
+        assert media.send_dropped == 7
+        for index, peer in enumerate(peers):
+            got = [peer.recv(2048) for _ in expected[index]]
+            assert got == expected[index]
+    finally:
+        media.close()
+        for peer in peers:
+            peer.close()
