@@ -1,8 +1,9 @@
-"""The `broadcast` command: serve, check-config, version."""
+"""The `broadcast` command: serve, check-config, token, doctor, loadtest, version."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import logging
@@ -10,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from broadcast import __version__, tokens
+from broadcast import __version__, loadtest, tokens
 from broadcast.config import (
     LOG_LEVELS,
     MAX_BITRATE_KBPS,
@@ -22,6 +23,7 @@ from broadcast.config import (
     check_stream_id,
     integer_in,
     parse_public_ip,
+    seconds_in,
 )
 from broadcast.config_xml import load_config
 from broadcast.doctor import run_checks
@@ -123,8 +125,102 @@ def _parser() -> argparse.ArgumentParser:
         "doctor", help="check this server's network set-up (exit 1 on a problem)"
     )
     doctor.add_argument("--config", metavar="FILE", help="read settings from FILE")
+    _add_loadtest(commands)
     commands.add_parser("version", help="print the version")
     return parser
+
+
+def _add_loadtest(commands: Any) -> None:
+    test = commands.add_parser(
+        "loadtest",
+        help="watch a stream on this machine with many light viewers and report",
+        description="Join N viewers that decode nothing, measure what they receive"
+        " over --duration seconds, then leave.",
+    )
+    test.add_argument(
+        "--url",
+        required=True,
+        type=_argument(_loopback_url),
+        help="WHEP URL on this machine, e.g. http://127.0.0.1:8080/whep/<id>",
+    )
+    test.add_argument(
+        "--viewers",
+        required=True,
+        type=_argument(integer_in(1, loadtest.MAX_VIEWERS)),
+        metavar="N",
+    )
+    most = loadtest.MAX_DURATION_S
+    test.add_argument(
+        "--duration",
+        required=True,
+        type=_argument(seconds_in(0.1, most)),
+        metavar="S",
+        help="seconds measured, once every viewer has joined",
+    )
+    test.add_argument(
+        "--ramp-s",
+        type=_argument(seconds_in(0, most)),
+        metavar="R",
+        help="spread the joins over R seconds (default: 20 joins a second)",
+    )
+    test.add_argument(
+        "--settle-s",
+        type=_argument(seconds_in(0, most)),
+        default=2.0,
+        metavar="S",
+        help="wait after the last join before measuring (default 2)",
+    )
+    test.add_argument(
+        "--connect-timeout",
+        type=_argument(seconds_in(1, 120)),
+        default=10.0,
+        metavar="S",
+        help="give up on a viewer not connected within S seconds (default 10)",
+    )
+    test.add_argument(
+        "--server-pid",
+        type=int,
+        metavar="PID",
+        help="also report this server process's CPU and memory over the window",
+    )
+    test.add_argument(
+        "--latency-samples",
+        type=_argument(integer_in(0, 100_000)),
+        default=0,
+        metavar="N",
+        help="keep N (payload digest, arrival time) pairs of video packets in the"
+        " JSON output, for matching with a publisher's send times",
+    )
+    test.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _loopback_url(text: str) -> str:
+    loadtest.loopback_address(text)
+    return text
+
+
+def _loadtest(args: argparse.Namespace) -> None:
+    ramp_s = args.viewers / 20 if args.ramp_s is None else args.ramp_s
+    try:
+        result = asyncio.run(
+            loadtest.run_loadtest(
+                args.url,
+                args.viewers,
+                args.duration,
+                ramp_s=ramp_s,
+                settle_s=args.settle_s,
+                connect_timeout_s=args.connect_timeout,
+                server_pid=args.server_pid,
+                latency_samples=args.latency_samples,
+            )
+        )
+    except loadtest.LoadtestError as error:
+        _fail(f"broadcast loadtest: {error}")
+    except OSError as error:  # --server-pid names no process we can read
+        _fail(f"broadcast loadtest: {error}")
+    print(result.to_json() if args.json else loadtest.format_result(result))
+    if not result.connected:
+        raise SystemExit(1)
 
 
 def _apply_flags(config: Config, args: argparse.Namespace) -> Config:
@@ -224,6 +320,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "doctor":
         _doctor(args)
+        return
+    if args.command == "loadtest":
+        _loadtest(args)
         return
     config, warnings = Config(), []
     if args.config is not None:
