@@ -324,6 +324,8 @@ class _Viewer:
         if first is None or first.ice is None or first.dtls is None:
             raise _JoinFailed("unreadable answer", "no ICE or DTLS parameters")
         for media in answer.media:
+            if media.port == 0 or media.direction in ("recvonly", "inactive"):
+                continue  # refused, or kept in the bundle with nothing to send
             for codec in media.rtp.codecs:
                 if codec.payloadType is None:
                     continue
@@ -536,6 +538,8 @@ async def run_loadtest(
     ):
         if not 0 <= value <= MAX_DURATION_S:
             raise ValueError(f"{name} must be 0-{MAX_DURATION_S:g} seconds")
+    if server_pid is not None and not Path(f"/proc/{server_pid}/stat").exists():
+        raise LoadtestError(f"there is no process {server_pid} to watch")
     _raise_open_files_limit(viewers)
     certificate = RTCCertificate.generateCertificate()
     shared = _Shared(max_samples=latency_samples)
