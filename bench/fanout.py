@@ -78,7 +78,8 @@ async def running(which: str, config: str) -> AsyncIterator[tuple[int, str]]:
             "--port",
             str(port),
         ]
-    server = await asyncio.create_subprocess_exec(sys.executable, *command)
+    # Whatever the server prints goes to stderr, away from the report.
+    server = await asyncio.create_subprocess_exec(sys.executable, *command, stdout=2)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
@@ -188,11 +189,15 @@ async def ramp(
             rows.append(row)
             print(f"{which}: {_line(row)}", file=sys.stderr)
         await publisher.pc.close()
-    idle = next((r["server_rss_mib"] for r in rows if r["viewers"] == 0), None)
+    idle = next((r for r in rows if r["viewers"] == 0), None)
     for row in rows:
         if row["viewers"] and idle is not None:
-            growth = row["server_rss_mib"] - idle
+            growth = row["server_rss_mib"] - idle["server_rss_mib"]
             row["rss_per_viewer_kib"] = 1024 * growth / row["viewers"]
+            if row["us_per_pkt_viewer"]:
+                # The server's CPU beyond taking the stream in, per packet out.
+                share = 1 - idle["server_cpu_percent"] / row["server_cpu_percent"]
+                row["marginal_us_per_pkt_viewer"] = share * row["us_per_pkt_viewer"]
     return rows
 
 
@@ -201,7 +206,8 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 
 HEADER = (
-    "viewers  server CPU  RSS MiB  KiB/viewer  pkts/s  fps  µs/pkt-viewer  loss %"
+    "viewers  server CPU  RSS MiB  KiB/viewer  pkts/s  fps  µs/pkt-viewer (beyond idle)"
+    "  loss %"
     "  join→key p50/p95 ms  latency p50/p99 ms  loadgen CPU  loadgen µs/pkt"
 )
 
@@ -217,6 +223,7 @@ def _line(row: dict[str, Any]) -> str:
         f"{connected:>7}  {row['server_cpu_percent']:>8.0f} %  {row['server_rss_mib']:>7.0f}"
         f"  {_num(row.get('rss_per_viewer_kib'), 0):>10}  {row['packets_per_s']:>6.0f}"
         f"  {row['video_fps_per_viewer']:>3.0f}  {_num(row['us_per_pkt_viewer']):>13}"
+        f" ({_num(row.get('marginal_us_per_pkt_viewer')):>6})"
         f"  {row['loss_percent']:>6.2f}"
         f"  {_num(key['p50'], 0):>9} / {_num(key['p95'], 0):<8}"
         f"  {_num(latency['p50']):>8} / {_num(latency['p99']):<8}"
