@@ -153,8 +153,9 @@ fi
 
 # --- uninstall ------------------------------------------------------------------------
 
-config_value() {  # the first <name>value</name> of the config, or nothing
-    sed -n "s:.*<$1>[[:space:]]*\([^<]*[^<[:space:]]\)[[:space:]]*</$1>.*:\1:p" "$CONFIG" \
+config_value() {  # the first <name>value</name> of the config outside comments, or nothing
+    perl -0777 -pe 's/<!--.*?-->//gs' "$CONFIG" \
+        | sed -n "s:.*<$1>[[:space:]]*\([^<]*[^<[:space:]]\)[[:space:]]*</$1>.*:\1:p" \
         | head -n 1
 }
 
@@ -170,6 +171,9 @@ firewall_rules() {  # the ufw rules for a config: one per line
     media=$(config_value media_ports)
     if [[ -n $media ]]; then
         echo "${media/-/:}/udp"
+    else
+        media=$(config_value media_port)
+        echo "${media:-8081}/udp"
     fi
 }
 
@@ -277,7 +281,8 @@ if systemd; then
         "check the network and the apt sources (apt-get update), then run install.sh again"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    apt-get install -y -q python3-venv python3-pip openssl ca-certificates iproute2
+    # gcc and python3-dev build the native batched-send extension (faster fan-out).
+    apt-get install -y -q python3-venv python3-pip python3-dev gcc openssl ca-certificates iproute2
 fi
 
 begin "finding Python >= 3.11" \
@@ -290,7 +295,7 @@ if [[ -z $python ]]; then
     # must be able to run the venv's interpreter.
     python=/usr/bin/python3
     if ! python_ok "$python" && systemd; then
-        apt-get install -y -q python3.11 python3.11-venv  # Ubuntu 22.04 ships 3.10
+        apt-get install -y -q python3.11 python3.11-venv python3.11-dev  # 22.04 has 3.10
         python=/usr/bin/python3.11
     fi
 fi
@@ -455,8 +460,6 @@ if systemd; then
         while read -r rule; do
             ufw allow "$rule" >/dev/null
         done < <(firewall_rules)
-        [[ -n $(config_value media_ports) ]] || echo "note: no <media_ports> in the config:" \
-            "media uses ephemeral UDP ports (32768-60999), which ufw must let in"
     fi
     begin "starting broadcast.service" \
         "see why with: journalctl -u broadcast -n 50 --no-pager"

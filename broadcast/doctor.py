@@ -103,15 +103,24 @@ def check_http_ports(config: Config) -> Iterator[Finding]:
 
 
 def check_media_ports(config: Config) -> Iterator[Finding]:
+    host = "0.0.0.0" if config.host in ("", "::") else config.host
     if config.media_ports is None:
+        port = config.media_port
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                yield Finding(
+                    "WARN",
+                    f"media UDP port {port}: taken (by a running server?); media of"
+                    " every session shares it",
+                )
+                return
         yield Finding(
-            "WARN",
-            "media uses ephemeral UDP ports: open them all, or set <media_ports> and"
-            " open just that range in the firewall",
+            "OK", f"media UDP port {port}: free; open it (UDP) in the firewall"
         )
         return
     first, last = config.media_ports
-    host = "0.0.0.0" if config.host in ("", "::") else config.host
     free = 0
     for port in range(first, last + 1):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

@@ -16,7 +16,7 @@ from broadcast.config import check_stream_id as config_check_stream_id
 from broadcast.errors import BadRequest, Conflict, ServiceUnavailable
 from broadcast.events import StreamEvents
 from broadcast.limits import SessionRateLimit
-from broadcast.media.udp_mux import MediaSocket
+from broadcast.media.udp_mux import MediaSocket, default_sender, send_each
 from broadcast.stream import Stream
 
 if TYPE_CHECKING:
@@ -81,6 +81,11 @@ class StreamRegistry:
             logger.info("media on UDP %s port %d", address, port)
         if not self.media_sockets:
             logger.warning("no network address to receive media on: nobody can connect")
+        elif default_sender() is send_each:
+            logger.warning(
+                "the native send extension is not built: media goes out one sendto"
+                " per packet (slower); install gcc and python3-dev, then reinstall"
+            )
 
     def close_media_sockets(self) -> None:
         for media in self.media_sockets:

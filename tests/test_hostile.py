@@ -91,7 +91,8 @@ class LiveServer:
         from broadcast.app import create_app
         from broadcast.config import Config
 
-        self.server = TestServer(create_app(Config(host="127.0.0.1")), host="127.0.0.1")
+        config = Config(host="127.0.0.1", media_port=0)
+        self.server = TestServer(create_app(config), host="127.0.0.1")
         await self.server.start_server()
         self.http = aiohttp.ClientSession()
         self.publisher = await publish(
