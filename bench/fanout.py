@@ -159,6 +159,7 @@ def _row(result: dict[str, Any], latencies: list[float]) -> dict[str, Any]:
         "join_to_keyframe_ms": result["join_to_keyframe_ms"],
         "latency_ms": {"p50": latency.p50, "p99": latency.p99, "count": latency.count},
         "integrity_failures": result["integrity_failures"],
+        "sessions_deleted": result["deleted"],
         "loadgen_cpu_percent": result["cpu_percent"],
         "loadgen_us_per_packet": result["us_per_packet"],
     }
