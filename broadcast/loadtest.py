@@ -531,13 +531,11 @@ async def run_loadtest(
     address = loopback_address(url)
     if not 1 <= viewers <= MAX_VIEWERS:
         raise ValueError(f"viewers must be 1-{MAX_VIEWERS}")
-    for name, value in (
-        ("duration", duration_s),
-        ("ramp", ramp_s),
-        ("settle", settle_s),
-    ):
+    if not 0 < duration_s <= MAX_DURATION_S:
+        raise ValueError(f"duration must be above 0, at most {MAX_DURATION_S:g} s")
+    for name, value in (("ramp", ramp_s), ("settle", settle_s)):
         if not 0 <= value <= MAX_DURATION_S:
-            raise ValueError(f"{name} must be 0-{MAX_DURATION_S:g} seconds")
+            raise ValueError(f"{name} must be 0-{MAX_DURATION_S:g} s")
     if server_pid is not None and not Path(f"/proc/{server_pid}/stat").exists():
         raise LoadtestError(f"there is no process {server_pid} to watch")
     _raise_open_files_limit(viewers)
@@ -559,6 +557,10 @@ async def run_loadtest(
             raise _JoinFailed(
                 "connect timeout", f"not connected in {connect_timeout_s:g} s"
             ) from None
+        except Exception as error:  # counted, then gather() keeps it from the others
+            reason = f"{type(error).__name__}: {error}"
+            failures[reason] = failures.get(reason, 0) + 1
+            raise
 
     async with aiohttp.ClientSession() as http:
         try:
