@@ -50,7 +50,12 @@ class Viewer(Session):
         self.cname = cname
         self.rtcp_ssrc = secrets.randbits(32) or 1
         self.tracks = [
-            ViewerTrack(stream.tracks[kind], transport.send_rtp, payload_type)
+            ViewerTrack(
+                stream.tracks[kind],
+                transport.send_rtp,
+                payload_type,
+                transport.fan_out_target,
+            )
             for kind, payload_type in payload_types.items()
         ]
         self._by_ssrc = {t.source.ssrc: t for t in self.tracks}

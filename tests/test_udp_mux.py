@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
+import struct
 
 import pytest
+from pylibsrtp import Policy, Session
 
 from broadcast.media import udp_mux
-from broadcast.media.udp_mux import MediaSocket, send_batched, send_each
+from broadcast.media.udp_mux import (
+    MediaSocket,
+    send_batched,
+    send_each,
+    srtp_session_address,
+)
 from broadcast.web_keys import REGISTRY
 from tests.peers import RtpLog, publish, wait_for, watch
 
@@ -72,7 +80,7 @@ async def test_a_stranger_on_the_shared_port_reaches_no_session(server, http):
 
 def test_the_native_extension_is_built() -> None:
     """README's test set-up installs a C compiler: the fast path must be there."""
-    assert udp_mux._sendmmsg is not None
+    assert udp_mux._fanout is not None
     assert udp_mux.default_sender() is send_batched
 
 
@@ -106,6 +114,63 @@ async def test_batched_and_one_by_one_sends_deliver_the_same_datagrams(sender):
         for index, peer in enumerate(peers):
             got = [peer.recv(2048) for _ in expected[index]]
             assert got == expected[index]
+    finally:
+        media.close()
+        for peer in peers:
+            peer.close()
+
+
+def srtp_pair(profile: int, key: bytes) -> tuple[Session, Session]:
+    """A sending and a receiving SRTP session sharing `key`."""
+    return (
+        Session(
+            Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+        ),
+        Session(
+            Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile)
+        ),
+    )
+
+
+async def test_native_fan_out_protects_like_libsrtp_and_decrypts_independently():
+    """Each viewer's datagram equals pylibsrtp's own protect of the same packet (with
+    the viewer's payload type) and an independent receiving session decrypts it."""
+    profiles = [
+        (Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30, -1),
+        (Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 28, 111),
+        (Policy.SRTP_PROFILE_AEAD_AES_256_GCM, 44, -1),
+    ]
+    peers = receivers(len(profiles))
+    media = await MediaSocket.open("127.0.0.1", 0)
+    try:
+        targets, references, checks = [], [], []
+        for (profile, key_length, payload_type), peer in zip(
+            profiles, peers, strict=True
+        ):
+            key = os.urandom(key_length)
+            native, receive = srtp_pair(profile, key)
+            reference, _ = srtp_pair(profile, key)
+            targets.append(
+                (srtp_session_address(native), peer.getsockname(), payload_type, native)
+            )
+            references.append((reference, payload_type))
+            checks.append(receive)
+        for seq in range(65500, 65500 + 100):  # across a sequence number wrap
+            header = struct.pack("!BBHII", 0x80, 0x80 | 96, seq & 0xFFFF, seq * 3000, 7)
+            packet = header + os.urandom(1 + seq % 1200)
+            media.fan_out(packet, targets)
+            for peer, (reference, payload_type), receive in zip(
+                peers, references, checks, strict=True
+            ):
+                expected = packet
+                if payload_type >= 0:
+                    expected = packet[:1] + bytes([0x80 | payload_type]) + packet[2:]
+                datagram = peer.recv(4096)
+                assert datagram == reference.protect(expected)
+                assert receive.unprotect(datagram) == expected
+        assert media.send_dropped == media.srtp_refused == 0
+        media.fan_out(bytes(3000), targets)  # larger than any datagram we forward
+        assert media.srtp_refused == len(targets)
     finally:
         media.close()
         for peer in peers:

@@ -20,8 +20,10 @@ from broadcast.media.history import (
 from broadcast.media.keyframe import keyframe_test
 from broadcast.media.keyframes import KeyframeRequester
 from broadcast.media.resolution import keyframe_resolution
+from broadcast.media.udp_mux import NATIVE
 
 if TYPE_CHECKING:
+    from broadcast.media.udp_mux import FanOutTarget, MediaSocket
     from broadcast.media.viewer_track import ViewerTrack
 
 RTP_HEADER = struct.Struct("!BBHII")
@@ -55,6 +57,13 @@ class SourceTrack:
         self.clock_rate = codec.clockRate
         self.ssrc = secrets.randbits(32) or 1
         self.viewers: list[ViewerTrack] = []
+        # Viewers sent to one by one (connecting, before their keyframe, or without
+        # the native extension), and those the native fan-out serves, by socket.
+        self._one_by_one: list[ViewerTrack] = []
+        self._fanned: dict[ViewerTrack, tuple[MediaSocket, FanOutTarget]] = {}
+        self._fan_out_groups: list[tuple[MediaSocket, list[FanOutTarget]]] = []
+        self.fanned_packets = 0
+        self.fanned_octets = 0
         self.history = PacketHistory(
             VIDEO_HISTORY_PACKETS if kind == "video" else AUDIO_HISTORY_PACKETS
         )
@@ -114,8 +123,34 @@ class SourceTrack:
             )
         if self._cache_gop:
             self._keep_in_gop(data, keyframe)
-        for viewer in self.viewers:
+        for viewer in self._one_by_one:
             viewer.send(data, keyframe)
+        if self._fan_out_groups:
+            for media, targets in self._fan_out_groups:
+                media.fan_out(data, targets)
+            self.fanned_packets += 1
+            self.fanned_octets += len(data) - 12
+        if self._one_by_one and NATIVE:
+            self._move_to_fan_out()
+
+    def _move_to_fan_out(self) -> None:
+        """Hand viewers that are ready to the native fan-out, from the next packet."""
+        moved = False
+        for viewer in list(self._one_by_one):
+            found = viewer.fan_out_target()
+            if found is not None:
+                self._one_by_one.remove(viewer)
+                self._fanned[viewer] = found
+                viewer.fanned_from(self.fanned_packets, self.fanned_octets)
+                moved = True
+        if moved:
+            self._group_fan_out()
+
+    def _group_fan_out(self) -> None:
+        groups: dict[MediaSocket, list[FanOutTarget]] = {}
+        for media, target in self._fanned.values():
+            groups.setdefault(media, []).append(target)
+        self._fan_out_groups = list(groups.items())
 
     def _keep_in_gop(self, data: bytes, keyframe: bool) -> None:
         if keyframe:
@@ -167,6 +202,7 @@ class SourceTrack:
     def add_viewer(self, viewer: ViewerTrack) -> None:
         viewer.joined_at = time.monotonic()
         self.viewers.append(viewer)
+        self._one_by_one.append(viewer)
         for index, packet in enumerate(self.gop):
             viewer.send(packet, keyframe=index == 0)
         if viewer.waiting_for_keyframe:
@@ -175,7 +211,14 @@ class SourceTrack:
     def remove_viewer(self, viewer: ViewerTrack) -> None:
         if viewer in self.viewers:
             self.viewers.remove(viewer)
+        if viewer in self._one_by_one:
+            self._one_by_one.remove(viewer)
+        if self._fanned.pop(viewer, None) is not None:
+            self._group_fan_out()
 
     def close(self) -> None:
         self.keyframes.close()
         self.viewers.clear()
+        self._one_by_one.clear()
+        self._fanned.clear()
+        self._fan_out_groups = []

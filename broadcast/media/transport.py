@@ -36,7 +36,13 @@ from aiortc import (
 from aiortc.rtcdtlstransport import State as DtlsState
 from pylibsrtp._binding import ffi
 
-from broadcast.media.udp_mux import MediaSocket, looks_like_stun
+from broadcast.media.udp_mux import (
+    NATIVE,
+    MediaSocket,
+    SessionPort,
+    looks_like_stun,
+    srtp_session_address,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -369,6 +375,20 @@ class SecureTransport:
     def remote_address(self) -> tuple[str, int] | None:
         pair = self._connection._nominated.get(1)
         return None if pair is None else pair.remote_addr
+
+    def fan_out_target(self) -> tuple[MediaSocket, int, tuple[str, int], Any] | None:
+        """Socket, SRTP session address, peer and session for the native fan-out.
+
+        None until connected, and always when the native extension is not built or
+        this session has a socket of its own (port-range mode): `send_rtp` then.
+        """
+        if not NATIVE or self.closed:
+            return None
+        pair = self._connection._nominated.get(1)
+        tx = self._dtls._tx_srtp
+        if pair is None or tx is None or not isinstance(pair.protocol, SessionPort):
+            return None
+        return pair.protocol.media, srtp_session_address(tx), pair.remote_addr, tx
 
     def send_rtp(self, data: bytes) -> None:
         """Protect one serialized RTP packet and send it; dropped if not connected."""

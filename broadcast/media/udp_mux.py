@@ -9,7 +9,7 @@ authenticated its sender with ICE. Datagrams matching nothing are dropped and co
 
 Packets to send are queued and leave together when the event loop's current step ends:
 the viewers of one incoming packet share one system call when the native extension
-(`_sendmmsg.c`) is built, one `sendto` each otherwise.
+(`_fanout.c`) is built, one `sendto` each otherwise.
 """
 
 from __future__ import annotations
@@ -24,16 +24,24 @@ from typing import Any
 import aioice
 from aioice import stun
 from aioice.ice import StunProtocol
+from pylibsrtp._binding import ffi, lib
 
 try:
-    from broadcast.media import _sendmmsg  # type: ignore[attr-defined]
+    from broadcast.media import _fanout  # type: ignore[attr-defined]
 except ImportError:  # not built: the pure-Python path sends the same packets
-    _sendmmsg = None  # type: ignore[assignment]
+    _fanout = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 Outbox = list[tuple[bytes, Address]]
+# A viewer for the native fan-out: (address of its srtp_t, its address, payload type or
+# -1 to keep the packet's, the pylibsrtp Session that owns the srtp_t, kept alive here).
+FanOutTarget = tuple[int, Address, int, object]
+NATIVE = _fanout is not None
+# libsrtp's srtp_protect, from pylibsrtp: the native fan-out protects with the very
+# sessions (and library) that the Python path uses, so their SRTP state stays one.
+SRTP_PROTECT = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect")))
 STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"  # RFC 8489 §5
 STUN_USERNAME = 0x0006
 STUN_ATTRIBUTE = struct.Struct("!HH")
@@ -81,11 +89,16 @@ def send_each(sock: socket.socket, outbox: Outbox) -> int:
 
 def send_batched(sock: socket.socket, outbox: Outbox) -> int:
     """Send queued datagrams with `sendmmsg` (native); same outcome as `send_each`."""
-    return _sendmmsg.send(sock.fileno(), sock.family, outbox)
+    return _fanout.send(sock.fileno(), sock.family, outbox)
 
 
 def default_sender() -> Callable[[socket.socket, Outbox], int]:
-    return send_each if _sendmmsg is None else send_batched
+    return send_batched if NATIVE else send_each
+
+
+def srtp_session_address(session: Any) -> int:
+    """The address of a pylibsrtp Session's srtp_t, for the native fan-out."""
+    return int(ffi.cast("uintptr_t", session._srtp[0]))
 
 
 class MediaSocket(asyncio.DatagramProtocol):
@@ -107,6 +120,7 @@ class MediaSocket(asyncio.DatagramProtocol):
         self._outbox: Outbox = []
         self.unrouted = 0  # datagrams that belonged to no session
         self.send_dropped = 0  # datagrams the kernel would not take
+        self.srtp_refused = 0  # datagrams SRTP would not protect
 
     @classmethod
     async def open(
@@ -232,9 +246,18 @@ class MediaSocket(asyncio.DatagramProtocol):
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        outbox, self._outbox = self._outbox, []
-        if outbox:
+        if self._outbox:
+            outbox, self._outbox = self._outbox, []
             self.send_dropped += len(outbox) - self._send(self.sock, outbox)
+
+    def fan_out(self, packet: bytes, targets: list[FanOutTarget]) -> None:
+        """Protect `packet` for every target and send them all now (native only)."""
+        self.flush()  # what was queued before goes first, in order
+        sent, refused = _fanout.fan_out(
+            self.sock.fileno(), self.sock.family, SRTP_PROTECT, packet, targets
+        )
+        self.srtp_refused += refused
+        self.send_dropped += len(targets) - sent - refused
 
 
 class SessionPort(StunProtocol):

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from broadcast.media.source_track import SourceTrack
+from broadcast.media.udp_mux import FanOutTarget, MediaSocket
+
+# What a transport offers the native fan-out: socket, srtp_t address, peer, session.
+NativeTarget = tuple[MediaSocket, int, tuple[str, int], Any]
 
 # A NACK names up to 17 packets per 4 bytes: a viewer could ask for thousands at once.
 # Real loss on a viewer's link needs far less; the rest is a bug or an attack.
@@ -16,7 +21,9 @@ class ViewerTrack:
     """Send a source's already-serialized packets to one viewer.
 
     Per packet the only per-viewer work is the payload-type byte (when the viewer chose
-    another number for the codec) and the SRTP protect + send of its transport.
+    another number for the codec) and the SRTP protect + send of its transport. Once
+    connected and past the keyframe gate, the source hands that work to the native
+    fan-out (when built) and this object only keeps the count.
     """
 
     def __init__(
@@ -24,14 +31,18 @@ class ViewerTrack:
         source: SourceTrack,
         send_rtp: Callable[[bytes], None],
         payload_type: int,
+        native_target: Callable[[], NativeTarget | None] = lambda: None,
     ) -> None:
         self.source = source
         self._send_rtp = send_rtp
+        self._native_target = native_target
         self.payload_type = payload_type
         self._rewrite_payload_type = payload_type != source.payload_type
         self.waiting_for_keyframe = source.needs_keyframe
-        self.packets_sent = 0
-        self.octets_sent = 0
+        self._packets_sent = 0
+        self._octets_sent = 0
+        # The source's fan-out counts when this viewer joined it: (packets, octets).
+        self._fanned_from: tuple[int, int] | None = None
         self.retransmitted = 0
         self.joined_at = time.monotonic()
         self.first_keyframe_at: float | None = None
@@ -48,8 +59,35 @@ class ViewerTrack:
         if self._rewrite_payload_type:
             packet = self._with_payload_type(packet)
         self._send_rtp(packet)
-        self.packets_sent += 1
-        self.octets_sent += len(packet) - 12
+        self._packets_sent += 1
+        self._octets_sent += len(packet) - 12
+
+    def fan_out_target(self) -> tuple[MediaSocket, FanOutTarget] | None:
+        """This viewer for the native fan-out, once it can take every packet."""
+        if self.waiting_for_keyframe:
+            return None
+        found = self._native_target()
+        if found is None:
+            return None
+        media, session_address, address, session = found
+        payload_type = self.payload_type if self._rewrite_payload_type else -1
+        return media, (session_address, address, payload_type, session)
+
+    def fanned_from(self, packets: int, octets: int) -> None:
+        """From now on the source's fan-out sends this viewer's packets."""
+        self._fanned_from = (packets, octets)
+
+    @property
+    def packets_sent(self) -> int:
+        if self._fanned_from is None:
+            return self._packets_sent
+        return self._packets_sent + self.source.fanned_packets - self._fanned_from[0]
+
+    @property
+    def octets_sent(self) -> int:
+        if self._fanned_from is None:
+            return self._octets_sent
+        return self._octets_sent + self.source.fanned_octets - self._fanned_from[1]
 
     def retransmit(self, sequence_numbers: Iterable[int]) -> None:
         """Answer a NACK from the source's history (RFC 4585 §6.2.1)."""
