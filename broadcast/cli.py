@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from broadcast import __version__, loadtest, tokens
 from broadcast.config import (
@@ -27,6 +27,7 @@ from broadcast.config import (
 )
 from broadcast.config_xml import load_config
 from broadcast.doctor import run_checks
+from broadcast.redact import RedactSecrets
 from broadcast.server import run
 
 HUMAN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -248,18 +249,29 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            entry["exception"] = record.exc_text or self.formatException(
+                record.exc_info  # type: ignore[arg-type]
+            )
         return json.dumps(entry)
 
 
-def _configure_logging(config: Config) -> None:
-    logging.basicConfig(format=HUMAN_LOG_FORMAT)
-    root = logging.getLogger()
-    root.setLevel(config.log_level.upper())
+def configure_logging(config: Config, stream: TextIO | None = None) -> logging.Handler:
+    """Log every logger's records at the configured level to stderr (or `stream`),
+    secrets redacted (broadcast/redact.py): what `broadcast serve` runs with."""
+    handler = logging.StreamHandler(stream)
     if config.log_format == "json":
-        for handler in root.handlers:
-            handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(HUMAN_LOG_FORMAT))
+    handler.addFilter(RedactSecrets(config))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(config.log_level.upper())
+    return handler
+
+
+_configure_logging = configure_logging  # what main() calls (tests replace it)
 
 
 def _fail(message: str) -> NoReturn:
