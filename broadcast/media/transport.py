@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import logging
 import secrets
+import struct
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -242,7 +243,12 @@ class SecureTransport:
                 if not allowed:
                     self.foreign_packets += 1
                     return
-            deliver(data, addr)
+            try:
+                deliver(data, addr)
+            except struct.error:
+                # aioice's STUN parser catches ValueError only: an attribute too short
+                # for its type (a 2-byte PRIORITY) raises this. Found by tests/fuzz.
+                self.failed_packets += 1
 
         protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
 
