@@ -226,13 +226,19 @@ class RtspSession:
             answer = await self._request(
                 "SETUP", control_url(self._base, track.control), headers
             )
+            # aiortsp lists the values of a header the camera repeats: the first counts.
+            answered = {
+                name: str(value[0] if isinstance(value, list) else value)
+                for name, value in answer.headers.items()
+            }
             try:
-                transport.on_transport_response(answer.headers)
-            except (RTSPError, AssertionError) as error:
+                transport.on_transport_response(answered)
+            # ValueError: aiortsp reads a malformed server_port (found by tests/fuzz).
+            except (RTSPError, AssertionError, ValueError) as error:
                 raise CameraError(
                     f"the camera refused our transport: {error}"
                 ) from None
-            self._save_session(str(answer.headers.get("session", "")))
+            self._save_session(answered.get("session", ""))
             await transport.warmup()
         await self._request(
             "PLAY", self._base, {"Session": self._session_id or "", "Range": "npt=0-"}
