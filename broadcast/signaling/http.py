@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from broadcast.errors import (
     ClientError,
@@ -55,7 +55,17 @@ def session_not_found() -> NotFound:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    """Turn ClientError into its JSON response; add CORS to every answer."""
+    """Turn ClientError into its JSON response; add CORS to every answer.
+
+    Requests that parsers may frame differently (a proxy in front of us and aiohttp)
+    are refused before any handler, and their connection closed, so nothing pipelined
+    behind them is read as a request: see `_ambiguity`.
+    """
+    ambiguity = _ambiguity(request)
+    if ambiguity is not None:
+        response = json_error(400, "ambiguous_request", ambiguity)
+        response.force_close()
+        return response
     try:
         response = await handler(request)
     except ClientError as error:
@@ -66,8 +76,30 @@ async def errors_middleware(request: web.Request, handler):  # type: ignore[no-u
         code = exc.reason.lower().replace(" ", "_")
         kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         response = json_error(exc.status, code, f"{exc.reason}.", kept)
+    if hdrs.UPGRADE in request.headers and response.status != 101:
+        # A proxy may take the connection for a tunnel as soon as it forwards an
+        # Upgrade request; what follows must not reach us as requests.
+        response.force_close()
     _add_cors(request, response)
     return response
+
+
+def _ambiguity(request: web.Request) -> str | None:
+    """Why `request` may be framed or routed differently by another parser, if it may.
+
+    aiohttp (3.14) already refuses Content-Length with Transfer-Encoding, repeated or
+    malformed Content-Length, unknown codings, bad chunk lines and trailers.
+    """
+    codings = request.headers.getall(hdrs.TRANSFER_ENCODING, [])
+    if codings and ",".join(codings).strip().lower() != "chunked":
+        return "Transfer-Encoding may only be 'chunked'."
+    if hdrs.UPGRADE in request.headers and (
+        request.content_length or codings or request.method != "GET"
+    ):
+        return "An Upgrade request is a GET without a body."
+    if not request.raw_path.startswith("/"):  # absolute-form: its host wins over Host
+        return "Send the path alone in the request line (origin-form), not a URL."
+    return None
 
 
 def _add_cors(request: web.Request, response: web.StreamResponse) -> None:
