@@ -20,7 +20,8 @@ from broadcast.stream import Stream
 
 logger = logging.getLogger(__name__)
 
-# Reconnect after 1, 2, 4, ... seconds, never waiting more than this (capped backoff).
+# Reconnect after 1, 2, 4, ... seconds, never waiting more than 30 (capped backoff).
+RETRY_MIN_S = 1.0
 RETRY_MAX_S = 30.0
 # An on-demand camera is let go this long after its last viewer leaves.
 IDLE_TIMEOUT_S = 10.0
@@ -138,7 +139,7 @@ class Camera:
             await task
 
     async def _run(self) -> None:
-        delay = 1.0
+        delay = RETRY_MIN_S
         while True:
             session = RtspSession(
                 self.config.url, self.config.options.transport, self._receive
@@ -152,13 +153,13 @@ class Camera:
                 self.problem = "the camera sent something we could not handle"
             finally:
                 await session.close()
-            if self._ready.is_set():
-                delay = 1.0  # it played: the next failure starts the backoff over
+            if self._ready.is_set():  # it played: the next failure starts over
+                delay = RETRY_MIN_S
             self._ready.clear()
             for waiting in self._waiting:
                 if not waiting.done():
                     waiting.set_result(None)
-            logger.warning("%r: %s; retrying in %.0f s", self, self.problem, delay)
+            logger.warning("%r: %s; retrying in %.1f s", self, self.problem, delay)
             self.stream.source_lost(self, self.problem or "camera lost")
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
