@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aiortsp.rtsp.connection import RTSPConnection
-from aiortsp.rtsp.errors import RTSPError, RTSPResponseError
+from aiortsp.rtsp.errors import (
+    RTSPConnectionError,
+    RTSPError,
+    RTSPResponseError,
+    RTSPTimeoutError,
+)
+from aiortsp.rtsp.parser import HTTPLikeMsg, RTSPMessage
 from aiortsp.transport import TCPTransport, UDPTransport
 from dpkt.rtp import RTP
 
@@ -30,12 +36,26 @@ REQUEST_TIMEOUT_S = 10.0
 # A camera that sends nothing for this long is dead even if its socket is open.
 MEDIA_TIMEOUT_S = 5.0
 DEFAULT_SESSION_TIMEOUT_S = 60
+# What one RTSP message from a camera may hold. Real cameras send a few hundred bytes of
+# headers and a DESCRIBE body (the SDP) of a few KiB; past these limits the camera is
+# broken or hostile, and the connection is dropped before it can make us buffer more.
+MAX_HEADER_BYTES = 64 * 1024  # status line and headers
+MAX_BODY_BYTES = 64 * 1024  # the body (aiortsp's own buffer is this size, too)
+# Bytes from the camera are parsed this many at a time: aiortsp's parser copies the rest
+# of its input once per message, so a 256 KiB read of tiny messages (empty interleaved
+# frames, blank lines, header lines) would hold up the event loop for a good fraction of
+# a second.
+PARSE_SLICE_BYTES = 4096
 
 PacketHandler = Callable[[int, bytes], None]
 
 
 class CameraError(Exception):
     """A camera failure; the message is safe to show (it never holds credentials)."""
+
+
+class CameraProtocolError(RTSPConnectionError):
+    """The camera broke RTSP; the connection is dropped. The message is safe to show."""
 
 
 @dataclass
@@ -135,26 +155,122 @@ def control_url(base: str, control: str | None) -> str:
     return base.rstrip("/") + "/" + control
 
 
-class _ForwardingTcp(TCPTransport):
-    """aiortsp's TCP transport, handing us raw RTP (dpkt's payload keeps extensions)."""
+class _GuardedConnection(RTSPConnection):
+    """aiortsp's connection, with limits and plain errors for what a camera sends.
 
+    A message past MAX_HEADER_BYTES or MAX_BODY_BYTES, or one that is not RTSP, drops the
+    connection with a CameraProtocolError saying why (aiortsp would log the raw bytes,
+    print a traceback, and report only "invalid data"). Answers to no pending request
+    (a wrong CSeq) are counted, so that the request's timeout can say so.
+    """
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)
+        self.stray_responses = 0
+        self._header_of: RTSPMessage | None = None
+        self._header_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self.result.done():
+            return  # dropped already
+        try:
+            for start in range(0, len(data), PARSE_SLICE_BYTES):
+                piece = data[start : start + PARSE_SLICE_BYTES]
+                for message in self.parser.parse(piece):
+                    self._dispatch(message)
+                self._check_limits(len(piece))
+        except CameraProtocolError as error:
+            self._fail(error)
+        except Exception:  # noqa: BLE001 - aiortsp's parser: ValueError, AssertionError...
+            self._fail(CameraProtocolError("the camera sent a malformed RTSP message"))
+
+    def _dispatch(self, message: RTSPMessage) -> None:
+        if message.type == "response":
+            if message.content_length < 0:
+                raise CameraProtocolError("the camera sent a negative Content-Length")
+            request = self.active_requests.get(message.cseq)  # type: ignore[attr-defined]
+            if request is None or request.done():
+                self.stray_responses += 1
+            else:
+                request.set_result(message)
+        elif message.type == "binary":
+            handler = self.binary_handlers.get(message.id)  # type: ignore[attr-defined]
+            if handler is not None:
+                handler(message)
+        elif message.type == "request":  # we serve none (aiortsp logs its body)
+            self.send_response(message, 551, "Option not supported")
+            if self._transport and self._transport.get_write_buffer_size() > (
+                MAX_HEADER_BYTES
+            ):
+                raise CameraProtocolError(
+                    "the camera sends requests and does not read the answers"
+                )
+
+    def _check_limits(self, size: int) -> None:
+        pending = self.parser.pending_msg
+        if not isinstance(pending, HTTPLikeMsg):
+            return
+        if pending.headers is None:  # still in the headers: count them
+            if pending is not self._header_of:
+                self._header_of, self._header_bytes = pending, 0
+            self._header_bytes += size
+            if self._header_bytes > MAX_HEADER_BYTES:
+                raise CameraProtocolError(
+                    f"the camera sent more than {MAX_HEADER_BYTES // 1024} KiB of"
+                    " headers in one message"
+                )
+        elif pending.content_length > MAX_BODY_BYTES:
+            raise CameraProtocolError(
+                f"the camera's answer is too large ({pending.content_length} bytes;"
+                f" at most {MAX_BODY_BYTES // 1024} KiB is accepted)"
+            )
+
+    def _fail(self, error: CameraProtocolError) -> None:
+        if not self.result.done():
+            self.result.set_exception(error)
+        if self._transport:
+            self._transport.close()
+
+    async def send_request(self, *args: object, **kw: object):  # type: ignore[no-untyped-def]
+        try:
+            return await super().send_request(*args, **kw)
+        except RTSPError:
+            raise
+        except Exception:  # noqa: BLE001 - aiortsp's auth, reading the challenge
+            raise CameraProtocolError(
+                "the camera asks for credentials in a way we cannot answer (401)"
+            ) from None
+
+
+class _Forwarding:
+    """Hands us raw RTP (dpkt's payload keeps extensions); drops what is not RTP/RTCP.
+
+    aiortsp parses first and would drop the whole connection on a malformed packet.
+    """
+
+    stats: object
+    _deliver: Callable[[bytes], None]
+
+    def handle_rtp_data(self, data: bytes) -> None:
+        with contextlib.suppress(Exception):  # for the receiver reports aiortsp sends
+            self.stats.update(RTP(data))  # type: ignore[attr-defined]
+        self._deliver(data)
+
+    def handle_rtcp_data(self, data: bytes) -> None:
+        with contextlib.suppress(Exception):
+            super().handle_rtcp_data(data)  # type: ignore[misc]
+
+
+class _ForwardingTcp(_Forwarding, TCPTransport):
     def __init__(self, *args: object, deliver: Callable[[bytes], None], **kw: object):
         super().__init__(*args, **kw)
         self._deliver = deliver
 
-    def handle_rtp_data(self, data: bytes) -> None:
-        self.stats.update(RTP(data))  # for the receiver reports aiortsp sends
-        self._deliver(data)
 
-
-class _ForwardingUdp(UDPTransport):
+class _ForwardingUdp(_Forwarding, UDPTransport):
     def __init__(self, *args: object, deliver: Callable[[bytes], None], **kw: object):
         super().__init__(*args, **kw)
         self._deliver = deliver
-
-    def handle_rtp_data(self, data: bytes) -> None:
-        self.stats.update(RTP(data))
-        self._deliver(data)
 
 
 class RtspSession:
@@ -183,7 +299,7 @@ class RtspSession:
             # the camera's address is what the operator configured.
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        self._connection = RTSPConnection(
+        self._connection = _GuardedConnection(
             parts.hostname,
             parts.port or (322 if parts.scheme == "rtsps" else 554),
             unquote(parts.username) if parts.username else None,
@@ -203,7 +319,7 @@ class RtspSession:
             "DESCRIBE", self._request_url, {"Accept": "application/sdp"}
         )
         self._base = str(answer.headers.get("content-base", self._request_url))
-        tracks = parse_sdp(str(answer.content or ""))
+        tracks = parse_sdp(answer.data.decode("utf-8", "replace"))
         if not tracks:
             raise CameraError("the camera described no audio or video track")
         return tracks
@@ -267,6 +383,8 @@ class RtspSession:
                 await keepalive
         for future in done:
             error = future.exception()
+            if isinstance(error, CameraProtocolError):
+                raise CameraError(str(error))
             if isinstance(error, TimeoutError):
                 raise CameraError("the camera stopped sending media")
         raise CameraError("the camera closed the connection")
@@ -282,18 +400,33 @@ class RtspSession:
     ):  # type: ignore[no-untyped-def]
         connection = self._connection
         if connection is None or not connection.running:
-            raise CameraError("the camera closed the connection")
+            raise _lost(connection, method)
         try:
             return await connection.send_request(method, url, headers=headers or {})
         except RTSPResponseError as error:
             status = error.response.status
+            if status == 401 and not urlsplit(self._url).username:
+                raise CameraError(
+                    "the camera asks for credentials (401); the camera URL has none"
+                ) from None
             if status == 401:
                 raise CameraError("the camera refused our credentials (401)") from None
             raise CameraError(f"the camera answered {method} with {status}") from None
-        except RTSPError as error:  # timeouts, lost connection: no credentials in these
+        except RTSPTimeoutError:
+            if (
+                isinstance(connection, _GuardedConnection)
+                and connection.stray_responses
+            ):
+                raise CameraError(
+                    f"the camera answered {method} with the wrong CSeq"
+                ) from None
             raise CameraError(
-                f"no answer from the camera to {method} ({type(error).__name__})"
+                f"the camera did not answer {method} within {REQUEST_TIMEOUT_S:g} s"
             ) from None
+        except CameraProtocolError as error:
+            raise CameraError(str(error)) from None
+        except RTSPError:  # the connection dropped: our protocol error, if it was ours
+            raise _lost(connection, method) from None
 
     async def close(self) -> None:
         """TEARDOWN when the camera still listens; close everything, even if cancelled."""
@@ -315,6 +448,15 @@ class RtspSession:
                 connection.close()
                 if connection.result.done() and not connection.result.cancelled():
                     connection.result.exception()  # retrieved: no "never retrieved" log
+
+
+def _lost(connection: RTSPConnection | None, method: str) -> CameraError:
+    """Why a request could not go out or be answered: the connection is gone."""
+    if connection is not None and connection.result.done():
+        error = None if connection.result.cancelled() else connection.result.exception()
+        if isinstance(error, CameraProtocolError):
+            return CameraError(str(error))
+    return CameraError(f"the camera closed the connection during {method}")
 
 
 def _deliver_to(handler: PacketHandler, index: int) -> Callable[[bytes], None]:
