@@ -13,6 +13,12 @@ from broadcast.app import create_app
 from broadcast.config import Config
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "network: needs the package index (run outside the namespace)"
+    )
+
+
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Test peers (aiortc) gather on 127.0.0.1 only, like the server (DESIGN §7)."""
