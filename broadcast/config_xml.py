@@ -114,6 +114,8 @@ def read_xml(path: str) -> Element:
     except DefusedXmlException:
         message = "<!DOCTYPE> is not allowed: no DTDs, entities or external references"
         raise ConfigError(f"{path}:{parser.getLineNumber()}: {message}") from None
+    except LookupError as error:  # <?xml encoding="..."?> that Python does not know
+        raise ConfigError(f"{path}:1: malformed XML: {error}") from None
     assert builder.root is not None  # expat rejects a document without an element
     return builder.root
 

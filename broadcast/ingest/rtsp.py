@@ -349,8 +349,9 @@ class RtspSession:
             }
             try:
                 transport.on_transport_response(answered)
-            # ValueError: aiortsp reads a malformed server_port (found by tests/fuzz).
-            except (RTSPError, AssertionError, ValueError) as error:
+            # aiortsp reads a malformed server_port ("6970", "x-y", no "=") with a
+            # ValueError or an AttributeError (found by tests/fuzz).
+            except (RTSPError, AssertionError, ValueError, AttributeError) as error:
                 raise CameraError(
                     f"the camera refused our transport: {error}"
                 ) from None
