@@ -11,6 +11,7 @@ from aiohttp import web
 from broadcast.api import admin
 from broadcast.api.metrics import METRICS, Metrics, metrics, watch_loop_lag
 from broadcast.config import Config
+from broadcast.memory import trim_after_sessions_end
 from broadcast.pages import add_routes
 from broadcast.registry import StreamRegistry
 from broadcast.signaling.check import post_check
@@ -60,6 +61,7 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics(app[REGISTRY])
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(watch_loop_lag)
+    app.cleanup_ctx.append(trim_after_sessions_end)
     app.cleanup_ctx.append(_close_streams)
     return app
 

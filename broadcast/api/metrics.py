@@ -16,6 +16,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -58,6 +59,8 @@ class Metrics:
         self.loop_lag_s = 0.0
         self.viewer_quality = ViewerQuality(self.prometheus)
         self.prometheus.register(_ServerCollector(registry, self))
+        # process_resident_memory_bytes, process_open_fds, CPU: a leak shows here first.
+        ProcessCollector(registry=self.prometheus)
 
 
 class _ServerCollector(Collector):
@@ -113,6 +116,11 @@ class _ServerCollector(Collector):
             "broadcast_event_loop_lag_seconds",
             "How late the event loop ran its last probe",
             value=self._metrics.loop_lag_s,
+        )
+        yield GaugeMetricFamily(
+            "broadcast_asyncio_tasks",
+            "Tasks alive in the event loop (grows without bound if sessions leak)",
+            value=len(asyncio.all_tasks()),
         )
 
 
