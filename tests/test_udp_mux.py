@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import socket
@@ -175,3 +176,43 @@ async def test_native_fan_out_protects_like_libsrtp_and_decrypts_independently()
         media.close()
         for peer in peers:
             peer.close()
+
+
+def _client_socket_transport(viewer):  # type: ignore[no-untyped-def]
+    connection = viewer.pc.getTransceivers()[0].receiver.transport.transport._connection
+    return connection._protocols[0].transport
+
+
+def _sequence_gaps(log: RtpLog) -> int:
+    (packets,) = log.packets.values()
+    seqs = [p.sequence_number for p in packets]
+    return sum((b - a) & 0xFFFF != 1 for a, b in itertools.pairwise(seqs))
+
+
+async def test_a_viewer_that_stops_reading_does_not_stall_the_others(server, http):
+    """UDP to a viewer whose socket is full is dropped for that viewer alone: the
+    shared socket never blocks, and the other viewer gets every packet."""
+    publisher = await publish(http, str(server.make_url("/whip/slow")))
+    await publisher.wait_connected()
+    fast, slow = [
+        await watch(http, str(server.make_url("/whep/slow")), kinds=("video",))
+        for _ in range(2)
+    ]
+    await wait_for(lambda: fast.received.packets and slow.received.packets)
+    stalled = _client_socket_transport(slow)
+    stalled.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
+    )
+    stalled.pause_reading()
+    count = sum(len(p) for p in fast.received.packets.values())
+    await wait_for(
+        lambda: sum(len(p) for p in fast.received.packets.values()) > count + 200,
+        timeout=20,
+        message="the other viewer stalled",
+    )
+    stalled.resume_reading()
+    await asyncio.sleep(0.5)
+    assert _sequence_gaps(fast.received) == 0
+    assert _sequence_gaps(slow.received) > 0  # its kernel buffer overflowed: its loss
+    assert server.app[REGISTRY].get("slow").state == "live"
+    await asyncio.gather(publisher.close(), fast.close(), slow.close())
