@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=_argument(integer_in(1, 65535)), help="HTTP port (default 8080)"
     )
     serve.add_argument(
+        "--media-port",
+        type=_argument(integer_in(0, 65535)),
+        metavar="PORT",
+        help="the UDP port all media shares (default 8081; 0: any free port)",
+    )
+    serve.add_argument(
         "--public-ip",
         type=_argument(parse_public_ip),
         metavar="IP",
@@ -225,6 +231,7 @@ def _apply_flags(config: Config, args: argparse.Namespace) -> Config:
     changes: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
+        "media_port": args.media_port,
         "public_ip": args.public_ip,
         "publish_keys": args.publish_key and tuple(args.publish_key),
         "cameras": args.rtsp and tuple(args.rtsp),

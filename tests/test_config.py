@@ -85,6 +85,7 @@ def test_every_setting_is_read(write: Any) -> None:
     <max_sdp_bytes>32768</max_sdp_bytes>
   </http>
   <media>
+    <media_port>9081</media_port>
     <media_ports> 40000-40100 </media_ports>
     <start_bitrate_kbps>1500</start_bitrate_kbps>
     <max_bitrate_kbps>2500</max_bitrate_kbps>
@@ -126,6 +127,7 @@ def test_every_setting_is_read(write: Any) -> None:
         tls_key=str(Path("tls/key.pem").resolve()),
         cors_origins=("https://a.example.org", "http://b.example.org:8000"),
         max_sdp_bytes=32768,
+        media_port=9081,
         media_ports=(40000, 40100),
         start_bitrate_kbps=1500,
         max_bitrate_kbps=2500,
@@ -517,11 +519,12 @@ def test_serve_flags_override_the_config_file(write: Any, served: list[Config]) 
 """
     )
     main(["serve", "--config", path])
-    main(["serve", "--config", path, "--port", "9100", "--public-ip", "203.0.113.10"])
+    ports = ["--port", "9100", "--media-port", "0"]
+    main(["serve", "--config", path, *ports, "--public-ip", "203.0.113.10"])
     keys = ["--publish-key", "a", "--publish-key", "b"]
     rest = ["--rtsp", "cam=rtsp://h/2", "--max-bitrate", "2000", "--log-level", "error"]
     main(["serve", "--config", path, *keys, *rest])
-    from_file, ports, lists = served
+    from_file, overridden, lists = served
     assert (from_file.host, from_file.port, from_file.public_ip) == (
         "127.0.0.1",
         9000,
@@ -530,7 +533,10 @@ def test_serve_flags_override_the_config_file(write: Any, served: list[Config]) 
     assert from_file.publish_keys == ("from-file",)
     assert from_file.log_level == "debug"
     # Only the flags given override; the rest still comes from the file.
-    assert ports == replace(from_file, port=9100, public_ip="203.0.113.10")
+    assert from_file.media_port == 8081
+    assert overridden == replace(
+        from_file, port=9100, public_ip="203.0.113.10", media_port=0
+    )
     assert lists.publish_keys == ("a", "b")
     assert lists.cameras == (RtspCamera("cam", "rtsp://h/2"),)
     assert (lists.start_bitrate_kbps, lists.max_bitrate_kbps) == (2000, 2000)
@@ -561,6 +567,7 @@ def test_serve_with_a_missing_config_file_exits_1_with_one_line(
             'argument --public-ip: must be an IP address, got "nowhere"',
         ),
         (["--port", "0"], 'argument --port: must be 1-65535, got "0"'),
+        (["--media-port", "65536"], "argument --media-port: must be 0-65535, got"),
     ],
 )
 def test_serve_rejects_bad_flags(
