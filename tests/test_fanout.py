@@ -6,10 +6,21 @@ import asyncio
 
 import pytest
 
+from broadcast.media import udp_mux
 from broadcast.web_keys import REGISTRY
 from tests.peers import HEIGHT, WIDTH, Peer, publish, wait_for, watch
 
 VIEWERS = 10
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def fan_out_path(request, monkeypatch) -> str:  # type: ignore[no-untyped-def]
+    """Every test here runs on the native fan-out and on the pure-Python path."""
+    if request.param == "python":
+        monkeypatch.setattr(udp_mux, "NATIVE", False)
+    else:
+        assert udp_mux.NATIVE, "the native extension is not built"
+    return request.param
 
 
 def assert_payloads_identical(publisher: Peer, viewer: Peer, kind: str) -> int:
@@ -39,7 +50,9 @@ def assert_payloads_identical(publisher: Peer, viewer: Peer, kind: str) -> int:
         ("video/H264", "audio/PCMU"),
     ],
 )
-async def test_every_viewer_decodes_byte_identical_media(server, http, video, audio):
+async def test_every_viewer_decodes_byte_identical_media(
+    server, http, video, audio, fan_out_path
+):
     publisher = await publish(http, str(server.make_url("/whip/cam")), video, audio)
     await publisher.wait_connected()
     viewers = await asyncio.gather(
@@ -67,6 +80,8 @@ async def test_every_viewer_decodes_byte_identical_media(server, http, video, au
         video.lower(),
         audio.lower(),
     }
+    fanned = [t.fanned_packets for t in stream.tracks.values()]
+    assert all(fanned) if fan_out_path == "native" else not any(fanned)
     for viewer in viewers:
         await viewer.close()
     await publisher.close()

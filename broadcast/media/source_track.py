@@ -12,6 +12,7 @@ from aiortc import RTCRtpCodecParameters
 from aiortc.clock import current_ntp_time
 from aiortc.rtp import RtpPacket
 
+from broadcast.media import udp_mux
 from broadcast.media.history import (
     AUDIO_HISTORY_PACKETS,
     VIDEO_HISTORY_PACKETS,
@@ -20,7 +21,6 @@ from broadcast.media.history import (
 from broadcast.media.keyframe import keyframe_test
 from broadcast.media.keyframes import KeyframeRequester
 from broadcast.media.resolution import keyframe_resolution
-from broadcast.media.udp_mux import NATIVE
 
 if TYPE_CHECKING:
     from broadcast.media.udp_mux import FanOutTarget, MediaSocket
@@ -130,7 +130,7 @@ class SourceTrack:
                 media.fan_out(data, targets)
             self.fanned_packets += 1
             self.fanned_octets += len(data) - 12
-        if self._one_by_one and NATIVE:
+        if self._one_by_one and udp_mux.NATIVE:
             self._move_to_fan_out()
 
     def _move_to_fan_out(self) -> None:

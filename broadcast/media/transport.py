@@ -37,8 +37,8 @@ from aiortc import (
 from aiortc.rtcdtlstransport import State as DtlsState
 from pylibsrtp._binding import ffi
 
+from broadcast.media import udp_mux
 from broadcast.media.udp_mux import (
-    NATIVE,
     MediaSocket,
     SessionPort,
     looks_like_stun,
@@ -388,7 +388,7 @@ class SecureTransport:
         None until connected, and always when the native extension is not built or
         this session has a socket of its own (port-range mode): `send_rtp` then.
         """
-        if not NATIVE or self.closed:
+        if not udp_mux.NATIVE or self.closed:
             return None
         pair = self._connection._nominated.get(1)
         tx = self._dtls._tx_srtp

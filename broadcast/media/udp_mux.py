@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -38,7 +39,8 @@ Outbox = list[tuple[bytes, Address]]
 # A viewer for the native fan-out: (address of its srtp_t, its address, payload type or
 # -1 to keep the packet's, the pylibsrtp Session that owns the srtp_t, kept alive here).
 FanOutTarget = tuple[int, Address, int, object]
-NATIVE = _fanout is not None
+# BROADCAST_NATIVE=0 sends the pure-Python way, to compare or to rule the extension out.
+NATIVE = _fanout is not None and os.environ.get("BROADCAST_NATIVE") != "0"
 # libsrtp's srtp_protect, from pylibsrtp: the native fan-out protects with the very
 # sessions (and library) that the Python path uses, so their SRTP state stays one.
 SRTP_PROTECT = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect")))
