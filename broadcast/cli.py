@@ -198,7 +198,22 @@ def _add_loadtest(commands: Any) -> None:
         help="keep N (payload digest, arrival time) pairs of video packets in the"
         " JSON output, for matching with a publisher's send times",
     )
+    test.add_argument(
+        "--loss",
+        type=_argument(_loss_percent),
+        default=0.0,
+        metavar="PCT",
+        help="drop PCT %% of the RTP each viewer receives; viewers NACK the gaps and"
+        " send PLI for video they cannot recover (default 0)",
+    )
     test.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _loss_percent(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 100:
+        raise ValueError("must be 0-100 %, below 100")
+    return value
 
 
 def _loopback_url(text: str) -> str:
@@ -219,6 +234,7 @@ def _loadtest(args: argparse.Namespace) -> None:
                 connect_timeout_s=args.connect_timeout,
                 server_pid=args.server_pid,
                 latency_samples=args.latency_samples,
+                loss_percent=args.loss,
             )
         )
     except loadtest.LoadtestError as error:

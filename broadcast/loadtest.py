@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import resource
 import secrets
 import statistics
@@ -39,6 +40,12 @@ from aiortc import (
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcdtlstransport import RTCDtlsParameters
 from aiortc.rtcicetransport import candidate_from_aioice
+from aiortc.rtp import (
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+)
 
 from broadcast.media.keyframe import KeyframeTest, keyframe_test
 
@@ -62,6 +69,15 @@ OFFERED = {
     "audio": ((111, "opus/48000/2", "minptime=10;useinbandfec=1"),),
 }
 _RTP_FIELDS = struct.Struct("!HII")  # sequence number, timestamp, SSRC
+# With --loss: a missing packet is NACKed at once, again every NACK_RETRY_S, at most
+# NACK_TRIES times; then it is given up and, for video, a keyframe asked for (PLI, at
+# most one a second), as a browser does when a picture cannot be completed.
+NACK_RETRY_S = 0.1
+NACK_TRIES = 3
+PLI_INTERVAL_S = 1.0
+# Gaps wider than this are a restart, not loss; missing packets kept at most.
+MAX_GAP = 512
+MAX_MISSING = 2048
 
 
 class LoadtestError(Exception):
@@ -179,15 +195,22 @@ class RtpCounter:
         "kind",
         "last_arrival",
         "last_ts",
+        "max_ts_step",
+        "min_ts_step",
         "packets",
+        "top_ts",
+        "ts_wraps",
     )
 
     def __init__(self, kind: str, clock_rate: int) -> None:
         self.kind = kind
         self.clock_rate = clock_rate
         self.packets = self.bytes = self.frames = 0
-        self.base = self.ext_max = self.last_ts = 0
+        self.base = self.ext_max = self.last_ts = self.top_ts = 0
         self.last_arrival = self.jitter = 0.0
+        # Between packets in sequence order: timestamp wraps, the widest step forward
+        # and the widest backward (0 if none), in clock ticks.
+        self.ts_wraps = self.max_ts_step = self.min_ts_step = 0
 
     def add(self, seq: int, ts: int, size: int, marker: int, now: float) -> None:
         self.packets += 1
@@ -195,15 +218,25 @@ class RtpCounter:
         self.frames += marker
         if self.packets == 1:
             self.base = self.ext_max = seq
+            self.top_ts = ts
         else:
             forward = (seq - self.ext_max) & 0xFFFF
             if forward < 0x8000:  # else late or reordered: the highest stays
                 self.ext_max += forward
+                step = ((ts - self.top_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+                self.ts_wraps += step > 0 and ts < self.top_ts
+                self.max_ts_step = max(self.max_ts_step, step)
+                self.min_ts_step = min(self.min_ts_step, step)
+                self.top_ts = ts
             elapsed = ((ts - self.last_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
             d = abs((now - self.last_arrival) * self.clock_rate - elapsed)
             self.jitter += (d - self.jitter) / 16
         self.last_ts = ts
         self.last_arrival = now
+
+    @property
+    def seq_wraps(self) -> int:
+        return self.ext_max >> 16 if self.packets else 0
 
     @property
     def expected(self) -> int:
@@ -212,6 +245,53 @@ class RtpCounter:
     @property
     def jitter_ms(self) -> float:
         return 1000 * self.jitter / self.clock_rate
+
+
+class LossRecovery:
+    """Missing sequence numbers of one received SSRC, NACKed until they come or are
+    given up (RFC 4585 §6.2.1); tells fresh packets from retransmitted duplicates."""
+
+    def __init__(self) -> None:
+        self.highest: int | None = None
+        # seq -> [next NACK at, NACKs sent]; tries -1: given up, still welcome.
+        self.missing: dict[int, list[float]] = {}
+        self.recovered = self.given_up = self.duplicates = 0
+
+    def add(self, seq: int, now: float) -> bool:
+        """Note a received packet; False for a duplicate (count it no more)."""
+        if self.highest is None:
+            self.highest = seq
+            return True
+        forward = (seq - self.highest) & 0xFFFF
+        if 0 < forward < 0x8000:
+            if forward <= MAX_GAP:
+                for gap in range(1, forward):
+                    self.missing[(self.highest + gap) & 0xFFFF] = [now, 0]
+                while len(self.missing) > MAX_MISSING:
+                    del self.missing[next(iter(self.missing))]
+            self.highest = seq
+            return True
+        entry = self.missing.pop(seq, None)
+        if entry is None:
+            self.duplicates += 1
+            return False
+        self.recovered += 1
+        return True
+
+    def due(self, now: float) -> tuple[list[int], int]:
+        """Sequence numbers to NACK now, and how many were just given up."""
+        nack, given_up = [], 0
+        for seq, entry in self.missing.items():
+            if entry[1] < 0 or entry[0] > now:
+                continue
+            if entry[1] >= NACK_TRIES:
+                entry[1] = -1
+                given_up += 1
+                continue
+            entry[0], entry[1] = now + NACK_RETRY_S, entry[1] + 1
+            nack.append(seq)
+        self.given_up += given_up
+        return nack, given_up
 
 
 @dataclass
@@ -227,7 +307,12 @@ class _Viewer:
     """One WHEP session that counts what it receives and decodes nothing."""
 
     def __init__(
-        self, url: str, address: str, certificate: RTCCertificate, shared: _Shared
+        self,
+        url: str,
+        address: str,
+        certificate: RTCCertificate,
+        shared: _Shared,
+        loss: float = 0.0,
     ) -> None:
         self.url = url
         self.address = address
@@ -248,6 +333,15 @@ class _Viewer:
         self.posted_at: float | None = None
         self.keyframe_at: float | None = None
         self.connected = False
+        # --loss: this share of RTP is dropped on arrival, and NACKed (and PLI'd).
+        self.loss = loss
+        self.random = random.Random()
+        self.recovery: dict[int, LossRecovery] = {}  # by SSRC
+        self.rtcp_ssrc = secrets.randbits(32) or 1
+        self.dropped = self.nacks_sent = self.nacked = self.plis_sent = 0
+        self._next_feedback = 0.0
+        self._last_pli = -PLI_INTERVAL_S
+        self._sending: set[asyncio.Task[None]] = set()
 
     # --- joining -------------------------------------------------------------------
 
@@ -355,6 +449,9 @@ class _Viewer:
         if 63 < data[1] & 0x7F < 96:  # RTCP: types 200-206 (RFC 5761 §4)
             self.rtcp_packets += 1
             return
+        if self.loss and self.random.random() < self.loss:
+            self.dropped += 1
+            return
         srtp = self.dtls._rx_srtp
         if srtp is None:
             if len(self.early) < MAX_EARLY_PACKETS:
@@ -368,6 +465,12 @@ class _Viewer:
         if track is None:
             kind, clock_rate = self.kinds.get(data[1] & 0x7F, ("unknown", 90000))
             track = self.tracks[ssrc] = RtpCounter(kind, clock_rate)
+        if self.loss:
+            recovery = self.recovery.setdefault(ssrc, LossRecovery())
+            if not recovery.add(seq, now):
+                return
+            if now >= self._next_feedback and self.connected:
+                self._feedback(now)
         track.add(seq, ts, len(data), data[1] >> 7, now)
         self.packets += 1
         if self.packets % SAMPLE_EVERY == 0 or (
@@ -394,6 +497,53 @@ class _Viewer:
         shared = self.shared
         if shared.sampling and len(shared.samples) < shared.max_samples:
             shared.samples.append((payload_digest(plain), now))
+
+    def _feedback(self, now: float) -> None:
+        """NACK what is missing, PLI for video given up; SRTCP over the DTLS transport."""
+        self._next_feedback = now + NACK_RETRY_S / 4
+        compound = b""
+        for ssrc, recovery in self.recovery.items():
+            lost, given_up = recovery.due(now)
+            if lost:
+                nack = RtcpRtpfbPacket(
+                    fmt=RTCP_RTPFB_NACK, ssrc=self.rtcp_ssrc, media_ssrc=ssrc
+                )
+                nack.lost = lost
+                compound += bytes(nack)
+                self.nacks_sent += 1
+                self.nacked += len(lost)
+            video = self.tracks[ssrc].kind == "video"
+            if given_up and video and now - self._last_pli >= PLI_INTERVAL_S:
+                self._last_pli = now
+                compound += bytes(
+                    RtcpPsfbPacket(
+                        fmt=RTCP_PSFB_PLI, ssrc=self.rtcp_ssrc, media_ssrc=ssrc
+                    )
+                )
+                self.plis_sent += 1
+        if compound:
+            task = asyncio.ensure_future(self._send_rtcp(compound))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send_rtcp(self, data: bytes) -> None:
+        try:
+            await self.dtls._send_rtp(data)  # protects RTCP as SRTCP
+        except ConnectionError:
+            pass  # closing
+
+    def recovery_totals(self) -> dict[str, int]:
+        """What --loss did: dropped, NACKed, recovered, given up, PLIs, duplicates."""
+        sessions = self.recovery.values()
+        return {
+            "dropped": self.dropped,
+            "nacks_sent": self.nacks_sent,
+            "nacked": self.nacked,
+            "plis_sent": self.plis_sent,
+            "recovered": sum(r.recovered for r in sessions),
+            "given_up": sum(r.given_up for r in sessions),
+            "duplicates": sum(r.duplicates for r in sessions),
+        }
 
     def totals(self) -> tuple[int, int, int, int, int]:
         """packets, bytes, expected, video frames, video packets: for window deltas."""
@@ -496,6 +646,8 @@ class LoadtestResult:
     us_per_packet: float | None
     server: ServerLoad | None = None
     samples: list[tuple[str, float]] = field(default_factory=list)
+    # With loss_percent: what was dropped, NACKed, recovered (whole run, all viewers).
+    recovery: dict[str, int] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -520,6 +672,7 @@ async def run_loadtest(
     connect_timeout_s: float = 10.0,
     server_pid: int | None = None,
     latency_samples: int = 0,
+    loss_percent: float = 0.0,
 ) -> LoadtestResult:
     """Join `viewers` over `ramp_s`, wait `settle_s`, measure `duration_s`, leave.
 
@@ -533,6 +686,8 @@ async def run_loadtest(
         raise ValueError(f"viewers must be 1-{MAX_VIEWERS}")
     if not 0 < duration_s <= MAX_DURATION_S:
         raise ValueError(f"duration must be above 0, at most {MAX_DURATION_S:g} s")
+    if not 0 <= loss_percent < 100:
+        raise ValueError("loss must be 0-100 %, below 100")
     for name, value in (("ramp", ramp_s), ("settle", settle_s)):
         if not 0 <= value <= MAX_DURATION_S:
             raise ValueError(f"{name} must be 0-{MAX_DURATION_S:g} s")
@@ -541,7 +696,10 @@ async def run_loadtest(
     _raise_open_files_limit(viewers)
     certificate = RTCCertificate.generateCertificate()
     shared = _Shared(max_samples=latency_samples)
-    crowd = [_Viewer(url, address, certificate, shared) for _ in range(viewers)]
+    crowd = [
+        _Viewer(url, address, certificate, shared, loss_percent / 100)
+        for _ in range(viewers)
+    ]
     failures: dict[str, int] = {}
 
     async def join(viewer: _Viewer, delay: float) -> None:
@@ -577,7 +735,11 @@ async def run_loadtest(
             window = await _Window.measure(crowd, duration_s, server_pid, shared)
         finally:
             deleted = sum(await asyncio.gather(*(v.close(http) for v in crowd)))
-    return window.result(url, crowd, failures, deleted, shared.samples)
+    result = window.result(url, crowd, failures, deleted, shared.samples)
+    if loss_percent:
+        totals = [v.recovery_totals() for v in crowd]
+        result.recovery = {k: sum(t[k] for t in totals) for k in totals[0]}
+    return result
 
 
 @dataclass
@@ -724,6 +886,14 @@ def format_result(result: LoadtestResult) -> str:
         f"load generator     {r.cpu_percent:.0f} % of a core, "
         + ("-" if r.us_per_packet is None else f"{r.us_per_packet:.1f} µs per packet"),
     ]
+    if r.recovery is not None:
+        c = r.recovery
+        lines.insert(
+            4,
+            f"simulated loss     {c['dropped']:,} dropped; {c['nacks_sent']:,} NACKs"
+            f" for {c['nacked']:,} packets, {c['recovered']:,} recovered,"
+            f" {c['given_up']:,} given up, {c['plis_sent']} PLIs",
+        )
     if r.server is not None:
         s = r.server
         lines.append(

@@ -11,7 +11,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from broadcast.cli import main
-from broadcast.loadtest import LoadtestError, RtpCounter, rtp_payload, run_loadtest
+from broadcast.loadtest import (
+    NACK_TRIES,
+    LoadtestError,
+    LossRecovery,
+    RtpCounter,
+    rtp_payload,
+    run_loadtest,
+)
 from broadcast.web_keys import REGISTRY
 from tests.peers import publish
 
@@ -106,3 +113,52 @@ def test_loss_counts_across_the_sequence_wrap_and_forgives_reordering() -> None:
     for seq in (65534, 65535, 1, 0, 3):  # 0 comes late, 2 never
         counter.add(seq, 0, 100, 0, 0.0)
     assert (counter.expected, counter.packets) == (6, 5)
+
+
+async def test_lossy_viewers_nack_the_gaps_and_the_server_fills_them(
+    server: TestServer, http: aiohttp.ClientSession
+) -> None:
+    publisher = await publish(http, str(server.make_url("/whip/lossy")))
+    await publisher.wait_connected()
+    result = await run_loadtest(
+        str(server.make_url("/whep/lossy")), 2, 3.0, settle_s=1.0, loss_percent=20
+    )
+    recovery = result.recovery
+    assert recovery is not None
+    assert recovery["dropped"] > 20
+    assert recovery["nacks_sent"] > 0
+    # Retransmissions are dropped too: some packets take two NACKs.
+    assert recovery["recovered"] > 0.5 * recovery["dropped"]
+    assert result.loss_percent < 5  # of 20 % dropped, NACKs got most back
+    assert result.integrity_failures == 0
+    counts = server.app[REGISTRY].counts()
+    assert counts["nacks_received"] >= recovery["nacks_sent"] > 0
+    assert counts["retransmissions"] >= recovery["recovered"]
+    await publisher.close()
+
+
+def test_recovery_nacks_gaps_across_the_wrap_then_gives_up() -> None:
+    recovery = LossRecovery()
+    for seq in (65534, 1, 65535):  # 0 lost, 65535 late
+        assert recovery.add(seq, 0.0)
+    assert recovery.add(65535, 0.0) is False  # a duplicate
+    assert recovery.due(0.0) == ([0], 0)
+    assert recovery.due(0.05) == ([], 0)  # not yet again
+    for attempt in range(1, NACK_TRIES):
+        assert recovery.due(attempt) == ([0], 0)
+    assert recovery.due(100.0) == ([], 1)  # given up
+    assert recovery.add(0, 101.0)  # still welcome late, once
+    assert not recovery.add(0, 101.0)
+    assert (recovery.recovered, recovery.given_up, recovery.duplicates) == (2, 1, 2)
+
+
+def test_timestamp_wraps_are_seen_in_sequence_order() -> None:
+    counter = RtpCounter("video", 90000)
+    top = 2**32 - 3000
+    for seq, ts in ((65535, top), (1, 2000), (0, top + 1000), (2, 5000)):
+        counter.add(seq, ts, 100, 1, 0.0)
+    assert counter.ts_wraps == 1
+    assert counter.seq_wraps == 1
+    assert (counter.min_ts_step, counter.max_ts_step) == (0, 5000)  # none backwards
+    counter.add(3, 4000, 100, 1, 0.0)
+    assert counter.min_ts_step == -1000
