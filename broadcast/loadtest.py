@@ -40,12 +40,7 @@ from aiortc import (
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcdtlstransport import RTCDtlsParameters
 from aiortc.rtcicetransport import candidate_from_aioice
-from aiortc.rtp import (
-    RTCP_PSFB_PLI,
-    RTCP_RTPFB_NACK,
-    RtcpPsfbPacket,
-    RtcpRtpfbPacket,
-)
+from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket
 
 from broadcast.media.keyframe import KeyframeTest, keyframe_test
 
@@ -245,6 +240,30 @@ class RtpCounter:
     @property
     def jitter_ms(self) -> float:
         return 1000 * self.jitter / self.clock_rate
+
+
+def generic_nack(sender_ssrc: int, media_ssrc: int, lost: list[int]) -> bytes:
+    """An RTCP generic NACK (RFC 4585 §6.2.1) for `lost`, in sequence order, across
+    the wrap (aiortc's RtcpRtpfbPacket cannot: its bitmask shift goes negative)."""
+    fci = b""
+    pid, blp = lost[0], 0
+    for seq in lost[1:]:
+        distance = (seq - pid - 1) & 0xFFFF
+        if distance < 16:
+            blp |= 1 << distance
+        else:
+            fci += struct.pack("!HH", pid, blp)
+            pid, blp = seq, 0
+    fci += struct.pack("!HH", pid, blp)
+    header = struct.pack(
+        "!BBHII",
+        0x80 | RTCP_RTPFB_NACK,
+        205,
+        2 + len(fci) // 4,
+        sender_ssrc,
+        media_ssrc,
+    )
+    return header + fci
 
 
 class LossRecovery:
@@ -505,11 +524,7 @@ class _Viewer:
         for ssrc, recovery in self.recovery.items():
             lost, given_up = recovery.due(now)
             if lost:
-                nack = RtcpRtpfbPacket(
-                    fmt=RTCP_RTPFB_NACK, ssrc=self.rtcp_ssrc, media_ssrc=ssrc
-                )
-                nack.lost = lost
-                compound += bytes(nack)
+                compound += generic_nack(self.rtcp_ssrc, ssrc, lost)
                 self.nacks_sent += 1
                 self.nacked += len(lost)
             video = self.tracks[ssrc].kind == "video"

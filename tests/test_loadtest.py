@@ -9,6 +9,7 @@ import sys
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket
 
 from broadcast.cli import main
 from broadcast.loadtest import (
@@ -16,6 +17,7 @@ from broadcast.loadtest import (
     LoadtestError,
     LossRecovery,
     RtpCounter,
+    generic_nack,
     rtp_payload,
     run_loadtest,
 )
@@ -162,3 +164,11 @@ def test_timestamp_wraps_are_seen_in_sequence_order() -> None:
     assert (counter.min_ts_step, counter.max_ts_step) == (0, 5000)  # none backwards
     counter.add(3, 4000, 100, 1, 0.0)
     assert counter.min_ts_step == -1000
+
+
+def test_a_nack_names_lost_packets_across_the_wrap() -> None:
+    lost = [65530, 65535, 0, 3, 40]
+    (packet,) = RtcpPacket.parse(generic_nack(1, 2, lost))
+    assert isinstance(packet, RtcpRtpfbPacket)
+    assert (packet.fmt, packet.ssrc, packet.media_ssrc) == (RTCP_RTPFB_NACK, 1, 2)
+    assert [seq & 0xFFFF for seq in packet.lost] == lost
