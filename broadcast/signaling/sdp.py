@@ -84,6 +84,10 @@ def parse_offer(text: str) -> Offer:
     media = [m for m in description.media if m.kind in ("audio", "video")]
     if not media:
         raise BadRequest("malformed_sdp", "The SDP offer has no audio or video m-line.")
+    for m in media:
+        # aiortc reads `a=rtpmap:-196 VP8/90000` as payload type -196, which we would
+        # answer back; an RTP payload type is 7 bits (RFC 3550 §5.1). Found by tests/fuzz.
+        m.rtp.codecs = [c for c in m.rtp.codecs if 0 <= c.payloadType <= 127]
     first = media[0]
     if not first.ice or not first.ice.usernameFragment or not first.ice.password:
         raise BadRequest("malformed_sdp", "The SDP offer has no a=ice-ufrag/a=ice-pwd.")
