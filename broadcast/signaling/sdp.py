@@ -87,7 +87,7 @@ def parse_offer(text: str) -> Offer:
     for m in media:
         # aiortc reads `a=rtpmap:-196 VP8/90000` as payload type -196, which we would
         # answer back; an RTP payload type is 7 bits (RFC 3550 §5.1). Found by tests/fuzz.
-        m.rtp.codecs = [c for c in m.rtp.codecs if 0 <= c.payloadType <= 127]
+        m.rtp.codecs = [c for c in m.rtp.codecs if 0 <= (c.payloadType or 0) <= 127]
     first = media[0]
     if not first.ice or not first.ice.usernameFragment or not first.ice.password:
         raise BadRequest("malformed_sdp", "The SDP offer has no a=ice-ufrag/a=ice-pwd.")
