@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from broadcast.media.keyframe import h264_starts_keyframe, vp8_starts_keyframe
 from broadcast.media.resolution import h264_resolution
-from broadcast.media.source_track import SourceTrack
+from broadcast.media.source_track import GOP_FALLBACK_S, SourceTrack
 from broadcast.media.transcode import split_access_units
 from broadcast.media.upstream import MAX_NACKED_GAP, BandwidthEstimate, UpstreamTrack
 from broadcast.media.viewer_track import MAX_RETRANSMITS_PER_S, ViewerTrack
@@ -99,7 +102,7 @@ def test_bandwidth_estimate_ramps_without_loss_and_backs_off_with_it():
 
 
 def test_a_joining_viewer_gets_the_cached_gop_at_once():
-    source = SourceTrack("video", VP8, cache_gop=True)
+    source = SourceTrack("video", VP8, answers_pli=False)
     for seq in range(5):
         source.forward(
             packet(seq, b"\x10\x01" if seq else b"\x10\x00")
@@ -114,13 +117,32 @@ def test_a_joining_viewer_gets_the_cached_gop_at_once():
     assert not viewer.waiting_for_keyframe
 
 
-def test_without_a_gop_cache_a_viewer_waits_for_the_next_keyframe():
+async def test_a_publisher_is_asked_for_a_keyframe_and_the_cache_serves_if_it_is_deaf():
     source = SourceTrack("video", VP8)
-    source.forward(packet(0))
+    plis: list[float] = []
+    source.request_pli = lambda: plis.append(time.monotonic()) is None
+    source.forward(packet(0, b"\x10\x00"))  # a keyframe, then a delta
+    source.forward(packet(1, b"\x10\x01"))
     sent: list[bytes] = []
     viewer = ViewerTrack(source, sent.append, 96)
     source.add_viewer(viewer)
-    assert sent == [] and viewer.waiting_for_keyframe
+    assert sent == [] and viewer.waiting_for_keyframe and len(plis) == 1
+    # The publisher does not answer the PLI: the viewer starts from the cached GOP.
+    await asyncio.sleep(GOP_FALLBACK_S + 0.1)
+    assert [int.from_bytes(p[2:4], "big") for p in sent] == [0, 1]
+    assert not viewer.waiting_for_keyframe
+
+
+async def test_a_publisher_that_answers_the_pli_gives_a_fresh_keyframe_not_the_cache():
+    source = SourceTrack("video", VP8)
+    source.request_pli = lambda: True
+    source.forward(packet(0, b"\x10\x00"))
+    sent: list[bytes] = []
+    viewer = ViewerTrack(source, sent.append, 96)
+    source.add_viewer(viewer)
+    source.forward(packet(1, b"\x10\x00"))  # the answer to the PLI
+    await asyncio.sleep(GOP_FALLBACK_S + 0.1)
+    assert [int.from_bytes(p[2:4], "big") for p in sent] == [1]
 
 
 def test_aac_access_units_are_split_as_rfc_3640_says():

@@ -205,7 +205,7 @@ class Camera:
                     "profile-level-id": _profile_level_id(track),
                 },
             )
-            source = self._source("video", codec, cache_gop=True)
+            source = self._source("video", codec, answers_pli=False)
             return _Route(
                 source, H264Repacketizer(track.fmtp.get("sprop-parameter-sets"))
             )
@@ -237,11 +237,11 @@ class Camera:
         return None
 
     def _source(
-        self, kind: str, codec: RTCRtpCodecParameters, cache_gop: bool = False
+        self, kind: str, codec: RTCRtpCodecParameters, answers_pli: bool = True
     ) -> SourceTrack:
         source = self.stream.tracks.get(kind)
         if source is None:
-            source = SourceTrack(kind, codec, cache_gop=cache_gop)
+            source = SourceTrack(kind, codec, answers_pli=answers_pli)
             self.stream.tracks[kind] = source
         elif source.codec.mimeType.lower() != codec.mimeType.lower():
             raise CameraError(

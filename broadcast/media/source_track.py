@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import struct
 import time
@@ -30,6 +31,9 @@ RTP_HEADER = struct.Struct("!BBHII")
 # A camera's GOP kept for joining viewers: 1 s at 8 Mbit/s is ~700 packets. A camera
 # with a 10 s GOP would need more; past this the cache is dropped until the next key.
 GOP_CACHE_PACKETS = 2000
+# A publisher answers a join's PLI within ~1 frame and a round trip (Chrome, aiortc:
+# under 100 ms); a viewer still without a keyframe after this starts from the cache.
+GOP_FALLBACK_S = 0.25
 RTP_VERSION_BITS = 0x80
 RTP_PADDING_BIT = 0x20
 NTP_ONE_SECOND = 1 << 32
@@ -49,7 +53,7 @@ class SourceTrack:
     """
 
     def __init__(
-        self, kind: str, codec: RTCRtpCodecParameters, cache_gop: bool = False
+        self, kind: str, codec: RTCRtpCodecParameters, answers_pli: bool = True
     ) -> None:
         self.kind = kind
         self.codec = codec
@@ -80,9 +84,12 @@ class SourceTrack:
         self._sender_report: tuple[int, int, float] | None = None
         self.packets_in = 0
         self.bytes_in = 0
-        # A source that cannot answer a PLI (a camera) keeps its last GOP instead, so a
-        # joining viewer starts at once at the latest keyframe.
-        self._cache_gop = cache_gop and self._starts_keyframe is not None
+        # The last GOP, so that a joining viewer can start at the latest keyframe: at
+        # once from a source that cannot answer a PLI (a camera), and from a publisher
+        # that has not answered the join's PLI within GOP_FALLBACK_S (a looped file, OBS
+        # with a fixed keyframe interval) instead of waiting for its next keyframe.
+        self._answers_pli = answers_pli
+        self._cache_gop = self._starts_keyframe is not None
         self.gop: list[bytes] = []
         self.resolution: tuple[int, int] | None = None
 
@@ -203,10 +210,19 @@ class SourceTrack:
         viewer.joined_at = time.monotonic()
         self.viewers.append(viewer)
         self._one_by_one.append(viewer)
-        for index, packet in enumerate(self.gop):
-            viewer.send(packet, keyframe=index == 0)
+        if not self._answers_pli:
+            self._start_from_gop(viewer)
         if viewer.waiting_for_keyframe:
             self.keyframes.request()
+            asyncio.get_running_loop().call_later(
+                GOP_FALLBACK_S, self._start_from_gop, viewer
+            )
+
+    def _start_from_gop(self, viewer: ViewerTrack) -> None:
+        """Send the cached GOP to a viewer still waiting for its first keyframe."""
+        if viewer.waiting_for_keyframe and viewer in self._one_by_one:
+            for index, packet in enumerate(self.gop):
+                viewer.send(packet, keyframe=index == 0)
 
     def remove_viewer(self, viewer: ViewerTrack) -> None:
         if viewer in self.viewers:
