@@ -131,6 +131,10 @@ async def test_a_publisher_is_asked_for_a_keyframe_and_the_cache_serves_if_it_is
     await asyncio.sleep(GOP_FALLBACK_S + 0.1)
     assert [int.from_bytes(p[2:4], "big") for p in sent] == [0, 1]
     assert not viewer.waiting_for_keyframe
+    # Known deaf now: the next viewer starts from the cache at once.
+    late: list[bytes] = []
+    source.add_viewer(ViewerTrack(source, late.append, 96))
+    assert [int.from_bytes(p[2:4], "big") for p in late] == [0, 1]
 
 
 async def test_a_publisher_that_answers_the_pli_gives_a_fresh_keyframe_not_the_cache():

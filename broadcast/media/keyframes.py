@@ -20,6 +20,11 @@ class KeyframeRequester:
         self.pending = False
         self.sent = 0
 
+    @property
+    def last_sent(self) -> float:
+        """When the last PLI went out (monotonic seconds; negative: never)."""
+        return self._last_sent
+
     def request(self) -> None:
         """Ask for a keyframe now, or as soon as the interval allows."""
         self.pending = True

@@ -88,7 +88,8 @@ class SourceTrack:
         # once from a source that cannot answer a PLI (a camera), and from a publisher
         # that has not answered the join's PLI within GOP_FALLBACK_S (a looped file, OBS
         # with a fixed keyframe interval) instead of waiting for its next keyframe.
-        self._answers_pli = answers_pli
+        self._can_answer_pli = answers_pli
+        self._answers_pli = answers_pli  # learnt: did the last PLI get a keyframe?
         self._cache_gop = self._starts_keyframe is not None
         self.gop: list[bytes] = []
         self.resolution: tuple[int, int] | None = None
@@ -128,6 +129,8 @@ class SourceTrack:
                 keyframe_resolution(self.codec.mimeType, packet.payload)
                 or self.resolution
             )
+            if time.monotonic() - self.keyframes.last_sent <= GOP_FALLBACK_S:
+                self._answers_pli = self._can_answer_pli
         if self._cache_gop:
             self._keep_in_gop(data, keyframe)
         for viewer in self._one_by_one:
@@ -182,6 +185,7 @@ class SourceTrack:
     def upstream_changed(self) -> None:
         """A new publisher takes over: rebase at its first packet, whatever its SSRC."""
         self._upstream_ssrc = None
+        self._answers_pli = self._can_answer_pli
 
     def take_sender_report(self, ntp_time: int, rtp_timestamp: int) -> None:
         """Remember the publisher's NTP/RTP clock pairing for viewers' sender reports."""
@@ -215,8 +219,15 @@ class SourceTrack:
         if viewer.waiting_for_keyframe:
             self.keyframes.request()
             asyncio.get_running_loop().call_later(
-                GOP_FALLBACK_S, self._start_from_gop, viewer
+                GOP_FALLBACK_S, self._fall_back_to_gop, viewer
             )
+
+    def _fall_back_to_gop(self, viewer: ViewerTrack) -> None:
+        """The PLI went unanswered: this viewer, and those who join next, start from
+        the cached GOP (until a PLI is answered in time again)."""
+        if viewer.waiting_for_keyframe and viewer in self._one_by_one:
+            self._answers_pli = False
+            self._start_from_gop(viewer)
 
     def _start_from_gop(self, viewer: ViewerTrack) -> None:
         """Send the cached GOP to a viewer still waiting for its first keyframe."""
