@@ -12,6 +12,9 @@ from aiohttp.test_utils import TestServer
 from broadcast.app import create_app
 from broadcast.config import Config
 
+# BROADCAST_LOG_SCAN=1: the whole suite at DEBUG, its log searched for secrets.
+pytest_plugins = ["tests.log_scan"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
