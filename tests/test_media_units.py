@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from aiortc import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket, RtpPacket
 
 from broadcast.media.keyframe import h264_starts_keyframe, vp8_starts_keyframe
 from broadcast.media.resolution import h264_resolution
@@ -90,6 +90,17 @@ def test_a_sequence_jump_is_a_restart_not_thousands_of_losses():
     assert upstream.nack is not None and not upstream.nack.missing
     upstream.receive(packet(100 + MAX_NACKED_GAP + 10_003), 100)
     assert len(upstream.nack.missing) == 2
+
+
+def test_losses_across_the_sequence_wrap_are_nacked_upstream():
+    upstream = UpstreamTrack(SourceTrack("video", VP8), 96, None, (5,))
+    for seq in (65533, 65535, 1):  # 65534 and 0 lost, on both sides of the wrap
+        upstream.receive(packet(seq), 100)
+    assert upstream.nack is not None and upstream.nack.missing == {65534, 0}
+    nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=5)
+    nack.lost = sorted(upstream.nack.missing)  # as Publisher._nack builds it
+    (parsed,) = RtcpPacket.parse(bytes(nack))
+    assert sorted(parsed.lost) == [0, 65534]
 
 
 def test_bandwidth_estimate_ramps_without_loss_and_backs_off_with_it():
