@@ -225,15 +225,17 @@ class SourceTrack:
     def _fall_back_to_gop(self, viewer: ViewerTrack) -> None:
         """The PLI went unanswered: this viewer, and those who join next, start from
         the cached GOP (until a PLI is answered in time again)."""
-        if viewer.waiting_for_keyframe and viewer in self._one_by_one:
+        if self._start_from_gop(viewer):
             self._answers_pli = False
-            self._start_from_gop(viewer)
 
-    def _start_from_gop(self, viewer: ViewerTrack) -> None:
-        """Send the cached GOP to a viewer still waiting for its first keyframe."""
-        if viewer.waiting_for_keyframe and viewer in self._one_by_one:
-            for index, packet in enumerate(self.gop):
-                viewer.send(packet, keyframe=index == 0)
+    def _start_from_gop(self, viewer: ViewerTrack) -> bool:
+        """Send the cached GOP to a viewer still waiting for its first keyframe;
+        False if it was not waiting (it got one, or it left)."""
+        if not viewer.waiting_for_keyframe or viewer not in self._one_by_one:
+            return False
+        for index, packet in enumerate(self.gop):
+            viewer.send(packet, keyframe=index == 0)
+        return True
 
     def remove_viewer(self, viewer: ViewerTrack) -> None:
         if viewer in self.viewers:
