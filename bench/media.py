@@ -183,16 +183,10 @@ def _prefer(pc: RTCPeerConnection, kind: str, mime: str, fmtp: dict[str, str]) -
             transceiver.setCodecPreferences(codecs)
 
 
-async def publish(
-    http: aiohttp.ClientSession, url: str, video: Encoded, audio: Encoded
-) -> Publisher:
-    """Publish the clips over WHIP; log the send time of every video payload."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    video_sender = pc.addTransceiver(LoopedPackets("video", video), "sendonly").sender
-    pc.addTransceiver(LoopedPackets("audio", audio), "sendonly")
-    h264 = {"packetization-mode": "1", "profile-level-id": "42e01f"}
-    _prefer(pc, "video", "video/h264", h264)
-    _prefer(pc, "audio", "audio/opus", {})
+async def whip_exchange(
+    http: aiohttp.ClientSession, url: str, pc: RTCPeerConnection
+) -> str:
+    """Offer `pc` over WHIP, take the answer; return the session URL."""
     await pc.setLocalDescription(await pc.createOffer())
     headers = {"Content-Type": "application/sdp"}
     async with http.post(
@@ -204,6 +198,20 @@ async def publish(
             raise RuntimeError(f"WHIP {url} answered {response.status}: {answer}")
         location = response.headers["Location"]
     await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    return location
+
+
+async def publish(
+    http: aiohttp.ClientSession, url: str, video: Encoded, audio: Encoded
+) -> Publisher:
+    """Publish the clips over WHIP; log the send time of every video payload."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    video_sender = pc.addTransceiver(LoopedPackets("video", video), "sendonly").sender
+    pc.addTransceiver(LoopedPackets("audio", audio), "sendonly")
+    h264 = {"packetization-mode": "1", "profile-level-id": "42e01f"}
+    _prefer(pc, "video", "video/h264", h264)
+    _prefer(pc, "audio", "audio/opus", {})
+    location = await whip_exchange(http, url, pc)
     log = SendLog()
     transport = video_sender.transport
     send = transport._send_rtp

@@ -52,12 +52,12 @@ from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
-    RTCSessionDescription,
 )
 from aiortc.rtp import is_rtcp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.fanout import CONFIG, free_port
+from bench.media import whip_exchange
 from broadcast.loadtest import _Shared, _Viewer
 from tests.peers import MovingPicture, Tone
 
@@ -144,17 +144,7 @@ async def publish(http: aiohttp.ClientSession, url: str, loss: float) -> LossyPu
         transceiver.setCodecPreferences(
             [c for c in codecs if c.mimeType.lower() in names]
         )
-    await pc.setLocalDescription(await pc.createOffer())
-    async with http.post(
-        url, data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}
-    ) as response:
-        answer = await response.text()
-        if response.status != 201:
-            await pc.close()
-            raise RuntimeError(f"WHIP answered {response.status}: {answer}")
-        location = response.headers["Location"]
-    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-    publisher = LossyPublisher(pc, location)
+    publisher = LossyPublisher(pc, await whip_exchange(http, url, pc))
     transport = video.sender.transport
     send = transport._send_rtp
     rtx_ssrc = video.sender._rtx_ssrc.to_bytes(4, "big")
