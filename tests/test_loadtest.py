@@ -12,14 +12,13 @@ from aiohttp.test_utils import TestServer
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket
 
 from broadcast.cli import main
-from broadcast.loadtest import (
+from broadcast.loadtest import LoadtestError, run_loadtest
+from broadcast.rtp_stats import (
     NACK_TRIES,
-    LoadtestError,
     LossRecovery,
     RtpCounter,
     generic_nack,
     rtp_payload,
-    run_loadtest,
 )
 from broadcast.web_keys import REGISTRY
 from tests.peers import publish
