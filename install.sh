@@ -174,6 +174,7 @@ firewall_rules() {  # the ufw rules for a config: one per line
     else
         media=$(config_value media_port)
         echo "${media:-8081}/udp"
+        [[ $(config_value ice_tcp) == false ]] || echo "${media:-8081}/tcp"
     fi
 }
 

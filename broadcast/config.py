@@ -224,6 +224,8 @@ class Config:
     # <media>
     # The one UDP port all sessions' media share (0: any free port, for tests).
     media_port: int = 8081
+    # ICE-TCP (RFC 6544) on the same port number, for viewers whose UDP is blocked.
+    ice_tcp: bool = True
     # Inclusive UDP port range (first, last), one port per session, instead of the
     # shared port: for networks that need it. None: the shared port.
     media_ports: tuple[int, int] | None = None

@@ -106,18 +106,23 @@ def check_media_ports(config: Config) -> Iterator[Finding]:
     host = "0.0.0.0" if config.host in ("", "::") else config.host
     if config.media_ports is None:
         port = config.media_port
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                yield Finding(
-                    "WARN",
-                    f"media UDP port {port}: taken (by a running server?); media of"
-                    " every session shares it",
-                )
-                return
+        kinds = {"UDP": socket.SOCK_DGRAM}
+        if config.ice_tcp:
+            kinds["TCP"] = socket.SOCK_STREAM
+        for name, kind in kinds.items():
+            with socket.socket(socket.AF_INET, kind) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    yield Finding(
+                        "WARN",
+                        f"media {name} port {port}: taken (by a running server?);"
+                        " media of every session shares it",
+                    )
+                    return
         yield Finding(
-            "OK", f"media UDP port {port}: free; open it (UDP) in the firewall"
+            "OK",
+            f"media port {port}: free; open it ({' and '.join(kinds)}) in the firewall",
         )
         return
     first, last = config.media_ports

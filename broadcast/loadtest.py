@@ -231,8 +231,11 @@ class _Viewer:
         ice, dtls = self._learn(answer)
         connection.ice_controlling = True
         self.ice._role_set = True
-        for candidate in {
-            c.ip + str(c.port): c for m in answer.media for c in m.ice_candidates
+        for candidate in {  # BUNDLE repeats them per m-line; ICE-TCP is not ours
+            (c.ip, c.port): c
+            for m in answer.media
+            for c in m.ice_candidates
+            if c.protocol.lower() == "udp"
         }.values():
             await self.ice.addRemoteCandidate(candidate)
         await self.ice.addRemoteCandidate(None)

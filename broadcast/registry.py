@@ -16,6 +16,7 @@ from broadcast.config import check_stream_id as config_check_stream_id
 from broadcast.errors import BadRequest, Conflict, ServiceUnavailable
 from broadcast.events import StreamEvents
 from broadcast.limits import SessionRateLimit
+from broadcast.media.tcp_mux import MediaTcpListener
 from broadcast.media.udp_mux import MediaSocket, default_sender, send_each
 from broadcast.stream import Stream
 
@@ -55,9 +56,11 @@ class StreamRegistry:
         self.sessions_ended: Counter[tuple[str, str]] = Counter()
         self.session_rate = SessionRateLimit(config.sessions_per_client_per_minute)
         self.media_sockets: list[MediaSocket] = []
+        self.tcp_listeners: list[MediaTcpListener] = []
 
     async def open_media_sockets(self) -> None:
-        """Bind the shared UDP media port on each address we offer candidates on.
+        """Bind the shared UDP media port on each address we offer candidates on, and
+        listen for ICE-TCP on the same port (`ice_tcp`).
 
         Not in port-range mode (`media_ports`), where each session binds its own.
         """
@@ -70,15 +73,19 @@ class StreamRegistry:
         for address in addresses:
             try:
                 media = await MediaSocket.open(address, port)
+                self.media_sockets.append(media)
+                port = media.address[1]  # with port 0, the same free port everywhere
+                if self.config.ice_tcp:
+                    listener = await MediaTcpListener.open(address, port)
+                    self.tcp_listeners.append(listener)
             except OSError as exc:
                 self.close_media_sockets()
                 raise OSError(
-                    f"UDP media port {port} on {address}: {exc.strerror or exc};"
+                    f"media port {port} on {address}: {exc.strerror or exc};"
                     " free it or set another <media_port>"
                 ) from exc
-            self.media_sockets.append(media)
-            port = media.address[1]  # with port 0, the same free port everywhere
-            logger.info("media on UDP %s port %d", address, port)
+            tcp = " and TCP (ICE-TCP)" if self.config.ice_tcp else ""
+            logger.info("media on UDP%s %s port %d", tcp, address, port)
         if not self.media_sockets:
             logger.warning("no network address to receive media on: nobody can connect")
         elif default_sender() is send_each:
@@ -91,6 +98,9 @@ class StreamRegistry:
         for media in self.media_sockets:
             media.close()
         self.media_sockets.clear()
+        for listener in self.tcp_listeners:
+            listener.close()
+        self.tcp_listeners.clear()
 
     def get(self, stream_id: str) -> Stream | None:
         return self.streams.get(stream_id)
@@ -154,7 +164,11 @@ class StreamRegistry:
             totals.update(session.counters())
         for stream in self.streams.values():
             totals.update(stream.counters())
-        for media in self.media_sockets:
+        shared: list[MediaSocket | MediaTcpListener] = [
+            *self.media_sockets,
+            *self.tcp_listeners,
+        ]
+        for media in shared:
             totals["foreign_packets_dropped"] += media.unrouted
             totals["packets_dropped"] += media.send_dropped
         return totals

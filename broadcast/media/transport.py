@@ -38,6 +38,7 @@ from aiortc.rtcdtlstransport import State as DtlsState
 from pylibsrtp._binding import ffi
 
 from broadcast.media import udp_mux
+from broadcast.media.tcp_mux import MediaTcpListener, tcp_candidate_priority
 from broadcast.media.udp_mux import (
     MediaSocket,
     SessionPort,
@@ -65,9 +66,10 @@ def _gather_our_way(
     addresses: Sequence[str],
     ports: tuple[int, int] | None,
     media_sockets: Sequence[MediaSocket],
+    tcp_listeners: Sequence[MediaTcpListener],
 ) -> None:
-    """Make aioice gather host candidates on our shared media sockets, or else on
-    `addresses` within `ports`.
+    """Make aioice gather host candidates on our shared media sockets (and ICE-TCP
+    listeners), or else on `addresses` within `ports`.
 
     aioice gathers on every interface except loopback, on an ephemeral port per
     connection, and has no option for either: a server bound to one address must offer
@@ -83,6 +85,10 @@ def _gather_our_way(
                 found = await _candidates_on_shared_sockets(
                     connection, component, media_sockets
                 )
+                found += [
+                    _passive_tcp_candidate(connection, component, listener)
+                    for listener in tcp_listeners
+                ]
             elif ports is None:
                 found = await connection.get_component_candidates(
                     component=component, addresses=list(addresses)
@@ -130,6 +136,26 @@ async def _candidates_on_shared_sockets(
             connection, component, media.attach(connection)
         )
     return candidates
+
+
+def _passive_tcp_candidate(
+    connection: aioice.Connection, component: int, listener: MediaTcpListener
+) -> Candidate:
+    """The ICE-TCP candidate (RFC 6544 §4.5: passive, its real port) on `listener`."""
+    protocol = listener.attach(connection)
+    host, port = listener.address
+    protocol.local_candidate = Candidate(
+        foundation=candidate_foundation("host", "tcp", host),
+        component=component,
+        transport="tcp",
+        priority=tcp_candidate_priority(component),
+        host=host,
+        port=port,
+        type="host",
+        tcptype="passive",
+    )
+    connection._protocols.append(protocol)
+    return protocol.local_candidate
 
 
 async def _candidates_of(
@@ -189,6 +215,7 @@ class SecureTransport:
         stun_servers: Sequence[str] = (),
         ports: tuple[int, int] | None = None,
         media_sockets: Sequence[MediaSocket] = (),
+        tcp_listeners: Sequence[MediaTcpListener] = (),
     ) -> None:
         self.name = name
         # aiortc's default is Google's STUN server: ask only those we are told to.
@@ -197,7 +224,11 @@ class SecureTransport:
         )
         if host_addresses or ports or media_sockets:
             _gather_our_way(
-                self._gatherer._connection, host_addresses, ports, media_sockets
+                self._gatherer._connection,
+                host_addresses,
+                ports,
+                media_sockets,
+                tcp_listeners,
             )
         self._ice = RTCIceTransport(self._gatherer)
         self._dtls = RTCDtlsTransport(self._ice, [certificate])

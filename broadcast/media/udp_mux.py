@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aioice
 from aioice import stun
@@ -273,7 +273,7 @@ class SessionPort(StunProtocol):
         self.ufrag = ufrag
         self.addresses: set[Address] = set()
         self.transactions_sent: set[bytes] = set()
-        self.connection_made(_SessionEndpoint(self))
+        self.connection_made(SharedEndpoint(self))
 
     def send_stun(self, message: stun.Message, addr: Address) -> None:
         if message.message_class == stun.Class.RESPONSE:
@@ -286,21 +286,46 @@ class SessionPort(StunProtocol):
     async def send_data(self, data: bytes, addr: Address) -> None:
         self.media.send(data, addr)
 
+    # --- what SharedEndpoint needs -------------------------------------------------
 
-class _SessionEndpoint(asyncio.DatagramTransport):
-    """What aioice and our transport call `protocol.transport`: the shared socket."""
+    def send(self, data: bytes, addr: Address) -> None:
+        self.media.send(data, addr)
 
-    def __init__(self, port: SessionPort) -> None:
+    @property
+    def sockname(self) -> Address:
+        return self.media.address
+
+    def detach(self) -> None:
+        self.media.detach(self)
+
+
+class SharedPort(Protocol):
+    """A session's share of a shared media socket (UDP here, or ICE-TCP)."""
+
+    def send(self, data: bytes, addr: Address) -> None: ...
+
+    @property
+    def sockname(self) -> Address: ...
+
+    def detach(self) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+
+class SharedEndpoint(asyncio.DatagramTransport):
+    """What aioice and our transport call `protocol.transport`: a shared socket."""
+
+    def __init__(self, port: SharedPort) -> None:
         super().__init__()
         self._port = port
         self._closing = False
 
     def sendto(self, data: Any, addr: Any = None) -> None:
-        self._port.media.send(data, addr)
+        self._port.send(data, addr)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "sockname":
-            return self._port.media.sock.getsockname()
+            return self._port.sockname
         return default
 
     def is_closing(self) -> bool:
@@ -310,5 +335,5 @@ class _SessionEndpoint(asyncio.DatagramTransport):
         if self._closing:
             return
         self._closing = True
-        self._port.media.detach(self._port)
-        self._port.media._loop.call_soon(self._port.connection_lost, None)
+        self._port.detach()
+        asyncio.get_running_loop().call_soon(self._port.connection_lost, None)

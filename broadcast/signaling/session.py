@@ -49,6 +49,7 @@ async def answer_session(
         registry.config.stun_servers,
         registry.config.media_ports,
         registry.media_sockets,
+        registry.tcp_listeners,
     )
     session = make_session(transport)
     registry.add_session(session)
