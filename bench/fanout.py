@@ -10,8 +10,8 @@ GOP) and Opus, looped (bench/media.py); then for each step `broadcast loadtest` 
 viewers in a third process, so that the three share the machine's cores as a server, a
 camera and a crowd would not. Per step, over the measured window:
 
-* server CPU (user + sys of its process, /proc) and RSS; RSS per viewer is the growth
-  over the 0-viewer step;
+* server CPU (user + sys of its processes, workers included, /proc) and RSS; RSS per
+  viewer is the growth over the 0-viewer step;
 * µs/pkt-viewer = server CPU / packets the viewers received (DESIGN §5);
 * loss, join → first keyframe (POST sent → first packet of a keyframe);
 * added latency: the publisher logs when it sends each video payload, the viewers
@@ -48,7 +48,7 @@ STREAM = "bench"
 # All viewers come from 127.0.0.1: lift the per-client session rate.
 CONFIG = """<flashphoner><limits>
 <sessions_per_client_per_minute>0</sessions_per_client_per_minute>
-</limits></flashphoner>"""
+</limits><media><workers>{workers}</workers></media></flashphoner>"""
 SERVERS = ("broadcast", "mediarelay")
 
 
@@ -251,7 +251,7 @@ async def main(args: argparse.Namespace) -> None:
     results = {}
     with tempfile.TemporaryDirectory() as directory:
         config = os.path.join(directory, "flashphoner.xml")
-        Path(config).write_text(CONFIG)
+        Path(config).write_text(CONFIG.format(workers=args.workers))
         for which in args.servers.split(","):
             results[which] = await ramp(
                 which, args.steps, args.duration, args.settle, video, audio, config
@@ -283,6 +283,12 @@ if __name__ == "__main__":
     parser.add_argument("--servers", type=_servers, default=",".join(SERVERS))
     parser.add_argument(
         "--clip-s", type=int, default=10, help="seconds of video looped"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="broadcast's worker processes (0: one per core); CPU and RSS are all of them",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -299,6 +299,8 @@ class Soak:
             str(port),
             "--log-level",
             "warning",
+            "--workers",  # one process: its /metrics (RSS, fds, tasks) cover every viewer
+            "1",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )

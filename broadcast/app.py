@@ -70,7 +70,9 @@ async def _close_streams(app: web.Application) -> AsyncIterator[None]:
     """Cameras are streams from the start; every stream ends with the server."""
     registry = app[REGISTRY]
     await registry.open_media_sockets()
+    await registry.workers.start(registry.config)
     for camera in registry.config.cameras:
         registry.add_camera(camera)
     yield
     await registry.close()
+    await registry.workers.stop()

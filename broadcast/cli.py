@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the UDP port all media shares (default 8081; 0: any free port)",
     )
     serve.add_argument(
+        "--workers",
+        type=_argument(integer_in(0, 256)),
+        metavar="N",
+        help="processes carrying viewers (default 0: one per core)",
+    )
+    serve.add_argument(
         "--public-ip",
         type=_argument(parse_public_ip),
         metavar="IP",
@@ -248,6 +254,7 @@ def _apply_flags(config: Config, args: argparse.Namespace) -> Config:
         "host": args.host,
         "port": args.port,
         "media_port": args.media_port,
+        "workers": args.workers,
         "public_ip": args.public_ip,
         "publish_keys": args.publish_key and tuple(args.publish_key),
         "cameras": args.rtsp and tuple(args.rtsp),

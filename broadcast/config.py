@@ -226,6 +226,9 @@ class Config:
     media_port: int = 8081
     # ICE-TCP (RFC 6544) on the same port number, for viewers whose UDP is blocked.
     ice_tcp: bool = True
+    # Processes carrying viewers (0: one per core). Worker N (from 1) has its media on
+    # media_port + N; the main process keeps HTTP, publishers and media_port.
+    workers: int = 0
     # Inclusive UDP port range (first, last), one port per session, instead of the
     # shared port: for networks that need it. None: the shared port.
     media_ports: tuple[int, int] | None = None

@@ -151,6 +151,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "media_port": Setting("media_port", _PORT),
         "media_ports": Setting("media_ports", parse_port_range),
         "ice_tcp": Setting("ice_tcp", parse_bool),
+        "workers": Setting("workers", integer_in(0, 256)),
         "start_bitrate_kbps": Setting("start_bitrate_kbps", _BITRATE),
         "max_bitrate_kbps": Setting("max_bitrate_kbps", _BITRATE),
         "reconnect_grace_s": Setting("reconnect_grace_s", seconds_in(0, 3600)),

@@ -103,17 +103,48 @@ def loopback_address(url: str) -> str:
     return address
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from the state field on (the name may hold spaces)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def server_processes(pid: int) -> list[int]:
+    """`pid` and its children: a server with `workers` is all of its processes."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat_fields(int(entry.name))[1]) == pid:
+                    children.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue  # it exited meanwhile
+    return [pid, *children]
+
+
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU time of a process, all threads (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """User + system CPU time of a server's processes, all threads."""
+    total = 0.0
+    for member in server_processes(pid):
+        try:
+            fields = _stat_fields(member)
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def process_rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """Resident memory of a server's processes."""
+    total = 0
+    for member in server_processes(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(
+            int(ln.split()[1]) * 1024 for ln in lines if ln.startswith("VmRSS:")
+        )
+    return total
 
 
 def _own_cpu_s() -> float:

@@ -35,28 +35,29 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+async def release_while(sessions_ended: Callable[[], int]) -> None:
+    """Every TRIM_INTERVAL_S, release memory if `sessions_ended()` has grown."""
+    trim = _malloc_trim()
+    trimmed_at = 0
+    while True:
+        await asyncio.sleep(TRIM_INTERVAL_S)
+        ended = sessions_ended()
+        if ended != trimmed_at:
+            trimmed_at = ended
+            started = time.perf_counter()
+            gc.collect()
+            if trim is not None:
+                trim(0)
+            logger.debug(
+                "memory of ended sessions released in %.1f ms",
+                1000 * (time.perf_counter() - started),
+            )
+
+
 async def trim_after_sessions_end(app: web.Application) -> AsyncIterator[None]:
     """aiohttp cleanup context: release memory after sessions have ended."""
-    trim = _malloc_trim()
     registry = app[REGISTRY]
-
-    async def run() -> None:
-        trimmed_at = 0
-        while True:
-            await asyncio.sleep(TRIM_INTERVAL_S)
-            ended = registry.sessions_ended.total()
-            if ended != trimmed_at:
-                trimmed_at = ended
-                started = time.perf_counter()
-                gc.collect()
-                if trim is not None:
-                    trim(0)
-                logger.debug(
-                    "memory of ended sessions released in %.1f ms",
-                    1000 * (time.perf_counter() - started),
-                )
-
-    task = asyncio.create_task(run())
+    task = asyncio.create_task(release_while(registry.sessions_ended.total))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -19,6 +19,7 @@ from broadcast.limits import SessionRateLimit
 from broadcast.media.tcp_mux import MediaTcpListener
 from broadcast.media.udp_mux import MediaSocket, default_sender, send_each
 from broadcast.stream import Stream
+from broadcast.workers.pool import WorkerPool
 
 if TYPE_CHECKING:
     from broadcast.session import Session
@@ -57,6 +58,7 @@ class StreamRegistry:
         self.session_rate = SessionRateLimit(config.sessions_per_client_per_minute)
         self.media_sockets: list[MediaSocket] = []
         self.tcp_listeners: list[MediaTcpListener] = []
+        self.workers = WorkerPool()
 
     async def open_media_sockets(self) -> None:
         """Bind the shared UDP media port on each address we offer candidates on, and
@@ -101,6 +103,11 @@ class StreamRegistry:
         for listener in self.tcp_listeners:
             listener.close()
         self.tcp_listeners.clear()
+
+    def local_viewers(self) -> int:
+        """Viewers whose media this process carries (not a worker)."""
+        total = sum(len(stream.viewers) for stream in self.streams.values())
+        return total - sum(len(w.viewers) for w in self.workers.workers)
 
     def get(self, stream_id: str) -> Stream | None:
         return self.streams.get(stream_id)

@@ -35,7 +35,7 @@ async def make_server() -> AsyncIterator[Callable[..., TestServer]]:
 
     async def start(**overrides: object) -> TestServer:
         # Each test server shares one free UDP media port, as `broadcast serve` does 8081.
-        options = {"media_port": 0, **overrides}
+        options = {"media_port": 0, "workers": 1, **overrides}
         config = Config(host="127.0.0.1", **options)  # type: ignore[arg-type]
         server = TestServer(create_app(config), host="127.0.0.1")
         await server.start_server()

@@ -271,6 +271,8 @@ async def test_100_viewers_that_vanish_leave_no_memory_tasks_or_sockets_behind(
         str(port),
         "--log-level",
         "warning",
+        "--workers",  # one process: its memory is what is measured
+        "1",
     )
     base = f"http://127.0.0.1:{port}"
     try:

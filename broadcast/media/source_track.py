@@ -93,6 +93,8 @@ class SourceTrack:
         self._cache_gop = self._starts_keyframe is not None
         self.gop: list[bytes] = []
         self.resolution: tuple[int, int] | None = None
+        # Worker processes whose viewers watch this track get each packet once.
+        self.taps: list[Callable[[bytes], None]] = []
 
     def __repr__(self) -> str:
         return f"SourceTrack({self.kind} {self.codec.mimeType})"
@@ -114,8 +116,16 @@ class SourceTrack:
             )
             + payload
         )
+        self.relay(data, seq, ts)
+
+    def relay(self, data: bytes, seq: int, ts: int) -> None:
+        """Keep one rewritten packet for NACKs and joins, send it to every viewer.
+
+        A worker process's copy of the track starts here, with the packets the main
+        process rewrote (they carry no header extension: the payload is at byte 12).
+        """
         keyframe = self._starts_keyframe is not None and self._starts_keyframe(
-            packet.payload
+            data[12:]
         )
         if self._highest_seq is None or _uint16_newer(seq, self._highest_seq):
             self._highest_seq = seq
@@ -126,13 +136,14 @@ class SourceTrack:
         self.history.add(seq, data)
         if keyframe:
             self.resolution = (
-                keyframe_resolution(self.codec.mimeType, packet.payload)
-                or self.resolution
+                keyframe_resolution(self.codec.mimeType, data[12:]) or self.resolution
             )
             if time.monotonic() - self.keyframes.last_sent <= GOP_FALLBACK_S:
                 self._answers_pli = self._can_answer_pli
         if self._cache_gop:
             self._keep_in_gop(data, keyframe)
+        for tap in self.taps:
+            tap(data)
         for viewer in self._one_by_one:
             viewer.send(data, keyframe)
         if self._fan_out_groups:

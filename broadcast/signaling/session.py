@@ -39,18 +39,21 @@ async def answer_session(
     make_session: Callable[[SecureTransport], Session],
     kind: str,
     stream_id: str,
+    transport: SecureTransport | None = None,
 ) -> web.Response:
-    """Create the session's transport, answer the offer and start connecting."""
+    """Answer the offer with `transport` (a new one of ours by default) and start
+    connecting."""
     registry = request.app[REGISTRY]
-    transport = SecureTransport(
-        registry.certificate,
-        registry.config.ice_addresses,
-        f"{kind} {stream_id}",
-        registry.config.stun_servers,
-        registry.config.media_ports,
-        registry.media_sockets,
-        registry.tcp_listeners,
-    )
+    if transport is None:
+        transport = SecureTransport(
+            registry.certificate,
+            registry.config.ice_addresses,
+            f"{kind} {stream_id}",
+            registry.config.stun_servers,
+            registry.config.media_ports,
+            registry.media_sockets,
+            registry.tcp_listeners,
+        )
     session = make_session(transport)
     registry.add_session(session)
     session.on_close.append(registry.remove_session)
@@ -114,7 +117,11 @@ def announced_candidates(
             ip=public_ip,
             type="srflx",
             foundation="nat" + c.foundation,
-            priority=candidate_priority(c.component, "srflx"),
+            # As far below the host candidate's as srflx is below host (RFC 8445
+            # §5.1.2.1), so an ICE-TCP candidate stays below every UDP one.
+            priority=c.priority
+            - candidate_priority(c.component, "host")
+            + candidate_priority(c.component, "srflx"),
             relatedAddress=c.ip,
             relatedPort=c.port,
         )

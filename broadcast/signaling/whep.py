@@ -25,6 +25,7 @@ from broadcast.signaling.session import answer_session
 from broadcast.stream import Stream
 from broadcast.viewer import Viewer
 from broadcast.web_keys import REGISTRY
+from broadcast.workers.pool import RemoteTransport, RemoteViewer
 
 
 async def post_whep(request: web.Request) -> web.Response:
@@ -60,14 +61,29 @@ async def post_whep(request: web.Request) -> web.Response:
             f"can receive {describe_codecs(offer.description.media)}.",
         )
 
+    on_join = request.app[METRICS].join_seconds.observe
+    worker = registry.workers.choose(registry.local_viewers())
+    if worker is not None:
+        remote = RemoteTransport(worker)
+
+        def make_remote_viewer(transport: SecureTransport) -> Viewer:
+            return RemoteViewer(
+                worker, stream, remote, offer.ufrag, payload_types, stream_id, on_join
+            )
+
+        return await answer_session(
+            request,
+            offer,
+            answers,
+            make_remote_viewer,
+            "whep",
+            stream_id,
+            cast(SecureTransport, remote),
+        )
+
     def make_viewer(transport: SecureTransport) -> Viewer:
         return Viewer(
-            stream,
-            transport,
-            offer.ufrag,
-            payload_types,
-            stream_id,
-            on_join=request.app[METRICS].join_seconds.observe,
+            stream, transport, offer.ufrag, payload_types, stream_id, on_join=on_join
         )
 
     return await answer_session(request, offer, answers, make_viewer, "whep", stream_id)

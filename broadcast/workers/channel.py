@@ -1,0 +1,161 @@
+"""The two sockets between the main process and a worker.
+
+Control: a SOCK_SEQPACKET pair carrying pickled messages, each whole, both ways:
+requests that expect an answer (`call`) and notices that do not (`tell`). Both ends are
+our own processes, started together, so pickle is safe here and no schema drifts.
+
+Packets: a SOCK_DGRAM pair, main to worker only, one RTP packet per datagram behind
+the track's number. A worker that cannot keep up loses packets (counted), and the
+main process never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import pickle
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1 << 20
+PACKET_HEADER = struct.Struct("!I")  # the track's number
+PACKET_BUFFER_BYTES = 4 << 20  # about 2 s of a 16 Mbit/s stream
+
+
+def socket_pairs() -> tuple[tuple[socket.socket, socket.socket], ...]:
+    """(control, packets) pairs: the first of each stays here, the second goes."""
+    control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    packets = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for sock in packets:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PACKET_BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PACKET_BUFFER_BYTES)
+    return (control[0], packets[0]), (control[1], packets[1])
+
+
+class RemoteError(Exception):
+    """The other end raised while answering a call."""
+
+
+class ControlChannel:
+    """Calls and notices over one SOCK_SEQPACKET socket."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        handle_call: Callable[[str, dict[str, Any]], Any],
+        handle_notice: Callable[[str, dict[str, Any]], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._handle_call = handle_call
+        self._handle_notice = handle_notice
+        self._on_lost = on_lost
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._outbox: deque[bytes] = deque()
+        self._task = asyncio.get_running_loop().create_task(self._read())
+        self.closed = False
+
+    async def call(self, method: str, **arguments: Any) -> Any:
+        """Ask the other end; its answer, or RemoteError with its message."""
+        if self.closed:
+            raise ConnectionError("the worker is gone")
+        call_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = future
+        try:
+            self._post(("call", call_id, method, arguments))
+            return await future
+        finally:
+            self._waiting.pop(call_id, None)
+
+    def tell(self, method: str, **arguments: Any) -> None:
+        """Send a notice; lost if the other end is gone."""
+        self._post(("notice", 0, method, arguments))
+
+    def _post(self, message: tuple[Any, ...]) -> None:
+        """Send now, in order; what the socket cannot take yet waits for it here."""
+        if self.closed:
+            return
+        self._outbox.append(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        if len(self._outbox) == 1:
+            self._flush()
+
+    def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._outbox:
+            try:
+                self._sock.send(self._outbox[0])
+            except BlockingIOError:
+                loop.add_writer(self._sock, self._flush)
+                return
+            except OSError:
+                self._lost()
+                return
+            self._outbox.popleft()
+        loop.remove_writer(self._sock)
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        answering: set[asyncio.Task[None]] = set()
+        while True:
+            try:
+                data = await loop.sock_recv(self._sock, MAX_MESSAGE_BYTES)
+            except OSError:
+                data = b""
+            if not data:
+                self._lost()
+                return
+            kind, call_id, method, arguments = pickle.loads(data)
+            if kind == "call":
+                task = loop.create_task(self._answer(call_id, method, arguments))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
+            elif kind == "notice":
+                self._run(self._handle_notice, method, arguments)
+            else:
+                future = self._waiting.get(call_id)
+                if future is not None and not future.done():
+                    if kind == "error":
+                        future.set_exception(RemoteError(arguments))
+                    else:
+                        future.set_result(arguments)
+
+    async def _answer(self, call_id: int, method: str, arguments: Any) -> None:
+        try:
+            result = self._handle_call(method, arguments)
+            if asyncio.iscoroutine(result):
+                result = await result
+        except Exception as exc:  # the caller gets it, as RemoteError
+            logger.debug("call %s failed", method, exc_info=True)
+            self._post(("error", call_id, method, f"{exc}"))
+            return
+        self._post(("answer", call_id, method, result))
+
+    def _run(self, handler: Callable[..., Any], method: str, arguments: Any) -> None:
+        try:
+            handler(method, arguments)
+        except Exception:
+            logger.exception("notice %s failed", method)
+
+    def _lost(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(ConnectionError("the worker is gone"))
+        self._on_lost()
+
+    def close(self) -> None:
+        self.closed = True
+        self._task.cancel()
+        asyncio.get_running_loop().remove_writer(self._sock)
+        self._sock.close()

@@ -1,0 +1,256 @@
+"""A worker process: the media of some viewers, on a core of its own.
+
+The main process keeps HTTP, the publishers and every stream; a worker holds the ICE,
+DTLS and SRTP of the viewers it is given and a copy of each track they watch, fed with
+the packets the main process rewrote (each packet crosses once per worker, whatever the
+number of viewers here). It answers NACKs from its own history, starts joining viewers
+from its own GOP, and passes keyframe requests up. Run by the main process only:
+`python -m broadcast.workers.worker CONTROL_FD PACKETS_FD`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+from aiortc import RTCRtpCodecParameters
+
+from broadcast.config import Config
+from broadcast.events import StreamEvents
+from broadcast.media.source_track import RTP_HEADER, SourceTrack
+from broadcast.media.transport import SecureTransport
+from broadcast.memory import release_while
+from broadcast.registry import StreamRegistry
+from broadcast.stream import Stream
+from broadcast.viewer import Viewer
+from broadcast.workers.channel import PACKET_HEADER, ControlChannel
+
+logger = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 1.0
+RECEIVE_BATCH = 256  # datagrams read per wake-up, so control messages get their turn
+
+
+class Worker:
+    """What a worker holds: its media sockets, track copies and viewers."""
+
+    def __init__(self, control: socket.socket, packets: socket.socket) -> None:
+        self.control = ControlChannel(control, self._call, self._notice, self._lost)
+        self._packets = packets
+        self._packets.setblocking(False)
+        self.registry: StreamRegistry | None = None
+        self.tracks: dict[int, SourceTrack] = {}
+        self.viewers: dict[str, Viewer] = {}
+        self.stopped = asyncio.get_running_loop().create_future()
+        self.viewers_ended = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- from the main process ---------------------------------------------------
+
+    async def _call(self, method: str, arguments: dict[str, Any]) -> Any:
+        if method == "start":
+            return await self._start(**arguments)
+        if method == "open_viewer":
+            return await self._open_viewer(**arguments)
+        if method == "add_candidate":
+            await self.viewers[arguments["session"]].transport.add_remote_candidate(
+                arguments["candidate"]
+            )
+            return None
+        if method == "close_viewer":
+            viewer = self.viewers.get(arguments["session"])
+            if viewer is not None:
+                await viewer.close(arguments["reason"], arguments["cause"])
+            return None
+        raise ValueError(f"no such call: {method}")
+
+    def _notice(self, method: str, arguments: dict[str, Any]) -> None:
+        if method == "start_viewer":
+            viewer = self.viewers.get(arguments.pop("session"))
+            if viewer is not None:
+                viewer.transport.start(**arguments)
+        elif method == "clock":
+            track = self.tracks.get(arguments["track"])
+            if track is not None:
+                track.take_sender_report(arguments["ntp"], arguments["rtp"])
+        elif method == "forget_track":
+            self.tracks.pop(arguments["track"], None)
+        elif method == "stop":
+            self._lost()
+
+    def _lost(self) -> None:
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+
+    async def _start(self, config: Config, index: int, log_level: int) -> list[Any]:
+        logging.getLogger().setLevel(log_level)
+        self.registry = StreamRegistry(config)
+        await self.registry.open_media_sockets()
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._packets, self._packets_ready)
+        self._tasks = [
+            loop.create_task(self._report()),
+            loop.create_task(release_while(lambda: self.viewers_ended)),
+        ]
+        logger.info("worker %d ready (pid %d)", index, os.getpid())
+        return [m.address for m in self.registry.media_sockets]
+
+    async def _open_viewer(
+        self,
+        session: str,
+        stream_id: str,
+        tracks: dict[str, tuple[int, RTCRtpCodecParameters, int, bool]],
+        payload_types: dict[str, int],
+        remote_ufrag: str,
+        cname: str,
+    ) -> dict[str, Any]:
+        """A viewer's transport and tracks here; what the answer needs of them."""
+        registry = self.registry
+        assert registry is not None, "start first"
+        stream = Stream(stream_id, 0, lambda stream: None, StreamEvents())
+        for kind, (number, codec, ssrc, answers_pli) in tracks.items():
+            stream.tracks[kind] = self._track(number, kind, codec, ssrc, answers_pli)
+        config = registry.config
+        transport = SecureTransport(
+            registry.certificate,
+            config.ice_addresses,
+            f"whep {stream_id}",
+            config.stun_servers,
+            config.media_ports,
+            registry.media_sockets,
+            registry.tcp_listeners,
+        )
+        viewer = Viewer(
+            stream,
+            transport,
+            remote_ufrag,
+            payload_types,
+            cname,
+            on_join=lambda seconds: self.control.tell(
+                "joined", session=session, seconds=seconds
+            ),
+        )
+        self.viewers[session] = viewer
+        transport.on_state(
+            lambda state: self.control.tell("state", session=session, state=state)
+        )
+        viewer.on_close.append(lambda _: self._viewer_closed(session))
+        await transport.gather()
+        return {
+            "ice": transport.local_ice,
+            "candidates": transport.local_candidates,
+            "fingerprints": transport.local_fingerprints,
+        }
+
+    def _track(
+        self,
+        number: int,
+        kind: str,
+        codec: RTCRtpCodecParameters,
+        ssrc: int,
+        answers_pli: bool,
+    ) -> SourceTrack:
+        track = self.tracks.get(number)
+        if track is None:
+            track = SourceTrack(kind, codec, answers_pli)
+            track.ssrc = ssrc
+            track.request_pli = lambda: self._request_pli(number)
+            self.tracks[number] = track
+        return track
+
+    def _request_pli(self, number: int) -> bool:
+        self.control.tell("pli", track=number)
+        return True
+
+    def _viewer_closed(self, session: str) -> None:
+        viewer = self.viewers.pop(session, None)
+        if viewer is not None:
+            self.control.tell(
+                "closed",
+                session=session,
+                reason=viewer.close_reason,
+                cause=viewer.close_cause,
+            )
+        self.viewers_ended += 1
+
+    # --- packets -----------------------------------------------------------------
+
+    def _packets_ready(self) -> None:
+        recv = self._packets.recv
+        tracks = self.tracks
+        for _ in range(RECEIVE_BATCH):
+            try:
+                message = recv(4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._lost()
+                return
+            (number,) = PACKET_HEADER.unpack_from(message)
+            track = tracks.get(number)
+            if track is not None:
+                data = message[PACKET_HEADER.size :]
+                _, _, seq, ts, _ = RTP_HEADER.unpack_from(data)
+                track.relay(data, seq, ts)
+
+    async def _report(self) -> None:
+        """Each viewer's counts and quality, for the main process's API and metrics."""
+        while not self.stopped.done():
+            await asyncio.sleep(STATS_INTERVAL_S)
+            stats = {s: viewer_stats(v) for s, v in self.viewers.items()}
+            if stats:
+                self.control.tell("stats", viewers=stats)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        asyncio.get_running_loop().remove_reader(self._packets)
+        await asyncio.gather(
+            *(
+                v.close("worker stopping", "shutdown")
+                for v in list(self.viewers.values())
+            )
+        )
+        if self.registry is not None:
+            self.registry.close_media_sockets()
+        self.control.close()
+
+
+def viewer_stats(viewer: Viewer) -> dict[str, Any]:
+    """What the main process shows of a viewer it does not carry."""
+    return {
+        "counters": viewer.counters(),
+        "address": viewer.transport.remote_address,
+        "fraction_lost": viewer.fraction_lost,
+        "rtt_s": viewer.rtt_s,
+        "bitrate_out_bps": viewer.bitrate_out_bps,
+        "tracks": [
+            (t.waiting_for_keyframe, t.retransmitted, t.packets_sent, t.octets_sent)
+            for t in viewer.tracks
+        ],
+    }
+
+
+async def run(control_fd: int, packets_fd: int) -> None:
+    control = socket.socket(fileno=control_fd)
+    packets = socket.socket(fileno=packets_fd)
+    worker = Worker(control, packets)
+    await worker.stopped
+    await worker.close()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s worker %(process)d %(levelname)s %(name)s: %(message)s",
+    )
+    control_fd, packets_fd = (int(arg) for arg in sys.argv[1:3])
+    asyncio.run(run(control_fd, packets_fd))
+
+
+if __name__ == "__main__":
+    main()

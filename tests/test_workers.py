@@ -1,0 +1,163 @@
+"""workers = 2: a stream's viewers are spread over two processes, and every viewer on
+either one gets every packet the publisher sent."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import aiohttp
+
+from broadcast.web_keys import REGISTRY
+from broadcast.workers.pool import RemoteViewer
+from tests.peers import Peer, publish, wait_for, watch
+
+VIEWERS = 4
+
+
+def candidate_ports(sdp: str) -> set[int]:
+    return {int(p) for p in re.findall(r"a=candidate:\S+ 1 udp \d+ \S+ (\d+)", sdp)}
+
+
+def sequence_numbers(peer: Peer, ssrc: int | None = None) -> dict[int, set[int]]:
+    """Sequence numbers by SSRC (one SSRC per track, as sent or as received)."""
+    log = peer.sent if ssrc is not None else peer.received
+    return {
+        s: {p.sequence_number for p in packets} for s, packets in log.packets.items()
+    }
+
+
+async def test_viewers_on_both_processes_get_every_packet(make_server, http):
+    server = await make_server(workers=2)
+    registry = server.app[REGISTRY]
+    (worker,) = registry.workers.workers
+    publisher = await publish(http, str(server.make_url("/whip/w")))
+    await publisher.wait_connected()
+    viewers = [
+        await watch(http, str(server.make_url("/whep/w"))) for _ in range(VIEWERS)
+    ]
+    await asyncio.gather(*(v.wait_connected() for v in viewers))
+
+    stream = registry.get("w")
+    remote = [v for v in stream.viewers if isinstance(v, RemoteViewer)]
+    assert len(remote) == VIEWERS // 2, "the worker carries half the viewers"
+    main_port = registry.media_sockets[0].address[1]
+    worker_port = worker.media_addresses[0][1]
+    assert {
+        port
+        for viewer in viewers
+        for port in candidate_ports(viewer.pc.remoteDescription.sdp)
+    } == {main_port, worker_port}
+
+    await wait_for(
+        lambda: all(len(v.frames.get("video", [])) >= 10 for v in viewers),
+        timeout=20,
+        message="a viewer decoded no video",
+    )
+    # Every packet sent from now on for a while must reach every viewer (gaps are
+    # NACKed and retransmitted, from either process's history).
+    sent_before = {
+        ssrc: max(p.sequence_number for p in packets)
+        for ssrc, packets in publisher.sent.packets.items()
+    }
+    await asyncio.sleep(2)
+    window = {
+        ssrc: {
+            p.sequence_number
+            for p in packets
+            if sent_before[ssrc] < p.sequence_number <= sent_before[ssrc] + 60
+        }
+        for ssrc, packets in publisher.sent.packets.items()
+    }
+    assert all(len(numbers) == 60 for numbers in window.values()), window
+
+    def every_viewer_has_the_window() -> bool:
+        for viewer in viewers:
+            received = set().union(
+                *(
+                    {p.sequence_number for p in packets}
+                    for packets in viewer.received.packets.values()
+                )
+            )
+            if any(not numbers <= received for numbers in window.values()):
+                return False
+        return True
+
+    await wait_for(
+        every_viewer_has_the_window,
+        timeout=10,
+        message="a viewer is missing packets of the window",
+    )
+    for viewer in remote:
+        assert viewer.counters()["rtp_packets_sent"] > 0, "the worker reports counts"
+    await asyncio.gather(publisher.close(), *(v.close() for v in viewers))
+
+
+async def test_a_worker_viewer_ends_by_delete_and_with_its_stream(make_server, http):
+    server = await make_server(workers=2)
+    registry = server.app[REGISTRY]
+    (worker,) = registry.workers.workers
+    publisher = await publish(http, str(server.make_url("/whip/d")), video=None)
+    await publisher.wait_connected()
+    viewers = [
+        await watch(http, str(server.make_url("/whep/d")), kinds=("audio",))
+        for _ in range(4)
+    ]
+    await asyncio.gather(*(v.wait_connected() for v in viewers))
+    assert len(worker.viewers) == 2
+    on_worker = [v for v in viewers if v.location.split("/")[-1] in worker.viewers]
+    async with http.delete(str(server.make_url(on_worker[0].location))) as response:
+        assert response.status == 200
+    await wait_for(lambda: len(worker.viewers) == 1, message="DELETE did not end it")
+    await wait_for(
+        lambda: (
+            on_worker[0].pc.connectionState in ("closed", "failed")
+            or registry.get("d").viewers.__len__() == 3
+        ),
+        message="the stream still counts it",
+    )
+    assert len(registry.get("d").viewers) == 3
+    async with http.delete(str(server.make_url(publisher.location))) as response:
+        assert response.status == 200
+    await wait_for(lambda: not worker.viewers, message="the stream's end left one")
+    await asyncio.gather(*(v.close() for v in viewers))
+
+
+async def test_a_worker_that_dies_takes_only_its_viewers(make_server, http):
+    server = await make_server(workers=2)
+    registry = server.app[REGISTRY]
+    (worker,) = registry.workers.workers
+    publisher = await publish(http, str(server.make_url("/whip/k")), video=None)
+    await publisher.wait_connected()
+    viewers = [
+        await watch(http, str(server.make_url("/whep/k")), kinds=("audio",))
+        for _ in range(2)
+    ]
+    await asyncio.gather(*(v.wait_connected() for v in viewers))
+    worker.process.kill()
+    await wait_for(
+        lambda: len(registry.get("k").viewers) == 1, message="its viewer was kept"
+    )
+    assert registry.workers.workers == []
+    late = await watch(http, str(server.make_url("/whep/k")), kinds=("audio",))
+    await late.wait_connected()  # carried by the main process now
+    assert not any(isinstance(v, RemoteViewer) for v in registry.get("k").viewers)
+    await asyncio.gather(publisher.close(), late.close(), *(v.close() for v in viewers))
+
+
+async def test_workers_stop_with_the_server(make_server):
+    server = await make_server(workers=3)
+    processes = [w.process for w in server.app[REGISTRY].workers.workers]
+    assert len(processes) == 2
+    await server.close()
+    for process in processes:
+        assert process.returncode is not None, "a worker outlived the server"
+
+
+async def test_http_still_answers_while_workers_start(make_server):
+    server = await make_server(workers=2)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(server.make_url("/healthz")) as r,
+    ):
+        assert r.status == 200
