@@ -172,9 +172,17 @@ firewall_rules() {  # the ufw rules for a config: one per line
     if [[ -n $media ]]; then
         echo "${media/-/:}/udp"
     else
+        # The main process and each worker process (<workers>, 0: one per core) have
+        # a media port of their own: media_port, media_port + 1, ...
+        local workers last
         media=$(config_value media_port)
-        echo "${media:-8081}/udp"
-        [[ $(config_value ice_tcp) == false ]] || echo "${media:-8081}/tcp"
+        media=${media:-8081}
+        workers=$(config_value workers)
+        [[ -n $workers && $workers != 0 ]] || workers=$(nproc)
+        last=$(( media + workers - 1 ))
+        (( last > media )) && media="$media:$last"
+        echo "$media/udp"
+        [[ $(config_value ice_tcp) == false ]] || echo "$media/tcp"
     fi
 }
 

@@ -280,6 +280,11 @@ class Config:
         """Addresses to gather ICE candidates on; [] means every interface."""
         return [] if self.host in ANY_ADDRESS else [self.host]
 
+    @property
+    def processes(self) -> int:
+        """Processes carrying viewers: `workers`, or one per core when it is 0."""
+        return self.workers or os.cpu_count() or 1
+
     @classmethod
     def load(cls, path: str) -> Config:
         """Read `path` (flashphoner.xml), logging a warning for each unknown setting."""

@@ -105,24 +105,28 @@ def check_http_ports(config: Config) -> Iterator[Finding]:
 def check_media_ports(config: Config) -> Iterator[Finding]:
     host = "0.0.0.0" if config.host in ("", "::") else config.host
     if config.media_ports is None:
-        port = config.media_port
+        first = config.media_port
+        last = first + config.processes - 1
         kinds = {"UDP": socket.SOCK_DGRAM}
         if config.ice_tcp:
             kinds["TCP"] = socket.SOCK_STREAM
-        for name, kind in kinds.items():
-            with socket.socket(socket.AF_INET, kind) as sock:
-                try:
-                    sock.bind((host, port))
-                except OSError:
-                    yield Finding(
-                        "WARN",
-                        f"media {name} port {port}: taken (by a running server?);"
-                        " media of every session shares it",
-                    )
-                    return
+        for port in range(first, last + 1):
+            for name, kind in kinds.items():
+                with socket.socket(socket.AF_INET, kind) as sock:
+                    try:
+                        sock.bind((host, port))
+                    except OSError:
+                        yield Finding(
+                            "WARN",
+                            f"media {name} port {port}: taken (by a running server?);"
+                            " media of every session shares it",
+                        )
+                        return
+        ports = f"port {first}" if first == last else f"ports {first}-{last}"
         yield Finding(
             "OK",
-            f"media port {port}: free; open it ({' and '.join(kinds)}) in the firewall",
+            f"media {ports}: free; open {'it' if first == last else 'them'}"
+            f" ({' and '.join(kinds)}) in the firewall",
         )
         return
     first, last = config.media_ports

@@ -232,6 +232,7 @@ class _Viewer:
         self.posted_at: float | None = None
         self.keyframe_at: float | None = None
         self.connected = False
+        self.phase = "offer"  # where a join that times out was stuck
         # --loss: this share of RTP is dropped on arrival, and NACKed (and PLI'd).
         self.loss = loss
         self.random = random.Random()
@@ -256,12 +257,16 @@ class _Viewer:
             raise _JoinFailed("no local candidate", f"cannot bind {self.address}")
         for protocol in connection._protocols:
             self._take_media(protocol)
+        # The offerer controls ICE (RFC 8445 §6.1.1) from the start: the server's
+        # checks may arrive before its answer does, and a controlled agent would
+        # answer them with a role conflict that leaves both sides controlling.
+        connection.ice_controlling = True
+        self.ice._role_set = True
         answer = await self._post(
             http, _offer(self.gatherer, self.certificate), deadline
         )
         ice, dtls = self._learn(answer)
-        connection.ice_controlling = True
-        self.ice._role_set = True
+        self.phase = "ICE"
         for candidate in {  # BUNDLE repeats them per m-line; ICE-TCP is not ours
             (c.ip, c.port): c
             for m in answer.media
@@ -275,6 +280,7 @@ class _Viewer:
             raise _JoinFailed("ICE failed")
         # The answer's setup names the server's DTLS role; ours is the other one.
         self.dtls._set_role("client" if dtls.role == "server" else "server")
+        self.phase = "DTLS"
         await self.dtls.start(dtls)
         if self.dtls.state != "connected":
             raise _JoinFailed("DTLS failed")
@@ -609,9 +615,10 @@ async def run_loadtest(
             failures[error.reason] = failures.get(error.reason, 0) + 1
             raise
         except TimeoutError:
-            failures["connect timeout"] = failures.get("connect timeout", 0) + 1
+            reason = f"connect timeout ({viewer.phase})"
+            failures[reason] = failures.get(reason, 0) + 1
             raise _JoinFailed(
-                "connect timeout", f"not connected in {connect_timeout_s:g} s"
+                reason, f"not connected in {connect_timeout_s:g} s"
             ) from None
         except Exception as error:  # counted, then gather() keeps it from the others
             reason = f"{type(error).__name__}: {error}"

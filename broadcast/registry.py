@@ -178,6 +178,8 @@ class StreamRegistry:
         for media in shared:
             totals["foreign_packets_dropped"] += media.unrouted
             totals["packets_dropped"] += media.send_dropped
+        for worker in self.workers.workers:  # a worker that was behind
+            totals["packets_dropped"] += worker.packets_dropped
         return totals
 
     async def close(self) -> None:

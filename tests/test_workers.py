@@ -9,7 +9,7 @@ import re
 import aiohttp
 
 from broadcast.web_keys import REGISTRY
-from broadcast.workers.pool import RemoteViewer
+from broadcast.workers.remote import RemoteViewer
 from tests.peers import Peer, publish, wait_for, watch
 
 VIEWERS = 4
@@ -123,7 +123,9 @@ async def test_a_worker_viewer_ends_by_delete_and_with_its_stream(make_server, h
     await asyncio.gather(*(v.close() for v in viewers))
 
 
-async def test_a_worker_that_dies_takes_only_its_viewers(make_server, http):
+async def test_a_worker_that_dies_takes_only_its_viewers_and_is_replaced(
+    make_server, http
+):
     server = await make_server(workers=2)
     registry = server.app[REGISTRY]
     (worker,) = registry.workers.workers
@@ -138,10 +140,18 @@ async def test_a_worker_that_dies_takes_only_its_viewers(make_server, http):
     await wait_for(
         lambda: len(registry.get("k").viewers) == 1, message="its viewer was kept"
     )
-    assert registry.workers.workers == []
+    survivor = next(v for v in viewers if v.pc.connectionState == "connected")
+    before = len(survivor.received.packets.get(next(iter(survivor.received.packets))))
+    await wait_for(
+        lambda: registry.workers.workers, timeout=15, message="no new worker"
+    )
+    (replacement,) = registry.workers.workers
+    assert replacement.process.pid != worker.process.pid
     late = await watch(http, str(server.make_url("/whep/k")), kinds=("audio",))
-    await late.wait_connected()  # carried by the main process now
-    assert not any(isinstance(v, RemoteViewer) for v in registry.get("k").viewers)
+    await late.wait_connected()
+    assert len(replacement.viewers) == 1, "the new worker takes the next viewer"
+    await wait_for(lambda: late.received.packets, message="no audio from the new one")
+    assert sum(map(len, survivor.received.packets.values())) > before
     await asyncio.gather(publisher.close(), late.close(), *(v.close() for v in viewers))
 
 

@@ -93,8 +93,10 @@ class SourceTrack:
         self._cache_gop = self._starts_keyframe is not None
         self.gop: list[bytes] = []
         self.resolution: tuple[int, int] | None = None
-        # Worker processes whose viewers watch this track get each packet once.
+        # Worker processes whose viewers watch this track get each packet once, and
+        # the publisher's clock (for their viewers' sender reports).
         self.taps: list[Callable[[bytes], None]] = []
+        self.clock_taps: list[Callable[[int, int], None]] = []
 
     def __repr__(self) -> str:
         return f"SourceTrack({self.kind} {self.codec.mimeType})"
@@ -200,11 +202,10 @@ class SourceTrack:
 
     def take_sender_report(self, ntp_time: int, rtp_timestamp: int) -> None:
         """Remember the publisher's NTP/RTP clock pairing for viewers' sender reports."""
-        self._sender_report = (
-            ntp_time,
-            (rtp_timestamp + self._ts_offset) & 0xFFFFFFFF,
-            time.monotonic(),
-        )
+        ours = (rtp_timestamp + self._ts_offset) & 0xFFFFFFFF
+        self._sender_report = (ntp_time, ours, time.monotonic())
+        for tap in self.clock_taps:
+            tap(ntp_time, ours)
 
     def clock_now(self) -> tuple[int, int]:
         """NTP time and our RTP timestamp for 'now', for sender reports to viewers."""

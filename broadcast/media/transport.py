@@ -264,12 +264,14 @@ class SecureTransport:
         def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
             if not looks_like_stun(data):
                 address = (addr[0], addr[1])
+                # The same address on another candidate (UDP vs ICE-TCP) is not ours.
                 pair = connection._nominated.get(1)
                 if pair is not None:
-                    allowed = pair.remote_addr == address
+                    allowed = pair.protocol is protocol and pair.remote_addr == address
                 else:
                     allowed = any(
-                        p.remote_addr == address for p in connection._check_list
+                        p.protocol is protocol and p.remote_addr == address
+                        for p in connection._check_list
                     )
                 if not allowed:
                     self.foreign_packets += 1

@@ -25,7 +25,7 @@ from broadcast.signaling.session import answer_session
 from broadcast.stream import Stream
 from broadcast.viewer import Viewer
 from broadcast.web_keys import REGISTRY
-from broadcast.workers.pool import RemoteTransport, RemoteViewer
+from broadcast.workers.remote import RemoteTransport, RemoteViewer
 
 
 async def post_whep(request: web.Request) -> web.Response:

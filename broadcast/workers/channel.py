@@ -39,7 +39,7 @@ def socket_pairs() -> tuple[tuple[socket.socket, socket.socket], ...]:
 
 
 class RemoteError(Exception):
-    """The other end raised while answering a call."""
+    """The other end raised an exception that cannot cross (not picklable)."""
 
 
 class ControlChannel:
@@ -64,7 +64,7 @@ class ControlChannel:
         self.closed = False
 
     async def call(self, method: str, **arguments: Any) -> Any:
-        """Ask the other end; its answer, or RemoteError with its message."""
+        """Ask the other end: its answer, or the exception it raised."""
         if self.closed:
             raise ConnectionError("the worker is gone")
         call_id = next(self._ids)
@@ -124,7 +124,7 @@ class ControlChannel:
                 future = self._waiting.get(call_id)
                 if future is not None and not future.done():
                     if kind == "error":
-                        future.set_exception(RemoteError(arguments))
+                        future.set_exception(arguments)
                     else:
                         future.set_result(arguments)
 
@@ -133,9 +133,13 @@ class ControlChannel:
             result = self._handle_call(method, arguments)
             if asyncio.iscoroutine(result):
                 result = await result
-        except Exception as exc:  # the caller gets it, as RemoteError
+        except Exception as exc:  # raised at the caller, as if the call were local
             logger.debug("call %s failed", method, exc_info=True)
-            self._post(("error", call_id, method, f"{exc}"))
+            try:
+                pickle.dumps(exc)
+            except (pickle.PicklingError, TypeError, AttributeError):
+                exc = RemoteError(f"{type(exc).__name__}: {exc}")
+            self._post(("error", call_id, method, exc))
             return
         self._post(("answer", call_id, method, result))
 

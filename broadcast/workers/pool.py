@@ -13,35 +13,27 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, cast
-
-from aiortc import RTCDtlsFingerprint, RTCIceCandidate, RTCIceParameters
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 from broadcast.config import Config
 from broadcast.media.source_track import SourceTrack
-from broadcast.media.transport import SecureTransport
-from broadcast.stream import Stream
-from broadcast.viewer import Viewer
 from broadcast.workers.channel import (
     PACKET_HEADER,
     ControlChannel,
     RemoteError,
     socket_pairs,
 )
+from broadcast.workers.remote import RemoteViewer
 
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0
+RESTART_DELAY_S = 1.0
 STOP_TIMEOUT_S = 5.0
-
-
-def worker_count(config: Config) -> int:
-    """Processes carrying viewers: `workers`, or one per core when it is 0."""
-    return config.workers or os.cpu_count() or 1
 
 
 class WorkerProcess:
@@ -56,9 +48,12 @@ class WorkerProcess:
         self.viewers: dict[str, RemoteViewer] = {}
         self.media_addresses: list[tuple[str, int]] = []
         self._numbers: dict[SourceTrack, int] = {}  # what the worker calls them
-        self._taps: dict[SourceTrack, Callable[[bytes], None]] = {}
+        self._taps: dict[
+            SourceTrack, tuple[Callable[[bytes], None], Callable[[int, int], None]]
+        ] = {}
         self._tap_users: dict[SourceTrack, int] = {}
         self.packets_dropped = 0
+        self.stopped = False
 
     def __repr__(self) -> str:
         return f"WorkerProcess({self.index})"
@@ -79,15 +74,18 @@ class WorkerProcess:
         self.packets = packets
         self.control = ControlChannel(control, self._call, self._notice, self._lost)
         port = config.media_port + self.index if config.media_port else 0
-        self.media_addresses = await asyncio.wait_for(
-            self.control.call(
-                "start",
-                config=dataclasses.replace(config, media_port=port),
-                index=self.index,
-                log_level=logging.getLogger().getEffectiveLevel(),
-            ),
-            START_TIMEOUT_S,
-        )
+        try:
+            self.media_addresses = await asyncio.wait_for(
+                self.control.call(
+                    "start",
+                    config=dataclasses.replace(config, media_port=port),
+                    index=self.index,
+                    log_level=logging.getLogger().getEffectiveLevel(),
+                ),
+                START_TIMEOUT_S,
+            )
+        except (OSError, RemoteError, TimeoutError) as exc:
+            raise OSError(f"worker {self.index} did not start: {exc}") from None
 
     # --- from the worker -----------------------------------------------------------
 
@@ -120,6 +118,8 @@ class WorkerProcess:
             )
 
     def _lost(self) -> None:
+        if self.stopped:
+            return
         logger.error("%r exited: its %d viewers are dropped", self, len(self.viewers))
         for viewer in list(self.viewers.values()):
             viewer.remote.closed_there = True
@@ -141,9 +141,10 @@ class WorkerProcess:
         if track in self._taps:
             self._tap_users[track] += 1
             return
-        header = PACKET_HEADER.pack(self.number(track))
-        sock = self.packets
-        assert sock is not None
+        number = self.number(track)
+        header = PACKET_HEADER.pack(number)
+        sock, control = self.packets, self.control
+        assert sock is not None and control is not None
 
         def tap(data: bytes) -> None:
             try:
@@ -151,11 +152,15 @@ class WorkerProcess:
             except OSError:  # full (the worker is behind), or gone
                 self.packets_dropped += 1
 
-        self._taps[track] = tap
+        def clock_tap(ntp: int, rtp: int) -> None:
+            control.tell("clock", track=number, ntp=ntp, rtp=rtp)
+
+        self._taps[track] = (tap, clock_tap)
         self._tap_users[track] = 1
         for packet in track.gop:
             tap(packet)
         track.taps.append(tap)
+        track.clock_taps.append(clock_tap)
 
     def unsubscribe(self, track: SourceTrack) -> None:
         """One viewer fewer on `track`; the last one stops the packets."""
@@ -164,15 +169,19 @@ class WorkerProcess:
         self._tap_users[track] -= 1
         if self._tap_users[track] > 0:
             return
-        tap = self._taps.pop(track)
+        tap, clock_tap = self._taps.pop(track)
         del self._tap_users[track]
-        if tap in track.taps:
-            track.taps.remove(tap)
+        track.taps.remove(tap)
+        track.clock_taps.remove(clock_tap)
         number = self._numbers.pop(track)
         if self.control is not None:
             self.control.tell("forget_track", track=number)
 
     async def stop(self) -> None:
+        """Ask the worker to end (its viewers with it), then make sure it did."""
+        if self.stopped:
+            return
+        self.stopped = True
         if self.control is not None:
             self.control.tell("stop")
         if self.process is not None:
@@ -193,11 +202,15 @@ class WorkerPool:
     def __init__(self) -> None:
         self.workers: list[WorkerProcess] = []
         self.track_numbers = itertools.count(1)
-        self._reaping: set[asyncio.Task[None]] = set()
+        self._config: Config | None = None  # None: stopped
+        self._replacing: set[asyncio.Task[None]] = set()
+        self._restarts: Counter[int] = Counter()
 
     async def start(self, config: Config) -> None:
-        count = worker_count(config)
-        self.workers = [WorkerProcess(index, self) for index in range(1, count)]
+        self._config = config
+        self.workers = [
+            WorkerProcess(index, self) for index in range(1, config.processes)
+        ]
         try:
             await asyncio.gather(*(w.start(config) for w in self.workers))
         except BaseException:
@@ -222,178 +235,37 @@ class WorkerPool:
         return best
 
     def lost(self, worker: WorkerProcess) -> None:
-        """`worker` exited by itself: no more viewers for it; reap it."""
-        if worker in self.workers:
+        """`worker` exited by itself: no more viewers for it; start another."""
+        if self._config is not None and worker in self.workers:
             self.workers.remove(worker)
-            self._reaping.add(asyncio.get_running_loop().create_task(worker.stop()))
+            task = asyncio.get_running_loop().create_task(self._replace(worker))
+            self._replacing.add(task)
+            task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self, worker: WorkerProcess) -> None:
+        await worker.stop()
+        restarts = self._restarts[worker.index] = self._restarts[worker.index] + 1
+        # A worker that keeps dying (a bad build, no memory) is retried ever more slowly.
+        await asyncio.sleep(RESTART_DELAY_S * 2 ** min(restarts - 1, 6))
+        if self._config is None:
+            return
+        replacement = WorkerProcess(worker.index, self)
+        try:
+            await replacement.start(self._config)
+        except OSError as exc:
+            logger.error("worker %d could not restart: %s", worker.index, exc)
+            await replacement.stop()
+            return
+        if self._config is None:  # the server stopped meanwhile
+            await replacement.stop()
+            return
+        self.workers.append(replacement)
+        logger.info("worker %d restarted (restart %d)", worker.index, restarts)
 
     async def stop(self) -> None:
-        await asyncio.gather(*(w.stop() for w in self.workers), *self._reaping)
+        self._config = None
+        for task in self._replacing:
+            task.cancel()
+        await asyncio.gather(*self._replacing, return_exceptions=True)
+        await asyncio.gather(*(w.stop() for w in self.workers))
         self.workers = []
-
-
-class RemoteTransport:
-    """A viewer's ICE + DTLS transport that lives in a worker; the same interface
-    as `SecureTransport` for what the main process does with it."""
-
-    def __init__(self, worker: WorkerProcess) -> None:
-        self.worker = worker
-        self.session_id = ""
-        self.open_arguments: dict[str, Any] = {}
-        self.local_ice = RTCIceParameters()
-        self.local_candidates: list[RTCIceCandidate] = []
-        self.local_fingerprints: list[RTCDtlsFingerprint] = []
-        self.state = "new"
-        self.closed = False
-        self.closed_there = False  # the worker closed it: nothing to tell
-        self.failed_packets = 0
-        self.foreign_packets = 0
-        self.remote_address: tuple[str, int] | None = None
-        self._on_state: Callable[[str], None] = lambda state: None
-        # The worker holds the viewer's tracks now: their packets may flow.
-        self.opened: Callable[[], None] = lambda: None
-
-    def on_packets(
-        self, rtp: Callable[[bytes], None], rtcp: Callable[[bytes], None]
-    ) -> None:
-        """Media and RTCP from this viewer stay in the worker."""
-
-    def on_state(self, handler: Callable[[str], None]) -> None:
-        self._on_state = handler
-
-    def state_changed(self, state: str) -> None:
-        self.state = state
-        self._on_state(state)
-
-    async def gather(self) -> None:
-        control = self.worker.control
-        assert control is not None
-        local = await control.call(
-            "open_viewer", session=self.session_id, **self.open_arguments
-        )
-        self.local_ice = local["ice"]
-        self.local_candidates = local["candidates"]
-        self.local_fingerprints = local["fingerprints"]
-        self.opened()
-
-    def start(
-        self,
-        remote_ice: RTCIceParameters,
-        remote_candidates: Sequence[RTCIceCandidate],
-        remote_fingerprints: Sequence[RTCDtlsFingerprint],
-        candidates_complete: bool,
-        dtls_role: str,
-    ) -> None:
-        if self.worker.control is not None:
-            self.worker.control.tell(
-                "start_viewer",
-                session=self.session_id,
-                remote_ice=remote_ice,
-                remote_candidates=list(remote_candidates),
-                remote_fingerprints=list(remote_fingerprints),
-                candidates_complete=candidates_complete,
-                dtls_role=dtls_role,
-            )
-
-    async def add_remote_candidate(self, candidate: RTCIceCandidate | None) -> None:
-        if self.worker.control is not None:
-            await self.worker.control.call(
-                "add_candidate", session=self.session_id, candidate=candidate
-            )
-
-    def send_rtp(self, data: bytes) -> None:
-        """Never called: the worker sends this viewer's media."""
-
-    def send_rtcp(self, data: bytes) -> None:
-        """Never called: the worker sends this viewer's reports."""
-
-    def fan_out_target(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        control = self.worker.control
-        if not self.closed_there and control is not None and not control.closed:
-            try:
-                await control.call(
-                    "close_viewer", session=self.session_id, reason="", cause=""
-                )
-            except (ConnectionError, RemoteError):
-                logger.debug("%r: the worker could not close a viewer", self.worker)
-
-
-class RemoteViewer(Viewer):
-    """A viewer carried by a worker: here, its place in the stream and its numbers."""
-
-    def __init__(
-        self,
-        worker: WorkerProcess,
-        stream: Stream,
-        transport: RemoteTransport,
-        remote_ufrag: str,
-        payload_types: dict[str, int],
-        cname: str,
-        on_join: Callable[[float], None],
-    ) -> None:
-        super().__init__(
-            stream, cast(SecureTransport, transport), remote_ufrag, payload_types, cname
-        )
-        self.remote = transport
-        self.worker = worker
-        self.on_join = on_join
-        self._remote_counters: dict[str, int] = {}
-        self._subscribed = False
-        transport.session_id = self.id
-        transport.open_arguments = {
-            "stream_id": stream.id,
-            "tracks": {
-                t.source.kind: (
-                    worker.number(t.source),
-                    t.source.codec,
-                    t.source.ssrc,
-                    t.source._can_answer_pli,
-                )
-                for t in self.tracks
-            },
-            "payload_types": payload_types,
-            "remote_ufrag": remote_ufrag,
-            "cname": cname,
-        }
-        transport.opened = self._subscribe
-        worker.viewers[self.id] = self
-
-    def _subscribe(self) -> None:
-        if not self.closed and not self._subscribed:
-            self._subscribed = True
-            for track in self.tracks:
-                self.worker.subscribe(track.source)
-
-    def connected(self) -> None:
-        """The worker's copy of the viewer is connected; it adds itself there."""
-
-    def rtcp_report(self) -> bytes:
-        return b""  # the worker reports to this viewer
-
-    def take_stats(self, stats: dict[str, Any]) -> None:
-        self._remote_counters = stats["counters"]
-        self.remote.remote_address = stats["address"]
-        self.fraction_lost = stats["fraction_lost"]
-        self.rtt_s = stats["rtt_s"]
-        self.bitrate_out_bps = stats["bitrate_out_bps"]
-        for track, (waiting, retransmitted, _, _) in zip(
-            self.tracks, stats["tracks"], strict=False
-        ):
-            track.waiting_for_keyframe = waiting
-            track.retransmitted = retransmitted
-
-    def counters(self) -> dict[str, int]:
-        return dict(self._remote_counters)
-
-    def detach(self) -> None:
-        if self._subscribed:
-            for track in self.tracks:
-                self.worker.unsubscribe(track.source)
-        self.worker.viewers.pop(self.id, None)
-        self.stream.remove_viewer(self)

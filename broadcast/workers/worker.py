@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 from typing import Any
 
 from aiortc import RTCRtpCodecParameters
 
+from broadcast.cli import configure_logging
 from broadcast.config import Config
 from broadcast.events import StreamEvents
 from broadcast.media.source_track import RTP_HEADER, SourceTrack
@@ -87,6 +89,7 @@ class Worker:
             self.stopped.set_result(None)
 
     async def _start(self, config: Config, index: int, log_level: int) -> list[Any]:
+        configure_logging(config)  # to the same stderr, secrets redacted the same way
         logging.getLogger().setLevel(log_level)
         self.registry = StreamRegistry(config)
         await self.registry.open_media_sockets()
@@ -134,6 +137,7 @@ class Worker:
                 "joined", session=session, seconds=seconds
             ),
         )
+        viewer.id = session  # one name in both processes' logs
         self.viewers[session] = viewer
         transport.on_state(
             lambda state: self.control.tell("state", session=session, state=state)
@@ -244,10 +248,11 @@ async def run(control_fd: int, packets_fd: int) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s worker %(process)d %(levelname)s %(name)s: %(message)s",
-    )
+    # Ctrl-C and systemd's stop signal reach every process of the server: the main
+    # process ends its workers in order (their viewers first); a worker whose main
+    # process is gone sees its control socket close and ends too.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     control_fd, packets_fd = (int(arg) for arg in sys.argv[1:3])
     asyncio.run(run(control_fd, packets_fd))
 

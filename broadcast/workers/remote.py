@@ -1,0 +1,201 @@
+"""Stand-ins, in the main process, for a viewer that a worker process carries.
+
+A `RemoteViewer` is in its stream (counts, limits, events), in the registry (its
+session URL, the admin API, /metrics), and closes like any viewer; its
+`RemoteTransport` answers what `answer_session` and WHEP PATCH/DELETE ask of a
+transport by asking the worker. Media and RTCP never pass through here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from aiortc import RTCDtlsFingerprint, RTCIceCandidate, RTCIceParameters
+
+from broadcast.media.transport import SecureTransport
+from broadcast.stream import Stream
+from broadcast.viewer import Viewer
+from broadcast.workers.channel import RemoteError
+
+if TYPE_CHECKING:
+    from broadcast.workers.pool import WorkerProcess
+
+logger = logging.getLogger(__name__)
+
+
+class RemoteTransport:
+    """A viewer's ICE + DTLS transport that lives in a worker; the same interface
+    as `SecureTransport` for what the main process does with it."""
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+        self.session_id = ""
+        self.open_arguments: dict[str, Any] = {}
+        self.local_ice = RTCIceParameters()
+        self.local_candidates: list[RTCIceCandidate] = []
+        self.local_fingerprints: list[RTCDtlsFingerprint] = []
+        self.state = "new"
+        self.closed = False
+        self.closed_there = False  # the worker closed it: nothing to tell
+        self.close_reason = self.close_cause = ""  # the session's, for the worker's log
+        self.failed_packets = 0
+        self.foreign_packets = 0
+        self.remote_address: tuple[str, int] | None = None
+        self._on_state: Callable[[str], None] = lambda state: None
+        # The worker holds the viewer's tracks now: their packets may flow.
+        self.opened: Callable[[], None] = lambda: None
+
+    def on_packets(
+        self, rtp: Callable[[bytes], None], rtcp: Callable[[bytes], None]
+    ) -> None:
+        """Media and RTCP from this viewer stay in the worker."""
+
+    def on_state(self, handler: Callable[[str], None]) -> None:
+        self._on_state = handler
+
+    def state_changed(self, state: str) -> None:
+        self.state = state
+        self._on_state(state)
+
+    async def gather(self) -> None:
+        control = self.worker.control
+        assert control is not None
+        local = await control.call(
+            "open_viewer", session=self.session_id, **self.open_arguments
+        )
+        self.local_ice = local["ice"]
+        self.local_candidates = local["candidates"]
+        self.local_fingerprints = local["fingerprints"]
+        self.opened()
+
+    def start(
+        self,
+        remote_ice: RTCIceParameters,
+        remote_candidates: Sequence[RTCIceCandidate],
+        remote_fingerprints: Sequence[RTCDtlsFingerprint],
+        candidates_complete: bool,
+        dtls_role: str,
+    ) -> None:
+        if self.worker.control is not None:
+            self.worker.control.tell(
+                "start_viewer",
+                session=self.session_id,
+                remote_ice=remote_ice,
+                remote_candidates=list(remote_candidates),
+                remote_fingerprints=list(remote_fingerprints),
+                candidates_complete=candidates_complete,
+                dtls_role=dtls_role,
+            )
+
+    async def add_remote_candidate(self, candidate: RTCIceCandidate | None) -> None:
+        if self.worker.control is not None:
+            await self.worker.control.call(
+                "add_candidate", session=self.session_id, candidate=candidate
+            )
+
+    def send_rtp(self, data: bytes) -> None:
+        """Never called: the worker sends this viewer's media."""
+
+    def send_rtcp(self, data: bytes) -> None:
+        """Never called: the worker sends this viewer's reports."""
+
+    def fan_out_target(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        control = self.worker.control
+        if not self.closed_there and control is not None and not control.closed:
+            try:
+                await control.call(
+                    "close_viewer",
+                    session=self.session_id,
+                    reason=self.close_reason,
+                    cause=self.close_cause,
+                )
+            except (OSError, RemoteError):
+                logger.debug("%r: the worker could not close a viewer", self.worker)
+
+
+class RemoteViewer(Viewer):
+    """A viewer carried by a worker: here, its place in the stream and its numbers."""
+
+    def __init__(
+        self,
+        worker: WorkerProcess,
+        stream: Stream,
+        transport: RemoteTransport,
+        remote_ufrag: str,
+        payload_types: dict[str, int],
+        cname: str,
+        on_join: Callable[[float], None],
+    ) -> None:
+        super().__init__(
+            stream, cast(SecureTransport, transport), remote_ufrag, payload_types, cname
+        )
+        self.remote = transport
+        self.worker = worker
+        self.on_join = on_join
+        self._remote_counters: dict[str, int] = {}
+        self._subscribed = False
+        transport.session_id = self.id
+        transport.open_arguments = {
+            "stream_id": stream.id,
+            "tracks": {
+                t.source.kind: (
+                    worker.number(t.source),
+                    t.source.codec,
+                    t.source.ssrc,
+                    t.source._can_answer_pli,
+                )
+                for t in self.tracks
+            },
+            "payload_types": payload_types,
+            "remote_ufrag": remote_ufrag,
+            "cname": cname,
+        }
+        transport.opened = self._subscribe
+        worker.viewers[self.id] = self
+
+    def _subscribe(self) -> None:
+        if not self.closed and not self._subscribed:
+            self._subscribed = True
+            for track in self.tracks:
+                self.worker.subscribe(track.source)
+
+    async def close(self, reason: str, cause: str) -> None:
+        if not self.closed:
+            self.remote.close_reason, self.remote.close_cause = reason, cause
+        await super().close(reason, cause)
+
+    def connected(self) -> None:
+        """The worker's copy of the viewer is connected; it adds itself there."""
+
+    def rtcp_report(self) -> bytes:
+        return b""  # the worker reports to this viewer
+
+    def take_stats(self, stats: dict[str, Any]) -> None:
+        self._remote_counters = stats["counters"]
+        self.remote.remote_address = stats["address"]
+        self.fraction_lost = stats["fraction_lost"]
+        self.rtt_s = stats["rtt_s"]
+        self.bitrate_out_bps = stats["bitrate_out_bps"]
+        for track, (waiting, retransmitted, _, _) in zip(
+            self.tracks, stats["tracks"], strict=False
+        ):
+            track.waiting_for_keyframe = waiting
+            track.retransmitted = retransmitted
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._remote_counters)
+
+    def detach(self) -> None:
+        if self._subscribed:
+            for track in self.tracks:
+                self.worker.unsubscribe(track.source)
+        self.worker.viewers.pop(self.id, None)
+        self.stream.remove_viewer(self)
