@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+FREE_PORT_ATTEMPTS = 10
+
 
 def check_stream_id(stream_id: str) -> str:
     """Return a valid stream id or raise BadRequest (DESIGN §4)."""
@@ -68,10 +70,29 @@ class StreamRegistry:
         """
         if self.config.media_ports is not None:
             return
-        port = self.config.media_port
         addresses = self.config.ice_addresses or get_host_addresses(
             use_ipv4=True, use_ipv6=True
         )
+        # Port 0: the free UDP port the first bind gets may be taken on TCP or on
+        # another address; then another free port is tried.
+        attempts = FREE_PORT_ATTEMPTS if self.config.media_port == 0 else 1
+        for attempt in range(attempts):
+            try:
+                await self._bind_media(addresses, self.config.media_port)
+                break
+            except OSError:
+                self.close_media_sockets()
+                if attempt == attempts - 1:
+                    raise
+        if not self.media_sockets:
+            logger.warning("no network address to receive media on: nobody can connect")
+        elif default_sender() is send_each:
+            logger.warning(
+                "the native send extension is not built: media goes out one sendto"
+                " per packet (slower); install gcc and python3-dev, then reinstall"
+            )
+
+    async def _bind_media(self, addresses: list[str], port: int) -> None:
         for address in addresses:
             try:
                 media = await MediaSocket.open(address, port)
@@ -81,20 +102,12 @@ class StreamRegistry:
                     listener = await MediaTcpListener.open(address, port)
                     self.tcp_listeners.append(listener)
             except OSError as exc:
-                self.close_media_sockets()
                 raise OSError(
                     f"media port {port} on {address}: {exc.strerror or exc};"
                     " free it or set another <media_port>"
                 ) from exc
             tcp = " and TCP (ICE-TCP)" if self.config.ice_tcp else ""
             logger.info("media on UDP%s %s port %d", tcp, address, port)
-        if not self.media_sockets:
-            logger.warning("no network address to receive media on: nobody can connect")
-        elif default_sender() is send_each:
-            logger.warning(
-                "the native send extension is not built: media goes out one sendto"
-                " per packet (slower); install gcc and python3-dev, then reinstall"
-            )
 
     def close_media_sockets(self) -> None:
         for media in self.media_sockets:

@@ -9,6 +9,7 @@ import re
 import aiohttp
 
 from broadcast.web_keys import REGISTRY
+from broadcast.workers import pool
 from broadcast.workers.remote import RemoteViewer
 from tests.peers import Peer, publish, wait_for, watch
 
@@ -171,3 +172,21 @@ async def test_http_still_answers_while_workers_start(make_server):
         http.get(server.make_url("/healthz")) as r,
     ):
         assert r.status == 200
+
+
+async def test_a_worker_that_is_behind_gets_no_new_viewer(
+    make_server, http, monkeypatch
+):
+    """Admission control per process: any lag at all counts as behind here."""
+    monkeypatch.setattr(pool, "ADMISSION_MAX_LAG_S", -1.0)
+    server = await make_server(workers=2)
+    (worker,) = server.app[REGISTRY].workers.workers
+    publisher = await publish(http, str(server.make_url("/whip/b")), video=None)
+    await publisher.wait_connected()
+    viewers = [
+        await watch(http, str(server.make_url("/whep/b")), kinds=("audio",))
+        for _ in range(3)
+    ]
+    await asyncio.gather(*(v.wait_connected() for v in viewers))
+    assert worker.viewers == {}, "a worker that is behind was given viewers"
+    await asyncio.gather(publisher.close(), *(v.close() for v in viewers))

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broadcast.config import Config
+from broadcast.limits import ADMISSION_MAX_LAG_S
 from broadcast.media.source_track import SourceTrack
 from broadcast.workers.channel import (
     PACKET_HEADER,
@@ -53,6 +54,7 @@ class WorkerProcess:
         ] = {}
         self._tap_users: dict[SourceTrack, int] = {}
         self.packets_dropped = 0
+        self.loop_lag_s = 0.0
         self.stopped = False
 
     def __repr__(self) -> str:
@@ -99,6 +101,7 @@ class WorkerProcess:
                     track.keyframes.request()
             return
         if method == "stats":
+            self.loop_lag_s = arguments["loop_lag_s"]
             for session, stats in arguments["viewers"].items():
                 viewer = self.viewers.get(session)
                 if viewer is not None:
@@ -226,10 +229,13 @@ class WorkerPool:
             )
 
     def choose(self, local_viewers: int) -> WorkerProcess | None:
-        """The process with the fewest viewers (None: this one)."""
+        """The process with the fewest viewers (None: this one), of those that are
+        keeping up."""
         best: WorkerProcess | None = None
         fewest = local_viewers
         for worker in self.workers:
+            if worker.loop_lag_s > ADMISSION_MAX_LAG_S:
+                continue
             if len(worker.viewers) < fewest:
                 best, fewest = worker, len(worker.viewers)
         return best

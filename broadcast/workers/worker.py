@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from aiortc import RTCRtpCodecParameters
@@ -204,10 +205,13 @@ class Worker:
     async def _report(self) -> None:
         """Each viewer's counts and quality, for the main process's API and metrics."""
         while not self.stopped.done():
+            started = time.monotonic()
             await asyncio.sleep(STATS_INTERVAL_S)
+            # How late the loop woke us: the main process sends no new viewer to a
+            # worker that is behind (admission control, as for its own loop).
+            lag = max(0.0, time.monotonic() - started - STATS_INTERVAL_S)
             stats = {s: viewer_stats(v) for s, v in self.viewers.items()}
-            if stats:
-                self.control.tell("stats", viewers=stats)
+            self.control.tell("stats", viewers=stats, loop_lag_s=lag)
 
     async def close(self) -> None:
         for task in self._tasks:

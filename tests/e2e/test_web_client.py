@@ -54,8 +54,11 @@ async def wait_text(page, selector: str, text: str, timeout_ms: float) -> None: 
 
 
 async def test_presenter_goes_live_and_viewers_watch_native_resolution(
-    server, chromium
+    make_server, chromium
 ):
+    # Two processes: the first viewer is carried by the main one, the second by the
+    # worker; the page, the counts and the quality reports are the same for both.
+    server = await make_server(workers=2)
     ARTIFACTS.mkdir(exist_ok=True)
     origin = str(server.make_url("/")).rstrip("/")
     presenter_context = await chromium.new_context()
@@ -107,6 +110,8 @@ async def test_presenter_goes_live_and_viewers_watch_native_resolution(
         message="no viewer page reported its quality",
     )
     await second.wait_for_function(f"({VIDEO_SIZE_JS})()[0] > 0", timeout=10000)
+    (worker,) = registry.workers.workers
+    assert len(worker.viewers) == 1, "the second viewer is the worker's"
 
     await presenter.screenshot(path=str(ARTIFACTS / "presenter.png"))
     await viewer.screenshot(path=str(ARTIFACTS / "viewer.png"))
