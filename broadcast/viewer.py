@@ -35,6 +35,7 @@ class Viewer(Session):
     """One browser (or any WHEP client) watching a stream."""
 
     kind = "whep"
+    process = 0  # the process carrying its media: 0 the main one, N worker N
 
     def __init__(
         self,

@@ -91,6 +91,11 @@ async def test_viewers_on_both_processes_get_every_packet(make_server, http):
     )
     for viewer in remote:
         assert viewer.counters()["rtp_packets_sent"] > 0, "the worker reports counts"
+    async with http.get(server.make_url("/metrics")) as response:
+        text = await response.text()
+    for process in ("0", "1"):
+        assert f'broadcast_process_viewers{{process="{process}"}} 2.0' in text
+    assert "broadcast_viewers_waiting_for_keyframe 0.0" in text
     await asyncio.gather(publisher.close(), *(v.close() for v in viewers))
 
 

@@ -47,6 +47,7 @@ def viewer_summary(viewer: Viewer) -> dict[str, Any]:
     return {
         "id": viewer.id,
         "address": viewer.remote_address,
+        "process": viewer.process,
         "connected": viewer.connected_at is not None,
         "bitrate_out_kbps": _kbps(viewer.bitrate_out_bps),
         "loss_percent": round(100 * viewer.fraction_lost / 256, 1),

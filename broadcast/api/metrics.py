@@ -88,11 +88,13 @@ class _ServerCollector(Collector):
             value=sum(
                 1
                 for stream in registry.streams.values()
-                for track in stream.tracks.values()
-                for viewer in track.viewers
-                if viewer.waiting_for_keyframe
+                for viewer in stream.viewers
+                if viewer.connected_at is not None
+                for track in viewer.tracks
+                if track.waiting_for_keyframe
             ),
         )
+        yield from _processes(registry, self._metrics.loop_lag_s)
         started = CounterMetricFamily(
             "broadcast_sessions_started", "Sessions created", labels=["kind"]
         )
@@ -122,6 +124,26 @@ class _ServerCollector(Collector):
             "Tasks alive in the event loop (grows without bound if sessions leak)",
             value=len(asyncio.all_tasks()),
         )
+
+
+def _processes(registry: StreamRegistry, loop_lag_s: float) -> Iterator[Metric]:
+    """Viewers and loop lag of each process carrying viewers (0: the main one)."""
+    workers = registry.workers.workers
+    viewers = GaugeMetricFamily(
+        "broadcast_process_viewers", "Viewers each process carries", labels=["process"]
+    )
+    viewers.add_metric(["0"], registry.local_viewers())
+    lag = GaugeMetricFamily(
+        "broadcast_process_event_loop_lag_seconds",
+        "How late each process's event loop ran its last probe",
+        labels=["process"],
+    )
+    lag.add_metric(["0"], loop_lag_s)
+    for worker in workers:
+        viewers.add_metric([str(worker.index)], len(worker.viewers))
+        lag.add_metric([str(worker.index)], worker.loop_lag_s)
+    yield viewers
+    yield lag
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -52,7 +52,7 @@ class WorkerProcess:
         self._taps: dict[
             SourceTrack, tuple[Callable[[bytes], None], Callable[[int, int], None]]
         ] = {}
-        self._tap_users: dict[SourceTrack, int] = {}
+        self._users: dict[SourceTrack, int] = {}  # viewers here, fed or not yet
         self.packets_dropped = 0
         self.loop_lag_s = 0.0
         self.stopped = False
@@ -133,18 +133,23 @@ class WorkerProcess:
 
     # --- packets to the worker -------------------------------------------------------
 
-    def number(self, track: SourceTrack) -> int:
-        """The number of `track` in this worker's packets."""
+    def take(self, track: SourceTrack) -> int:
+        """A viewer here will watch `track`: its number in this worker's packets.
+
+        The number holds until the last such viewer is `release`d, so a viewer joining
+        as another leaves never holds a copy of the track nobody feeds.
+        """
         if track not in self._numbers:
             self._numbers[track] = next(self.pool.track_numbers)
+            self._users[track] = 0
+        self._users[track] += 1
         return self._numbers[track]
 
-    def subscribe(self, track: SourceTrack) -> None:
-        """Feed `track` to this worker (its GOP first, for the joining viewer)."""
-        if track in self._taps:
-            self._tap_users[track] += 1
+    def feed(self, track: SourceTrack) -> None:
+        """Send `track`'s packets here (its GOP first): a viewer's copy is ready."""
+        if track in self._taps or track not in self._numbers:
             return
-        number = self.number(track)
+        number = self._numbers[track]
         header = PACKET_HEADER.pack(number)
         sock, control = self.packets, self.control
         assert sock is not None and control is not None
@@ -159,24 +164,24 @@ class WorkerProcess:
             control.tell("clock", track=number, ntp=ntp, rtp=rtp)
 
         self._taps[track] = (tap, clock_tap)
-        self._tap_users[track] = 1
         for packet in track.gop:
             tap(packet)
         track.taps.append(tap)
         track.clock_taps.append(clock_tap)
 
-    def unsubscribe(self, track: SourceTrack) -> None:
-        """One viewer fewer on `track`; the last one stops the packets."""
-        if track not in self._tap_users:
+    def release(self, track: SourceTrack) -> None:
+        """A viewer of `track` here is gone; after the last, no more packets."""
+        if track not in self._users:
             return
-        self._tap_users[track] -= 1
-        if self._tap_users[track] > 0:
+        self._users[track] -= 1
+        if self._users[track] > 0:
             return
-        tap, clock_tap = self._taps.pop(track)
-        del self._tap_users[track]
-        track.taps.remove(tap)
-        track.clock_taps.remove(clock_tap)
+        del self._users[track]
         number = self._numbers.pop(track)
+        if track in self._taps:
+            tap, clock_tap = self._taps.pop(track)
+            track.taps.remove(tap)
+            track.clock_taps.remove(clock_tap)
         if self.control is not None:
             self.control.tell("forget_track", track=number)
 

@@ -139,15 +139,15 @@ class RemoteViewer(Viewer):
         )
         self.remote = transport
         self.worker = worker
+        self.process = worker.index
         self.on_join = on_join
         self._remote_counters: dict[str, int] = {}
-        self._subscribed = False
         transport.session_id = self.id
         transport.open_arguments = {
             "stream_id": stream.id,
             "tracks": {
                 t.source.kind: (
-                    worker.number(t.source),
+                    worker.take(t.source),
                     t.source.codec,
                     t.source.ssrc,
                     t.source._can_answer_pli,
@@ -158,14 +158,13 @@ class RemoteViewer(Viewer):
             "remote_ufrag": remote_ufrag,
             "cname": cname,
         }
-        transport.opened = self._subscribe
+        transport.opened = self._feed
         worker.viewers[self.id] = self
 
-    def _subscribe(self) -> None:
-        if not self.closed and not self._subscribed:
-            self._subscribed = True
+    def _feed(self) -> None:
+        if not self.closed:
             for track in self.tracks:
-                self.worker.subscribe(track.source)
+                self.worker.feed(track.source)
 
     async def close(self, reason: str, cause: str) -> None:
         if not self.closed:
@@ -194,8 +193,7 @@ class RemoteViewer(Viewer):
         return dict(self._remote_counters)
 
     def detach(self) -> None:
-        if self._subscribed:
-            for track in self.tracks:
-                self.worker.unsubscribe(track.source)
+        for track in self.tracks:
+            self.worker.release(track.source)
         self.worker.viewers.pop(self.id, None)
         self.stream.remove_viewer(self)
