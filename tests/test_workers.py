@@ -12,6 +12,7 @@ from broadcast.web_keys import REGISTRY
 from broadcast.workers import pool
 from broadcast.workers.remote import RemoteViewer
 from tests.peers import Peer, publish, wait_for, watch
+from tests.test_lifecycle import video_packets
 
 VIEWERS = 4
 
@@ -195,3 +196,76 @@ async def test_a_worker_that_is_behind_gets_no_new_viewer(
     await asyncio.gather(*(v.wait_connected() for v in viewers))
     assert worker.viewers == {}, "a worker that is behind was given viewers"
     await asyncio.gather(publisher.close(), *(v.close() for v in viewers))
+
+
+async def test_a_worker_viewer_keeps_numbering_across_a_publisher_reconnect(
+    make_server, http
+):
+    server = await make_server(workers=2, reconnect_grace_s=10)
+    registry = server.app[REGISTRY]
+    (worker,) = registry.workers.workers
+    url = str(server.make_url("/whip/re"))
+    first = await publish(http, url)
+    await first.wait_connected()
+    local = await watch(http, str(server.make_url("/whep/re")))
+    viewer = await watch(http, str(server.make_url("/whep/re")))
+    await asyncio.gather(local.wait_connected(), viewer.wait_connected())
+    assert viewer.location.split("/")[-1] in worker.viewers
+    stream = registry.get("re")
+    await wait_for(lambda: len(viewer.frames.get("video", [])) >= 10)
+    await first.close()
+    await wait_for(lambda: stream.state == "reconnecting", message=stream.state)
+    before = len(video_packets(viewer, stream))
+    last = video_packets(viewer, stream)[-1]
+
+    second = await publish(http, url)
+    await second.wait_connected()
+    frames_before = len(viewer.frames["video"])
+    await wait_for(
+        lambda: len(viewer.frames["video"]) >= frames_before + 10,
+        message="the worker's viewer saw no frames from the new publisher",
+    )
+    after = video_packets(viewer, stream)[before:]
+    assert after[0].sequence_number == (last.sequence_number + 1) & 0xFFFF
+    await asyncio.gather(local.close(), viewer.close(), second.close())
+
+
+async def test_a_worker_answers_its_viewers_nacks_from_its_own_history(
+    make_server, http
+):
+    """One video packet in 10 is lost on the way to the worker's viewer: the worker
+    retransmits it (the main process's history is not consulted)."""
+    server = await make_server(workers=2)
+    registry = server.app[REGISTRY]
+    (worker,) = registry.workers.workers
+    publisher = await publish(http, str(server.make_url("/whip/n")))
+    await publisher.wait_connected()
+    local = await watch(http, str(server.make_url("/whep/n")))
+    lost: list[int] = []
+
+    def drop(data: bytes) -> bool:
+        seq = int.from_bytes(data[2:4], "big")
+        if seq % 10 == 3 and seq not in lost:
+            lost.append(seq)  # once: its retransmission gets through
+            return True
+        return False
+
+    viewer = await watch(
+        http, str(server.make_url("/whep/n")), kinds=("video",), drop=drop
+    )
+    await asyncio.gather(local.wait_connected(), viewer.wait_connected())
+    (remote,) = worker.viewers.values()
+    await wait_for(lambda: len(lost) >= 5, timeout=20, message="nothing was lost")
+    stream = registry.get("n")
+    await wait_for(
+        lambda: (
+            set(lost[:5]) <= {p.sequence_number for p in video_packets(viewer, stream)}
+        ),
+        timeout=10,
+        message="a lost packet was never retransmitted",
+    )
+    await wait_for(
+        lambda: remote.counters().get("retransmissions", 0) >= 5,
+        message="the worker did not report its retransmissions",
+    )
+    await asyncio.gather(publisher.close(), local.close(), viewer.close())
