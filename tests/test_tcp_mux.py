@@ -11,6 +11,7 @@ import re
 
 from aioice import stun
 
+from broadcast.media import tcp_mux
 from broadcast.media.tcp_mux import FRAME_HEADER
 from broadcast.web_keys import REGISTRY
 from tests.peers import publish, wait_for, watch
@@ -143,3 +144,41 @@ async def test_closing_the_listener_frees_the_port(make_server):
     except OSError:
         return
     raise AssertionError("the ICE-TCP port still accepts connections")
+
+
+async def test_connections_are_capped_per_session_and_while_unnamed(
+    server, http, monkeypatch
+):
+    """A flood of connections costs the flooder, not the server's descriptors."""
+    monkeypatch.setattr(tcp_mux, "MAX_PENDING_CONNECTIONS", 2)
+    publisher, viewer, session = await viewer_session(server, http)
+    (listener,) = server.app[REGISTRY].tcp_listeners
+    silent = [await asyncio.open_connection(*listener.address) for _ in range(2)]
+    reader, writer = await asyncio.open_connection(*listener.address)
+    assert await asyncio.wait_for(reader.read(), 5) == b"", "a third unnamed one stayed"
+    writer.close()
+    for _, silent_writer in silent:
+        silent_writer.close()
+    await wait_for(lambda: listener.pending == 0, message="closed ones still pending")
+
+    local = session.transport.local_ice
+    check = bytes(
+        binding_request(
+            f"{local.usernameFragment}:{session.remote_ufrag}", local.password
+        )
+    )
+    named = []
+    for _ in range(tcp_mux.MAX_CONNECTIONS_PER_SESSION + 1):
+        reader, writer = await asyncio.open_connection(*listener.address)
+        writer.write(FRAME_HEADER.pack(len(check)) + check)
+        named.append((reader, writer))
+    for reader, _ in named[:-1]:
+        assert stun.parse_message(await read_frame(reader)).message_class in (
+            stun.Class.RESPONSE,
+            stun.Class.REQUEST,  # aioice's triggered check may come first
+        )
+    assert await asyncio.wait_for(named[-1][0].read(), 5) == b"", "one too many"
+    for _, writer in named:
+        writer.close()
+    assert viewer.pc.connectionState == "connected"
+    await asyncio.gather(publisher.close(), viewer.close())

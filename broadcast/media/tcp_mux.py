@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 FRAME_HEADER = struct.Struct("!H")  # RFC 4571 §2
 # A connection that has not named a session by then is a port scanner or a stray.
 FIRST_FRAME_TIMEOUT_S = 10.0
+# Connections that have named no session yet, and connections per session: a viewer
+# needs one (two while it tries another address); more is a flood, not a viewer.
+MAX_PENDING_CONNECTIONS = 256
+MAX_CONNECTIONS_PER_SESSION = 4
 # About 2 s of a 4 Mbit/s stream: past this a viewer is too far behind to catch up, and
 # frames are dropped (whole, so the framing stays intact) instead of queued.
 MAX_SEND_BUFFER_BYTES = 1 << 20
@@ -61,6 +65,7 @@ class MediaTcpListener:
         self._server: asyncio.AbstractServer | None = None
         self._by_ufrag: dict[bytes, TcpSessionPort] = {}
         self.unrouted = 0  # connections that named no session, or sent junk first
+        self.pending = 0  # connections that have not named a session yet
         self.send_dropped = 0  # frames dropped because a viewer fell behind
 
     @classmethod
@@ -121,6 +126,11 @@ class _TcpPeer(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        if self.listener.pending >= MAX_PENDING_CONNECTIONS:
+            self.listener.unrouted += 1
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self.listener.pending += 1
         peer = transport.get_extra_info("peername")
         self.addr = (peer[0], peer[1])
         sock = transport.get_extra_info("socket")
@@ -150,20 +160,27 @@ class _TcpPeer(asyncio.Protocol):
         port = self.port
         if port is None:
             port = self.listener.session_for(frame)
-            if port is None:
+            if port is None or len(port.peers) >= MAX_CONNECTIONS_PER_SESSION:
                 self._refuse()
                 return False
-            if self._first_frame_timer is not None:
-                self._first_frame_timer.cancel()
+            self._named()
             self.port = port
             port.peers[self.addr] = self
         if self.authenticated or looks_like_stun(frame):
             port.datagram_received(frame, self.addr)
         return True
 
+    def _named(self) -> None:
+        """No longer pending: it named a session, or it is gone."""
+        if self._first_frame_timer is not None:
+            self._first_frame_timer.cancel()
+            self._first_frame_timer = None
+            self.listener.pending -= 1
+
     def _refuse(self) -> None:
         if self.port is None and self._transport is not None:
             self.listener.unrouted += 1
+            self._named()
             self._transport.abort()
 
     def write_frame(self, data: bytes) -> None:
@@ -180,8 +197,7 @@ class _TcpPeer(asyncio.Protocol):
             self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._first_frame_timer is not None:
-            self._first_frame_timer.cancel()
+        self._named()
         if self.port is not None:
             self.port.peer_lost(self)
 

@@ -56,6 +56,7 @@ class WorkerProcess:
         self.packets_dropped = 0
         self.loop_lag_s = 0.0
         self.stopped = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"WorkerProcess({self.index})"
@@ -115,10 +116,9 @@ class WorkerProcess:
         elif method == "joined":
             viewer.on_join(arguments["seconds"])
         elif method == "closed":
+            viewer.take_stats(arguments["stats"])
             viewer.remote.closed_there = True
-            asyncio.get_running_loop().create_task(
-                viewer.close(arguments["reason"], arguments["cause"] or "transport")
-            )
+            self._close(viewer, arguments["reason"], arguments["cause"] or "transport")
 
     def _lost(self) -> None:
         if self.stopped:
@@ -126,10 +126,13 @@ class WorkerProcess:
         logger.error("%r exited: its %d viewers are dropped", self, len(self.viewers))
         for viewer in list(self.viewers.values()):
             viewer.remote.closed_there = True
-            asyncio.get_running_loop().create_task(
-                viewer.close("its worker process exited", "error")
-            )
+            self._close(viewer, "its worker process exited", "error")
         self.pool.lost(self)
+
+    def _close(self, viewer: RemoteViewer, reason: str, cause: str) -> None:
+        task = asyncio.get_running_loop().create_task(viewer.close(reason, cause))
+        self._closing.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._closing.discard)
 
     # --- packets to the worker -------------------------------------------------------
 

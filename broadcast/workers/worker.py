@@ -179,6 +179,7 @@ class Worker:
                 session=session,
                 reason=viewer.close_reason,
                 cause=viewer.close_cause,
+                stats=viewer_stats(viewer),  # its last counts, for the totals
             )
         self.viewers_ended += 1
 
