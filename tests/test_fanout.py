@@ -14,13 +14,32 @@ VIEWERS = 10
 
 
 @pytest.fixture(autouse=True, params=["native", "python"])
-def fan_out_path(request, monkeypatch) -> str:  # type: ignore[no-untyped-def]
-    """Every test here runs on the native fan-out and on the pure-Python path."""
+def fan_out_path(request, monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every test here runs on the native fan-out and on the pure-Python path; the
+    list returned names the path of each packet the fan-out sent."""
     if request.param == "python":
         monkeypatch.setattr(udp_mux, "NATIVE", False)
     else:
         assert udp_mux.NATIVE, "the native extension is not built"
-    return request.param
+    paths: list[str] = []
+    python_loop, native = udp_mux.fan_out_each, udp_mux._fanout
+
+    class CountingNative:
+        @staticmethod
+        def fan_out(*arguments):  # type: ignore[no-untyped-def]
+            paths.append("native")
+            return native.fan_out(*arguments)
+
+        send = staticmethod(native.send)
+
+    def counting_loop(*arguments):  # type: ignore[no-untyped-def]
+        paths.append("python")
+        return python_loop(*arguments)
+
+    monkeypatch.setattr(udp_mux, "fan_out_each", counting_loop)
+    monkeypatch.setattr(udp_mux, "_fanout", CountingNative)
+    paths.append(request.param)  # the first entry: the path under test
+    return paths
 
 
 def assert_payloads_identical(publisher: Peer, viewer: Peer, kind: str) -> int:
@@ -80,8 +99,11 @@ async def test_every_viewer_decodes_byte_identical_media(
         video.lower(),
         audio.lower(),
     }
-    fanned = [t.fanned_packets for t in stream.tracks.values()]
-    assert all(fanned) if fan_out_path == "native" else not any(fanned)
+    # Connected viewers past their keyframe are served by the fan-out, on the path
+    # under test only.
+    assert all(t.fanned_packets for t in stream.tracks.values())
+    path, *used = fan_out_path
+    assert used and set(used) == {path}
     for viewer in viewers:
         await viewer.close()
     await publisher.close()

@@ -134,9 +134,14 @@ def srtp_pair(profile: int, key: bytes) -> tuple[Session, Session]:
     )
 
 
-async def test_native_fan_out_protects_like_libsrtp_and_decrypts_independently():
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+async def test_fan_out_protects_like_libsrtp_and_decrypts_independently(
+    native, monkeypatch
+):
     """Each viewer's datagram equals pylibsrtp's own protect of the same packet (with
-    the viewer's payload type) and an independent receiving session decrypts it."""
+    the viewer's payload type) and an independent receiving session decrypts it, from
+    the native fan-out and from its Python twin alike."""
+    monkeypatch.setattr(udp_mux, "NATIVE", native)
     profiles = [
         (Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30, -1),
         (Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 28, 111),

@@ -37,7 +37,6 @@ from aiortc import (
 from aiortc.rtcdtlstransport import State as DtlsState
 from pylibsrtp._binding import ffi
 
-from broadcast.media import udp_mux
 from broadcast.media.tcp_mux import MediaTcpListener, tcp_candidate_priority
 from broadcast.media.udp_mux import (
     MediaSocket,
@@ -416,12 +415,12 @@ class SecureTransport:
         return None if pair is None else pair.remote_addr
 
     def fan_out_target(self) -> tuple[MediaSocket, int, tuple[str, int], Any] | None:
-        """Socket, SRTP session address, peer and session for the native fan-out.
+        """Socket, SRTP session address, peer and session for the fan-out.
 
-        None until connected, and always when the native extension is not built or
-        this session has a socket of its own (port-range mode): `send_rtp` then.
+        None until connected, and always when this session has a socket of its own
+        (port-range mode) or is on ICE-TCP: `send_rtp` then.
         """
-        if not udp_mux.NATIVE or self.closed:
+        if self.closed:
             return None
         pair = self._connection._nominated.get(1)
         tx = self._dtls._tx_srtp

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import aioice
+import pylibsrtp
 from aioice import stun
 from aioice.ice import StunProtocol
 from pylibsrtp._binding import ffi, lib
@@ -92,6 +93,34 @@ def send_each(sock: socket.socket, outbox: Outbox) -> int:
 def send_batched(sock: socket.socket, outbox: Outbox) -> int:
     """Send queued datagrams with `sendmmsg` (native); same outcome as `send_each`."""
     return _fanout.send(sock.fileno(), sock.family, outbox)
+
+
+def fan_out_each(
+    sock: socket.socket, packet: bytes, targets: list[FanOutTarget]
+) -> tuple[int, int]:
+    """`_fanout.fan_out` in Python: protect and send one packet to every target;
+    (sent, refused by SRTP). One tight loop, no object or call per viewer but
+    libsrtp's and the send."""
+    sendto = sock.sendto
+    sent = refused = 0
+    marker = packet[1] & 0x80
+    for _, addr, payload_type, session in targets:
+        data = packet
+        if payload_type >= 0:
+            data = packet[:1] + bytes((marker | payload_type,)) + packet[2:]
+        try:
+            protected = session.protect(data)  # type: ignore[attr-defined]
+        except (pylibsrtp.Error, ValueError):
+            refused += 1
+            continue
+        try:
+            sendto(protected, addr)
+        except BlockingIOError:
+            break  # the socket buffer is full: the rest is dropped, like UDP would
+        except OSError:
+            continue  # this address cannot be reached; the others may
+        sent += 1
+    return sent, refused
 
 
 def default_sender() -> Callable[[socket.socket, Outbox], int]:
@@ -253,11 +282,15 @@ class MediaSocket(asyncio.DatagramProtocol):
             self.send_dropped += len(outbox) - self._send(self.sock, outbox)
 
     def fan_out(self, packet: bytes, targets: list[FanOutTarget]) -> None:
-        """Protect `packet` for every target and send them all now (native only)."""
+        """Protect `packet` for every target and send them all now: one `sendmmsg`
+        (native), or one tight loop of protect + `sendto`."""
         self.flush()  # what was queued before goes first, in order
-        sent, refused = _fanout.fan_out(
-            self.sock.fileno(), self.sock.family, SRTP_PROTECT, packet, targets
-        )
+        if NATIVE:
+            sent, refused = _fanout.fan_out(
+                self.sock.fileno(), self.sock.family, SRTP_PROTECT, packet, targets
+            )
+        else:
+            sent, refused = fan_out_each(self.sock, packet, targets)
         self.srtp_refused += refused
         self.send_dropped += len(targets) - sent - refused
 

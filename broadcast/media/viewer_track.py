@@ -9,7 +9,7 @@ from typing import Any
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.udp_mux import FanOutTarget, MediaSocket
 
-# What a transport offers the native fan-out: socket, srtp_t address, peer, session.
+# What a transport offers the fan-out: socket, srtp_t address, peer, session.
 NativeTarget = tuple[MediaSocket, int, tuple[str, int], Any]
 
 # A NACK names up to 17 packets per 4 bytes: a viewer could ask for thousands at once.
@@ -22,8 +22,9 @@ class ViewerTrack:
 
     Per packet the only per-viewer work is the payload-type byte (when the viewer chose
     another number for the codec) and the SRTP protect + send of its transport. Once
-    connected and past the keyframe gate, the source hands that work to the native
-    fan-out (when built) and this object only keeps the count.
+    connected and past the keyframe gate, the source hands that work to its socket's
+    fan-out (native `sendmmsg`, or one Python loop) and this object only keeps the
+    count.
     """
 
     def __init__(
@@ -63,7 +64,7 @@ class ViewerTrack:
         self._octets_sent += len(packet) - 12
 
     def fan_out_target(self) -> tuple[MediaSocket, FanOutTarget] | None:
-        """This viewer for the native fan-out, once it can take every packet."""
+        """This viewer for the fan-out, once it can take every packet."""
         if self.waiting_for_keyframe:
             return None
         found = self._native_target()
