@@ -514,6 +514,7 @@ cat <<EOF
   viewers:    $base_url/watch/<stream-id>   (the presenter page shows the link)
   admin key:  ${admin_key:-<none: admin API off>}   (/api and /metrics: Authorization: Bearer KEY)
   config:     $CONFIG
+  ports:      $(firewall_rules | paste -sd ' ')   (open them in any firewall in front of this server)
   certificate: $certificate_note
   logs:       journalctl -u broadcast -f    and    $LOG_DIR/broadcast.log
   status:     systemctl status broadcast    (alias: service webcallserver status)
