@@ -282,8 +282,9 @@ class Config:
 
     @property
     def processes(self) -> int:
-        """Processes carrying viewers: `workers`, or one per core when it is 0."""
-        return self.workers or os.cpu_count() or 1
+        """Processes carrying viewers: `workers`, or when it is 0 one per core this
+        server may run on (what `nproc` counts, as install.sh does)."""
+        return self.workers or len(os.sched_getaffinity(0)) or 1
 
     @classmethod
     def load(cls, path: str) -> Config:

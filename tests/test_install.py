@@ -14,6 +14,7 @@ import base64
 import configparser
 import hashlib
 import importlib.metadata
+import os
 import re
 import shutil
 import socket
@@ -223,6 +224,11 @@ def test_install_writes_a_valid_config_certificate_unit_and_logrotate(
     key = install.value("publish_key")
     assert f"https://127.0.0.1:{install.https_port}/?key={key}" in install.first_output
     assert install.value("admin_key") in install.first_output
+    # The media ports of every process (one per core by default), UDP and TCP.
+    last = 8081 + len(os.sched_getaffinity(0)) - 1
+    media = "8081" if last == 8081 else f"8081:{last}"
+    ports = f"ports:      {install.http_port}/tcp {install.https_port}/tcp"
+    assert f"{ports} {media}/udp {media}/tcp " in install.first_output
 
 
 @pytest.fixture
