@@ -8,9 +8,11 @@ import re
 
 import aiohttp
 
+from broadcast.config import RtspCamera, RtspOptions
 from broadcast.web_keys import REGISTRY
 from broadcast.workers import pool
 from broadcast.workers.remote import RemoteViewer
+from tests.camera_sim import start_camera
 from tests.peers import Peer, publish, wait_for, watch
 from tests.test_lifecycle import video_packets
 
@@ -273,3 +275,36 @@ async def test_a_worker_answers_its_viewers_nacks_from_its_own_history(
         message="the worker did not report its retransmissions",
     )
     await asyncio.gather(publisher.close(), local.close(), viewer.close())
+
+
+async def test_a_camera_viewer_on_a_worker_starts_from_the_gop_at_once(
+    make_server, http
+):
+    """A camera cannot answer a PLI: the worker's copy of the track is handed the GOP
+    when its viewer's transport opens, and starts the viewer from it on connecting."""
+    async with start_camera() as cam:
+        server = await make_server(
+            workers=2,
+            cameras=(RtspCamera("cam", cam.url, RtspOptions(always_on=True)),),
+        )
+        registry = server.app[REGISTRY]
+        (worker,) = registry.workers.workers
+        stream = registry.get("cam")
+        await wait_for(lambda: "video" in stream.tracks and stream.tracks["video"].gop)
+        keyframe = stream.tracks["video"].gop[0]
+        await wait_for(lambda: stream.tracks["video"].gop[0] != keyframe)
+        await asyncio.sleep(0.1)  # just past a keyframe: the next is ~0.9 s away
+        viewers = [
+            await watch(http, str(server.make_url("/whep/cam")), ("video",))
+            for _ in range(2)
+        ]
+        await asyncio.gather(*(v.wait_connected() for v in viewers))
+        assert len(worker.viewers) == 1
+        await wait_for(
+            lambda: all(v.frames.get("video") for v in viewers),
+            timeout=5,
+            message="a camera viewer got no picture",
+        )
+        for viewer in viewers:
+            assert viewer.first_frame_at["video"] - viewer.connected_at < 0.4
+        await asyncio.gather(*(v.close() for v in viewers))
