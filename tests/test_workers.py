@@ -308,3 +308,30 @@ async def test_a_camera_viewer_on_a_worker_starts_from_the_gop_at_once(
         for viewer in viewers:
             assert viewer.first_frame_at["video"] - viewer.connected_at < 0.4
         await asyncio.gather(*(v.close() for v in viewers))
+
+
+async def test_trickle_reaches_a_worker_viewer(make_server, http):
+    """PATCH on a worker's viewer session: the candidate goes to the worker (204), and
+    an ICE restart is refused as for any viewer."""
+    server = await make_server(workers=2)
+    (worker,) = server.app[REGISTRY].workers.workers
+    publisher = await publish(http, str(server.make_url("/whip/t")), video=None)
+    await publisher.wait_connected()
+    viewers = [
+        await watch(http, str(server.make_url("/whep/t")), kinds=("audio",))
+        for _ in range(2)
+    ]
+    (remote,) = [v for v in viewers if v.location.split("/")[-1] in worker.viewers]
+    ufrag = remote.pc.localDescription.sdp.split("a=ice-ufrag:")[1].split()[0]
+    url = server.make_url(remote.location)
+    headers = {"Content-Type": "application/trickle-ice-sdpfrag"}
+    fragment = (
+        "a=ice-ufrag:{}\r\na=mid:0\r\n"
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n"
+    )
+    async with http.patch(url, data=fragment.format(ufrag), headers=headers) as r:
+        assert r.status == 204
+    async with http.patch(url, data=fragment.format("other"), headers=headers) as r:
+        assert r.status == 422
+    await remote.wait_connected()
+    await asyncio.gather(publisher.close(), *(v.close() for v in viewers))
