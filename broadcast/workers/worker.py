@@ -80,8 +80,10 @@ class Worker:
             track = self.tracks.get(arguments["track"])
             if track is not None:
                 track.take_sender_report(arguments["ntp"], arguments["rtp"])
-        elif method == "forget_track":
-            self.tracks.pop(arguments["track"], None)
+        elif method == "forget_track":  # its last viewer here has left
+            track = self.tracks.pop(arguments["track"], None)
+            if track is not None:
+                track.close()
         elif method == "stop":
             self._lost()
 
