@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from broadcast.web_keys import REGISTRY
@@ -25,16 +26,25 @@ async def test_second_publisher_gets_409(server, http):
     await first.close()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_republish_within_grace_keeps_viewers_with_continuous_numbering(
-    make_server, http
+    make_server, http, workers
 ):
-    server = await make_server(reconnect_grace_s=10)
+    """With workers = 2 the viewer watched is the worker's (the first is the main
+    process's): its copy of the track is fed the new publisher's packets."""
+    server = await make_server(reconnect_grace_s=10, workers=workers)
     url = str(server.make_url("/whip/re"))
     first = await publish(http, url)
     await first.wait_connected()
-    viewer = await watch(http, str(server.make_url("/whep/re")))
-    await viewer.wait_connected()
-    stream = server.app[REGISTRY].get("re")
+    viewers = [
+        await watch(http, str(server.make_url("/whep/re"))) for _ in range(workers)
+    ]
+    viewer = viewers[-1]
+    await asyncio.gather(*(v.wait_connected() for v in viewers))
+    registry = server.app[REGISTRY]
+    if workers == 2:
+        assert viewer.location.split("/")[-1] in registry.workers.workers[0].viewers
+    stream = registry.get("re")
     await wait_for(lambda: len(viewer.frames.get("video", [])) >= 10)
     await first.close()
     await wait_for(lambda: stream.state == "reconnecting", message=stream.state)
@@ -53,7 +63,7 @@ async def test_republish_within_grace_keeps_viewers_with_continuous_numbering(
     assert after[0].sequence_number == (last.sequence_number + 1) & 0xFFFF
     assert 0 < (after[0].timestamp - last.timestamp) & 0xFFFFFFFF < 90000 * 5
     assert viewer.pc.connectionState == "connected"
-    await asyncio.gather(viewer.close(), second.close())
+    await asyncio.gather(*(v.close() for v in viewers), second.close())
 
 
 async def test_stream_ends_after_grace_and_its_viewers_are_closed(make_server, http):

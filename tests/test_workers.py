@@ -200,38 +200,6 @@ async def test_a_worker_that_is_behind_gets_no_new_viewer(
     await asyncio.gather(publisher.close(), *(v.close() for v in viewers))
 
 
-async def test_a_worker_viewer_keeps_numbering_across_a_publisher_reconnect(
-    make_server, http
-):
-    server = await make_server(workers=2, reconnect_grace_s=10)
-    registry = server.app[REGISTRY]
-    (worker,) = registry.workers.workers
-    url = str(server.make_url("/whip/re"))
-    first = await publish(http, url)
-    await first.wait_connected()
-    local = await watch(http, str(server.make_url("/whep/re")))
-    viewer = await watch(http, str(server.make_url("/whep/re")))
-    await asyncio.gather(local.wait_connected(), viewer.wait_connected())
-    assert viewer.location.split("/")[-1] in worker.viewers
-    stream = registry.get("re")
-    await wait_for(lambda: len(viewer.frames.get("video", [])) >= 10)
-    await first.close()
-    await wait_for(lambda: stream.state == "reconnecting", message=stream.state)
-    before = len(video_packets(viewer, stream))
-    last = video_packets(viewer, stream)[-1]
-
-    second = await publish(http, url)
-    await second.wait_connected()
-    frames_before = len(viewer.frames["video"])
-    await wait_for(
-        lambda: len(viewer.frames["video"]) >= frames_before + 10,
-        message="the worker's viewer saw no frames from the new publisher",
-    )
-    after = video_packets(viewer, stream)[before:]
-    assert after[0].sequence_number == (last.sequence_number + 1) & 0xFFFF
-    await asyncio.gather(local.close(), viewer.close(), second.close())
-
-
 async def test_a_worker_answers_its_viewers_nacks_from_its_own_history(
     make_server, http
 ):

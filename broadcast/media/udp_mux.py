@@ -98,29 +98,20 @@ def send_batched(sock: socket.socket, outbox: Outbox) -> int:
 def fan_out_each(
     sock: socket.socket, packet: bytes, targets: list[FanOutTarget]
 ) -> tuple[int, int]:
-    """`_fanout.fan_out` in Python: protect and send one packet to every target;
-    (sent, refused by SRTP). One tight loop, no object or call per viewer but
-    libsrtp's and the send."""
-    sendto = sock.sendto
-    sent = refused = 0
+    """`_fanout.fan_out` in Python: protect one packet for every target and send
+    them; (sent, refused by SRTP). No object or call per viewer but libsrtp's."""
+    outbox: Outbox = []
+    refused = 0
     marker = packet[1] & 0x80
     for _, addr, payload_type, session in targets:
         data = packet
         if payload_type >= 0:
             data = packet[:1] + bytes((marker | payload_type,)) + packet[2:]
         try:
-            protected = session.protect(data)  # type: ignore[attr-defined]
+            outbox.append((session.protect(data), addr))  # type: ignore[attr-defined]
         except (pylibsrtp.Error, ValueError):
             refused += 1
-            continue
-        try:
-            sendto(protected, addr)
-        except BlockingIOError:
-            break  # the socket buffer is full: the rest is dropped, like UDP would
-        except OSError:
-            continue  # this address cannot be reached; the others may
-        sent += 1
-    return sent, refused
+    return send_each(sock, outbox), refused
 
 
 def default_sender() -> Callable[[socket.socket, Outbox], int]:
