@@ -184,16 +184,20 @@ class StreamRegistry:
             totals.update(session.counters())
         for stream in self.streams.values():
             totals.update(stream.counters())
-        shared: list[MediaSocket | MediaTcpListener] = [
-            *self.media_sockets,
-            *self.tcp_listeners,
-        ]
-        for media in shared:
-            totals["foreign_packets_dropped"] += media.unrouted
-            totals["packets_dropped"] += media.send_dropped
-        for worker in self.workers.workers:  # a worker that was behind
-            totals["packets_dropped"] += worker.packets_dropped
+        totals.update(self.socket_counts())
+        totals.update(self.workers.counts())
         return totals
+
+    def socket_counts(self) -> Counter[str]:
+        """What this process's shared media sockets refused or could not send."""
+        counts: Counter[str] = Counter()
+        for media in self.media_sockets:
+            counts["foreign_packets_dropped"] += media.unrouted
+            counts["packets_dropped"] += media.send_dropped + media.srtp_refused
+        for listener in self.tcp_listeners:
+            counts["foreign_packets_dropped"] += listener.unrouted
+            counts["packets_dropped"] += listener.send_dropped
+        return counts
 
     async def close(self) -> None:
         """End every stream (publishers and viewers), as at server shutdown."""

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import socket
 import struct
+from collections import Counter
 
 import aioice
 from aioice import stun
@@ -35,9 +36,11 @@ logger = logging.getLogger(__name__)
 FRAME_HEADER = struct.Struct("!H")  # RFC 4571 §2
 # A connection that has not named a session by then is a port scanner or a stray.
 FIRST_FRAME_TIMEOUT_S = 10.0
-# Connections that have named no session yet, and connections per session: a viewer
-# needs one (two while it tries another address); more is a flood, not a viewer.
+# Connections that have named no session yet (in all, and from one address: one host
+# cannot take every slot), and per session: a viewer needs one (two while it tries
+# another address); more is a flood, not a viewer.
 MAX_PENDING_CONNECTIONS = 256
+MAX_PENDING_PER_HOST = 16
 MAX_CONNECTIONS_PER_SESSION = 4
 # About 2 s of a 4 Mbit/s stream: past this a viewer is too far behind to catch up, and
 # frames are dropped (whole, so the framing stays intact) instead of queued.
@@ -65,7 +68,7 @@ class MediaTcpListener:
         self._server: asyncio.AbstractServer | None = None
         self._by_ufrag: dict[bytes, TcpSessionPort] = {}
         self.unrouted = 0  # connections that named no session, or sent junk first
-        self.pending = 0  # connections that have not named a session yet
+        self.pending: Counter[str] = Counter()  # by host: not named a session yet
         self.send_dropped = 0  # frames dropped because a viewer fell behind
 
     @classmethod
@@ -126,13 +129,17 @@ class _TcpPeer(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        if self.listener.pending >= MAX_PENDING_CONNECTIONS:
+        peer = transport.get_extra_info("peername")
+        self.addr = (peer[0], peer[1])
+        pending = self.listener.pending
+        if (
+            pending.total() >= MAX_PENDING_CONNECTIONS
+            or pending[self.addr[0]] >= MAX_PENDING_PER_HOST
+        ):
             self.listener.unrouted += 1
             transport.abort()  # type: ignore[attr-defined]
             return
-        self.listener.pending += 1
-        peer = transport.get_extra_info("peername")
-        self.addr = (peer[0], peer[1])
+        pending[self.addr[0]] += 1
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -175,7 +182,10 @@ class _TcpPeer(asyncio.Protocol):
         if self._first_frame_timer is not None:
             self._first_frame_timer.cancel()
             self._first_frame_timer = None
-            self.listener.pending -= 1
+            pending = self.listener.pending
+            pending[self.addr[0]] -= 1
+            if pending[self.addr[0]] <= 0:
+                del pending[self.addr[0]]
 
     def _refuse(self) -> None:
         if self.port is None and self._transport is not None:

@@ -98,6 +98,12 @@ def _gather_our_way(
                 )
             connection._local_candidates += found
         connection._local_candidates_end = True
+        if connection._closing:
+            # Closed while we gathered (a STUN server takes up to 5 s): aioice has
+            # closed the protocols it had; those added since are ours to close.
+            for protocol in connection._protocols:
+                protocol.transport.close()
+            connection._protocols.clear()
 
     connection.gather_candidates = gather_candidates  # type: ignore[method-assign]
 

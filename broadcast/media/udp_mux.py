@@ -15,6 +15,7 @@ the viewers of one incoming packet share one system call when the native extensi
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -84,7 +85,9 @@ def send_each(sock: socket.socket, outbox: Outbox) -> int:
             sendto(data, addr)
         except BlockingIOError:
             break  # the socket buffer is full: the rest is dropped, like UDP would
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                break  # the kernel is out of buffers, as the native path stops too
             continue  # this address cannot be reached; the others may
         sent += 1
     return sent

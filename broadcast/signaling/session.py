@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -61,11 +62,14 @@ async def answer_session(
         await transport.gather()
         if not transport.local_candidates:
             raise OSError("no ICE candidate could be gathered")
-    except OSError as exc:
+    except (OSError, TimeoutError) as exc:  # TimeoutError: a worker did not answer
         await session.close(f"cannot gather candidates: {exc}", "error")
         raise ServiceUnavailable(
             "no_candidates", f"The server cannot open media ports: {exc}."
         ) from exc
+    except BaseException:  # a bug, or the client went away: leave nothing behind
+        await asyncio.shield(session.close("failed while gathering", "error"))
+        raise
     if session.closed:  # the stream ended while we gathered
         raise ServiceUnavailable(
             "stream_ended",

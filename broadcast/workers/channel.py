@@ -12,6 +12,7 @@ main process never waits for it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import pickle
@@ -23,7 +24,14 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# A SOCK_SEQPACKET message must fit the socket's send buffer (~208 KiB by default,
+# what net.core.wmem_max allows): callers keep messages well below (stats go in
+# chunks); a message too large anyway is dropped alone, not the channel with it.
 MAX_MESSAGE_BYTES = 1 << 20
+CONTROL_BUFFER_BYTES = 1 << 20
+# A call the other end has not answered by then will not be answered: the caller
+# gets TimeoutError instead of hanging (a stuck worker must not hang HTTP or shutdown).
+CALL_TIMEOUT_S = 10.0
 PACKET_HEADER = struct.Struct("!I")  # the track's number
 PACKET_BUFFER_BYTES = 4 << 20  # about 2 s of a 16 Mbit/s stream
 
@@ -32,9 +40,10 @@ def socket_pairs() -> tuple[tuple[socket.socket, socket.socket], ...]:
     """(control, packets) pairs: the first of each stays here, the second goes."""
     control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     packets = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    for sock in packets:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PACKET_BUFFER_BYTES)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PACKET_BUFFER_BYTES)
+    for pair, size in ((control, CONTROL_BUFFER_BYTES), (packets, PACKET_BUFFER_BYTES)):
+        for sock in pair:  # the kernel caps these at net.core.[rw]mem_max
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
     return (control[0], packets[0]), (control[1], packets[1])
 
 
@@ -63,8 +72,10 @@ class ControlChannel:
         self._task = asyncio.get_running_loop().create_task(self._read())
         self.closed = False
 
-    async def call(self, method: str, **arguments: Any) -> Any:
-        """Ask the other end: its answer, or the exception it raised."""
+    async def call(
+        self, method: str, timeout: float = CALL_TIMEOUT_S, **arguments: Any
+    ) -> Any:
+        """Ask the other end: its answer, or the exception it raised, or TimeoutError."""
         if self.closed:
             raise ConnectionError("the worker is gone")
         call_id = next(self._ids)
@@ -72,7 +83,7 @@ class ControlChannel:
         self._waiting[call_id] = future
         try:
             self._post(("call", call_id, method, arguments))
-            return await future
+            return await asyncio.wait_for(future, timeout)
         finally:
             self._waiting.pop(call_id, None)
 
@@ -96,9 +107,14 @@ class ControlChannel:
             except BlockingIOError:
                 loop.add_writer(self._sock, self._flush)
                 return
-            except OSError:
-                self._lost()
-                return
+            except OSError as exc:
+                if exc.errno != errno.EMSGSIZE:
+                    self._lost()
+                    return
+                logger.error(
+                    "a %d-byte control message is too large to send: dropped",
+                    len(self._outbox[0]),
+                )
             self._outbox.popleft()
         loop.remove_writer(self._sock)
 
@@ -113,7 +129,12 @@ class ControlChannel:
             if not data:
                 self._lost()
                 return
-            kind, call_id, method, arguments = pickle.loads(data)
+            try:
+                kind, call_id, method, arguments = pickle.loads(data)
+            except Exception:  # our own processes: a bug, and nothing to trust after it
+                logger.exception("unreadable control message: the channel is closed")
+                self._lost()
+                return
             if kind == "call":
                 task = loop.create_task(self._answer(call_id, method, arguments))
                 answering.add(task)
@@ -135,9 +156,9 @@ class ControlChannel:
                 result = await result
         except Exception as exc:  # raised at the caller, as if the call were local
             logger.debug("call %s failed", method, exc_info=True)
-            try:
-                pickle.dumps(exc)
-            except (pickle.PicklingError, TypeError, AttributeError):
+            try:  # an exception whose __init__ takes other arguments will not load
+                pickle.loads(pickle.dumps(exc))
+            except Exception:  # noqa: BLE001 - any failure: send its text instead
                 exc = RemoteError(f"{type(exc).__name__}: {exc}")
             self._post(("error", call_id, method, exc))
             return
@@ -150,16 +171,22 @@ class ControlChannel:
             logger.exception("notice %s failed", method)
 
     def _lost(self) -> None:
-        if self.closed:
-            return
+        if not self.closed:
+            self._lost_quietly()
+            self._on_lost()
+
+    def _lost_quietly(self) -> None:
+        """Closed: every pending call fails now rather than waiting for ever."""
         self.closed = True
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(ConnectionError("the worker is gone"))
-        self._on_lost()
 
     def close(self) -> None:
-        self.closed = True
+        """Close the socket; pending calls fail. Idempotent."""
+        if self._sock.fileno() == -1:
+            return
+        self._lost_quietly()
         self._task.cancel()
         asyncio.get_running_loop().remove_writer(self._sock)
         self._sock.close()

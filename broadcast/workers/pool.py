@@ -15,13 +15,14 @@ import itertools
 import logging
 import socket
 import sys
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
 from broadcast.config import Config
 from broadcast.limits import ADMISSION_MAX_LAG_S
-from broadcast.media.source_track import SourceTrack
+from broadcast.media.source_track import GOP_CACHE_PACKETS, SourceTrack
 from broadcast.workers.channel import (
     PACKET_HEADER,
     ControlChannel,
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0
 RESTART_DELAY_S = 1.0
+MAX_BACKLOG_PACKETS = GOP_CACHE_PACKETS + 1000
+STABLE_AFTER_S = 60.0  # a worker that ran this long before dying was not crash-looping
 STOP_TIMEOUT_S = 5.0
 
 
@@ -55,6 +58,9 @@ class WorkerProcess:
         self._users: dict[SourceTrack, int] = {}  # viewers here, fed or not yet
         self.packets_dropped = 0
         self.loop_lag_s = 0.0
+        self.counts: dict[str, int] = {}  # what its shared sockets dropped, so far
+        self._backlog: deque[bytes] = deque()  # packets its socket could not take yet
+        self.started_at = time.monotonic()
         self.stopped = False
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -78,14 +84,12 @@ class WorkerProcess:
         self.control = ControlChannel(control, self._call, self._notice, self._lost)
         port = config.media_port + self.index if config.media_port else 0
         try:
-            self.media_addresses = await asyncio.wait_for(
-                self.control.call(
-                    "start",
-                    config=dataclasses.replace(config, media_port=port),
-                    index=self.index,
-                    log_level=logging.getLogger().getEffectiveLevel(),
-                ),
-                START_TIMEOUT_S,
+            self.media_addresses = await self.control.call(
+                "start",
+                timeout=START_TIMEOUT_S,
+                config=dataclasses.replace(config, media_port=port),
+                index=self.index,
+                log_level=logging.getLogger().getEffectiveLevel(),
             )
         except (OSError, RemoteError, TimeoutError) as exc:
             raise OSError(f"worker {self.index} did not start: {exc}") from None
@@ -101,8 +105,11 @@ class WorkerProcess:
                 if number == arguments["track"]:
                     track.keyframes.request()
             return
-        if method == "stats":
+        if method == "load":
             self.loop_lag_s = arguments["loop_lag_s"]
+            self.counts = arguments["counts"]
+            return
+        if method == "stats":
             for session, stats in arguments["viewers"].items():
                 viewer = self.viewers.get(session)
                 if viewer is not None:
@@ -154,14 +161,11 @@ class WorkerProcess:
             return
         number = self._numbers[track]
         header = PACKET_HEADER.pack(number)
-        sock, control = self.packets, self.control
-        assert sock is not None and control is not None
+        control = self.control
+        assert control is not None
 
         def tap(data: bytes) -> None:
-            try:
-                sock.send(header + data)
-            except OSError:  # full (the worker is behind), or gone
-                self.packets_dropped += 1
+            self._send_packet(header + data)
 
         def clock_tap(ntp: int, rtp: int) -> None:
             control.tell("clock", track=number, ntp=ntp, rtp=rtp)
@@ -171,6 +175,37 @@ class WorkerProcess:
             tap(packet)
         track.taps.append(tap)
         track.clock_taps.append(clock_tap)
+
+    def _send_packet(self, message: bytes) -> None:
+        """To the worker, in order. What its socket cannot take yet (a GOP handed
+        over at once is up to 2,000 packets) waits here, up to a bound: past it the
+        worker is behind, and loses packets rather than the main process memory."""
+        if self._backlog:
+            if len(self._backlog) < MAX_BACKLOG_PACKETS:
+                self._backlog.append(message)
+            else:
+                self.packets_dropped += 1
+            return
+        assert self.packets is not None
+        try:
+            self.packets.send(message)
+        except BlockingIOError:
+            self._backlog.append(message)
+            asyncio.get_running_loop().add_writer(self.packets, self._drain)
+        except OSError:  # the worker is gone; its loss is on the way
+            self.packets_dropped += 1
+
+    def _drain(self) -> None:
+        assert self.packets is not None
+        while self._backlog:
+            try:
+                self.packets.send(self._backlog[0])
+            except BlockingIOError:
+                return
+            except OSError:
+                self.packets_dropped += 1
+            self._backlog.popleft()
+        asyncio.get_running_loop().remove_writer(self.packets)
 
     def release(self, track: SourceTrack) -> None:
         """A viewer of `track` here is gone; after the last, no more packets."""
@@ -204,6 +239,7 @@ class WorkerProcess:
         if self.control is not None:
             self.control.close()
         if self.packets is not None:
+            asyncio.get_running_loop().remove_writer(self.packets)
             self.packets.close()
 
 
@@ -216,6 +252,7 @@ class WorkerPool:
         self._config: Config | None = None  # None: stopped
         self._replacing: set[asyncio.Task[None]] = set()
         self._restarts: Counter[int] = Counter()
+        self._ended: Counter[str] = Counter()  # counts of workers gone
 
     async def start(self, config: Config) -> None:
         self._config = config
@@ -248,10 +285,23 @@ class WorkerPool:
                 best, fewest = worker, len(worker.viewers)
         return best
 
+    def counts(self) -> Counter[str]:
+        """What the workers' sockets dropped, those gone included (counters only
+        go up)."""
+        totals = Counter(self._ended)
+        for worker in self.workers:
+            totals.update(worker.counts)
+            totals["packets_dropped"] += worker.packets_dropped
+        return totals
+
     def lost(self, worker: WorkerProcess) -> None:
         """`worker` exited by itself: no more viewers for it; start another."""
         if self._config is not None and worker in self.workers:
             self.workers.remove(worker)
+            self._ended.update(worker.counts)
+            self._ended["packets_dropped"] += worker.packets_dropped
+            if time.monotonic() - worker.started_at > STABLE_AFTER_S:
+                self._restarts[worker.index] = 0  # it had been fine: retry at once
             task = asyncio.get_running_loop().create_task(self._replace(worker))
             self._replacing.add(task)
             task.add_done_callback(self._replacing.discard)
@@ -270,6 +320,9 @@ class WorkerPool:
             logger.error("worker %d could not restart: %s", worker.index, exc)
             await replacement.stop()
             return
+        except asyncio.CancelledError:  # the server is stopping
+            await replacement.stop()
+            raise
         if self._config is None:  # the server stopped meanwhile
             await replacement.stop()
             return

@@ -90,10 +90,15 @@ class RemoteTransport:
             )
 
     async def add_remote_candidate(self, candidate: RTCIceCandidate | None) -> None:
-        if self.worker.control is not None:
+        """Trickle to the worker; lost with the worker (its viewers close with it)."""
+        if self.worker.control is None:
+            return
+        try:
             await self.worker.control.call(
                 "add_candidate", session=self.session_id, candidate=candidate
             )
+        except (OSError, TimeoutError, RemoteError) as exc:
+            logger.info("%r: a trickled candidate was lost: %s", self.worker, exc)
 
     def send_rtp(self, data: bytes) -> None:
         """Never called: the worker sends this viewer's media."""
@@ -117,7 +122,7 @@ class RemoteTransport:
                     reason=self.close_reason,
                     cause=self.close_cause,
                 )
-            except (OSError, RemoteError):
+            except (OSError, TimeoutError, RemoteError):
                 logger.debug("%r: the worker could not close a viewer", self.worker)
 
 

@@ -35,6 +35,8 @@ from broadcast.workers.channel import PACKET_HEADER, ControlChannel
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 1.0
+# ~100 bytes a viewer: a message stays far below a control socket's buffer.
+STATS_PER_MESSAGE = 500
 RECEIVE_BATCH = 256  # datagrams read per wake-up, so control messages get their turn
 
 
@@ -60,9 +62,9 @@ class Worker:
         if method == "open_viewer":
             return await self._open_viewer(**arguments)
         if method == "add_candidate":
-            await self.viewers[arguments["session"]].transport.add_remote_candidate(
-                arguments["candidate"]
-            )
+            viewer = self.viewers.get(arguments["session"])
+            if viewer is not None:  # else it closed: its news is on the way
+                await viewer.transport.add_remote_candidate(arguments["candidate"])
             return None
         if method == "close_viewer":
             viewer = self.viewers.get(arguments["session"])
@@ -213,8 +215,13 @@ class Worker:
             # How late the loop woke us: the main process sends no new viewer to a
             # worker that is behind (admission control, as for its own loop).
             lag = max(0.0, time.monotonic() - started - STATS_INTERVAL_S)
-            stats = {s: viewer_stats(v) for s, v in self.viewers.items()}
-            self.control.tell("stats", viewers=stats, loop_lag_s=lag)
+            counts = dict(self.registry.socket_counts()) if self.registry else {}
+            self.control.tell("load", loop_lag_s=lag, counts=counts)
+            sessions = list(self.viewers)
+            for first in range(0, len(sessions), STATS_PER_MESSAGE):
+                chunk = sessions[first : first + STATS_PER_MESSAGE]
+                stats = {s: viewer_stats(self.viewers[s]) for s in chunk}
+                self.control.tell("stats", viewers=stats)
 
     async def close(self) -> None:
         for task in self._tasks:
