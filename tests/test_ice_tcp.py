@@ -18,7 +18,7 @@ import time
 import pytest
 
 from broadcast.web_keys import REGISTRY
-from tests.peers import publish
+from tests.peers import publish, wait_for
 from tests.test_interop_gstreamer import PACKAGES
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -235,6 +235,12 @@ async def test_viewer_without_udp_receives_media_over_tcp(server, http):
             assert len(viewers) == 1
             pair = viewers[0].transport._connection._nominated.get(1)
             assert pair is not None and pair.local_candidate.transport == "tcp", pair
+            # The viewer's process dies: its TCP connection closes, and the session
+            # ends with it (ICE consent would take ~30 s to notice).
+            client.process.kill()
+            await wait_for(
+                lambda: viewers[0].closed, timeout=5, message="the session outlived TCP"
+            )
     finally:
         await publisher.close()
 
