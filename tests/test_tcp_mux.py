@@ -182,3 +182,50 @@ async def test_connections_are_capped_per_session_and_while_unnamed(
         writer.close()
     assert viewer.pc.connectionState == "connected"
     await asyncio.gather(publisher.close(), viewer.close())
+
+
+async def test_a_viewer_that_stops_reading_loses_whole_frames_not_our_memory(
+    server, http
+):
+    """Frames sent to a connection nobody reads: once the kernel's buffers and our
+    1 MiB are full, frames are dropped whole, so what the viewer reads later is
+    still a clean frame sequence."""
+    publisher, viewer, session = await viewer_session(server, http)
+    (listener,) = server.app[REGISTRY].tcp_listeners
+    local = session.transport.local_ice
+    check = bytes(
+        binding_request(
+            f"{local.usernameFragment}:{session.remote_ufrag}", local.password
+        )
+    )
+    reader, writer = await asyncio.open_connection(*listener.address)
+    writer.write(FRAME_HEADER.pack(len(check)) + check)
+    await read_frame(reader)  # answered: the connection is the session's now
+    (port,) = [
+        p
+        for p in session.transport._connection._protocols
+        if isinstance(p, tcp_mux.TcpSessionPort)
+    ]
+    address = writer.get_extra_info("sockname")[:2]
+    before = listener.send_dropped
+    sent = 0
+    while listener.send_dropped - before < 100 and sent < 50_000:  # <= 50 MB
+        port.send(sent.to_bytes(4, "big") + bytes(996), address)
+        sent += 1
+    dropped = listener.send_dropped - before
+    assert dropped == 100, f"nothing was dropped after {sent} frames"
+    (peer,) = port.peers.values()
+    assert (
+        peer._transport.get_write_buffer_size() <= tcp_mux.MAX_SEND_BUFFER_BYTES + 1002
+    )
+
+    received = []
+    while len(received) < sent - dropped:
+        frame = await read_frame(reader)
+        if len(frame) == 1000:  # not one of aioice's STUN checks
+            received.append(frame)
+    numbers = [int.from_bytes(f[:4], "big") for f in received]
+    assert numbers == sorted(numbers) and numbers[0] == 0  # in order, the first kept
+    assert all(f[4:] == bytes(996) for f in received)
+    writer.close()
+    await asyncio.gather(publisher.close(), viewer.close())
