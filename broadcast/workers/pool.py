@@ -307,27 +307,32 @@ class WorkerPool:
             task.add_done_callback(self._replacing.discard)
 
     async def _replace(self, worker: WorkerProcess) -> None:
+        """Start a worker in `worker`'s place, until one starts or the server stops.
+
+        A worker that keeps dying (a bad build, no memory) is retried ever more slowly.
+        """
         await worker.stop()
-        restarts = self._restarts[worker.index] = self._restarts[worker.index] + 1
-        # A worker that keeps dying (a bad build, no memory) is retried ever more slowly.
-        await asyncio.sleep(RESTART_DELAY_S * 2 ** min(restarts - 1, 6))
-        if self._config is None:
+        while self._config is not None:
+            restarts = self._restarts[worker.index] = self._restarts[worker.index] + 1
+            await asyncio.sleep(RESTART_DELAY_S * 2 ** min(restarts - 1, 6))
+            if self._config is None:
+                return
+            replacement = WorkerProcess(worker.index, self)
+            try:
+                await replacement.start(self._config)
+            except OSError as exc:
+                logger.error("worker %d could not restart: %s", worker.index, exc)
+                await replacement.stop()
+                continue
+            except asyncio.CancelledError:  # the server is stopping
+                await replacement.stop()
+                raise
+            if self._config is None:  # the server stopped meanwhile
+                await replacement.stop()
+                return
+            self.workers.append(replacement)
+            logger.info("worker %d restarted (restart %d)", worker.index, restarts)
             return
-        replacement = WorkerProcess(worker.index, self)
-        try:
-            await replacement.start(self._config)
-        except OSError as exc:
-            logger.error("worker %d could not restart: %s", worker.index, exc)
-            await replacement.stop()
-            return
-        except asyncio.CancelledError:  # the server is stopping
-            await replacement.stop()
-            raise
-        if self._config is None:  # the server stopped meanwhile
-            await replacement.stop()
-            return
-        self.workers.append(replacement)
-        logger.info("worker %d restarted (restart %d)", worker.index, restarts)
 
     async def stop(self) -> None:
         self._config = None
