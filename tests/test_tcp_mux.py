@@ -31,6 +31,13 @@ def binding_request(username: str, password: str) -> stun.Message:
     return request
 
 
+def signed_check(session, password: str | None = None) -> bytes:  # type: ignore[no-untyped-def]
+    """The check `session`'s viewer would send on ICE-TCP, signed with its password."""
+    local = session.transport.local_ice
+    username = f"{local.usernameFragment}:{session.remote_ufrag}"
+    return bytes(binding_request(username, password or local.password))
+
+
 async def read_frame(reader: asyncio.StreamReader) -> bytes:
     (length,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
     return await asyncio.wait_for(reader.readexactly(length), 5)
@@ -65,12 +72,7 @@ async def test_a_check_split_across_reads_is_answered_on_its_connection(server, 
     username; the answer, signed with its ICE password, comes back framed."""
     publisher, viewer, session = await viewer_session(server, http)
     (listener,) = server.app[REGISTRY].tcp_listeners
-    local = session.transport.local_ice
-    request = bytes(
-        binding_request(
-            f"{local.usernameFragment}:{session.remote_ufrag}", local.password
-        )
-    )
+    request = signed_check(session)
     reader, writer = await asyncio.open_connection(*listener.address)
     for byte in FRAME_HEADER.pack(len(request)) + request:
         writer.write(bytes([byte]))
@@ -89,10 +91,7 @@ async def test_a_check_split_across_reads_is_answered_on_its_connection(server, 
 async def test_a_wrong_password_gets_an_error_and_no_media_path(server, http):
     publisher, viewer, session = await viewer_session(server, http)
     (listener,) = server.app[REGISTRY].tcp_listeners
-    local = session.transport.local_ice
-    request = bytes(
-        binding_request(f"{local.usernameFragment}:{session.remote_ufrag}", "x" * 22)
-    )
+    request = signed_check(session, password="x" * 22)
     reader, writer = await asyncio.open_connection(*listener.address)
     writer.write(FRAME_HEADER.pack(len(request)) + request)
     response = stun.parse_message(await read_frame(reader))
@@ -161,12 +160,7 @@ async def test_connections_are_capped_per_session_and_while_unnamed(
         silent_writer.close()
     await wait_for(lambda: not listener.pending, message="closed ones still pending")
 
-    local = session.transport.local_ice
-    check = bytes(
-        binding_request(
-            f"{local.usernameFragment}:{session.remote_ufrag}", local.password
-        )
-    )
+    check = signed_check(session)
     named = []
     for _ in range(tcp_mux.MAX_CONNECTIONS_PER_SESSION + 1):
         reader, writer = await asyncio.open_connection(*listener.address)
@@ -192,12 +186,7 @@ async def test_a_viewer_that_stops_reading_loses_whole_frames_not_our_memory(
     still a clean frame sequence."""
     publisher, viewer, session = await viewer_session(server, http)
     (listener,) = server.app[REGISTRY].tcp_listeners
-    local = session.transport.local_ice
-    check = bytes(
-        binding_request(
-            f"{local.usernameFragment}:{session.remote_ufrag}", local.password
-        )
-    )
+    check = signed_check(session)
     reader, writer = await asyncio.open_connection(*listener.address)
     writer.write(FRAME_HEADER.pack(len(check)) + check)
     await read_frame(reader)  # answered: the connection is the session's now
