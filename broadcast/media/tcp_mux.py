@@ -27,8 +27,8 @@ from broadcast.media.udp_mux import (
     Address,
     SharedEndpoint,
     looks_like_stun,
+    requested_ufrag,
     stun_class,
-    stun_username,
 )
 
 logger = logging.getLogger(__name__)
@@ -109,10 +109,8 @@ class MediaTcpListener:
         """The session a connection's first frame, a STUN request, asks for."""
         if not looks_like_stun(first_frame) or stun_class(first_frame) != STUN_REQUEST:
             return None
-        username = stun_username(first_frame)
-        if username is None:
-            return None
-        return self._by_ufrag.get(username.split(b":", 1)[0])
+        ufrag = requested_ufrag(first_frame)
+        return None if ufrag is None else self._by_ufrag.get(ufrag)
 
 
 class _TcpPeer(asyncio.Protocol):

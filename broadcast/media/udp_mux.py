@@ -76,6 +76,13 @@ def stun_username(data: bytes) -> bytes | None:
     return None
 
 
+def requested_ufrag(data: bytes) -> bytes | None:
+    """The ICE ufrag of ours that a STUN request names (its USERNAME is
+    `ours:theirs`, RFC 8445 §7.2.2): what a shared socket routes checks by."""
+    username = stun_username(data)
+    return None if username is None else username.split(b":", 1)[0]
+
+
 def send_each(sock: socket.socket, outbox: Outbox) -> int:
     """Send queued datagrams one `sendto` each; returns how many left."""
     sent = 0
@@ -245,10 +252,8 @@ class MediaSocket(asyncio.DatagramProtocol):
     def _stun_destination(self, data: bytes, addr: Address) -> SessionPort | None:
         kind = stun_class(data)
         if kind == STUN_REQUEST:
-            username = stun_username(data)
-            if username is None:
-                return None
-            return self._by_ufrag.get(username.split(b":", 1)[0])
+            ufrag = requested_ufrag(data)
+            return None if ufrag is None else self._by_ufrag.get(ufrag)
         if kind == STUN_INDICATION:
             return self._by_address.get(addr)
         port = self._by_transaction.pop(data[8:20], None)

@@ -40,8 +40,6 @@ class RemoteTransport:
         self.closed = False
         self.closed_there = False  # the worker closed it: nothing to tell
         self.close_reason = self.close_cause = ""  # the session's, for the worker's log
-        self.failed_packets = 0
-        self.foreign_packets = 0
         self.remote_address: tuple[str, int] | None = None
         self._on_state: Callable[[str], None] = lambda state: None
         # The worker holds the viewer's tracks now: their packets may flow.
