@@ -1,19 +1,17 @@
 """One BUNDLEd ICE + DTLS-SRTP transport per session, built from aiortc's ORTC objects.
 
-This is the only module that touches aiortc/aioice internals (DESIGN §7). We use aiortc
-for ICE, DTLS and SRTP keys and nothing else: no RTCPeerConnection, no RTCRtpReceiver
-(which would start a decoder thread), no RTCRtpSender (which packetizes per viewer).
-Decrypted RTP/RTCP is handed to our callbacks; outgoing packets are protected and sent
-synchronously, one `sendto` each, without a coroutine per packet.
+With gathering.py (the candidates) and the shared sockets (udp_mux.py, tcp_mux.py), the
+only code that touches aiortc/aioice internals (DESIGN §7). We use aiortc for ICE, DTLS
+and SRTP keys and nothing else: no RTCPeerConnection, no RTCRtpReceiver (which would
+start a decoder thread), no RTCRtpSender (which packetizes per viewer). Decrypted
+RTP/RTCP is handed to our callbacks; outgoing packets are protected and sent
+synchronously without a coroutine per packet, or by the shared socket's fan-out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import logging
-import secrets
 import struct
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -21,8 +19,7 @@ from typing import Any
 import aioice
 import aioice.stun
 import pylibsrtp
-from aioice.candidate import Candidate, candidate_foundation, candidate_priority
-from aioice.ice import StunProtocol, get_host_addresses, server_reflexive_candidate
+from aioice.ice import StunProtocol
 from aiortc import (
     RTCCertificate,
     RTCDtlsFingerprint,
@@ -37,7 +34,8 @@ from aiortc import (
 from aiortc.rtcdtlstransport import State as DtlsState
 from pylibsrtp._binding import ffi
 
-from broadcast.media.tcp_mux import MediaTcpListener, tcp_candidate_priority
+from broadcast.media.gathering import gather_our_way
+from broadcast.media.tcp_mux import MediaTcpListener
 from broadcast.media.udp_mux import (
     MediaSocket,
     SessionPort,
@@ -60,155 +58,6 @@ RtpHandler = Callable[[bytes], None]
 StateHandler = Callable[[str], Awaitable[None] | None]
 
 
-def _gather_our_way(
-    connection: aioice.Connection,
-    addresses: Sequence[str],
-    ports: tuple[int, int] | None,
-    media_sockets: Sequence[MediaSocket],
-    tcp_listeners: Sequence[MediaTcpListener],
-) -> None:
-    """Make aioice gather host candidates on our shared media sockets (and ICE-TCP
-    listeners), or else on `addresses` within `ports`.
-
-    aioice gathers on every interface except loopback, on an ephemeral port per
-    connection, and has no option for either: a server bound to one address must offer
-    that address only, and a firewall opened for a port must see media on it only.
-    """
-
-    async def gather_candidates() -> None:
-        if connection._local_candidates_start:
-            return
-        connection._local_candidates_start = True
-        for component in connection._components:
-            if media_sockets:
-                found = await _candidates_on_shared_sockets(
-                    connection, component, media_sockets
-                )
-                found += [
-                    _passive_tcp_candidate(connection, component, listener)
-                    for listener in tcp_listeners
-                ]
-            elif ports is None:
-                found = await connection.get_component_candidates(
-                    component=component, addresses=list(addresses)
-                )
-            else:
-                found = await _candidates_in_range(
-                    connection, component, addresses, ports
-                )
-            connection._local_candidates += found
-        connection._local_candidates_end = True
-        if connection._closing:
-            # Closed while we gathered (a STUN server takes up to 5 s): aioice has
-            # closed the protocols it had; those added since are ours to close.
-            for protocol in connection._protocols:
-                protocol.transport.close()
-            connection._protocols.clear()
-
-    connection.gather_candidates = gather_candidates  # type: ignore[method-assign]
-
-
-async def _candidates_in_range(
-    connection: aioice.Connection,
-    component: int,
-    addresses: Sequence[str],
-    ports: tuple[int, int],
-) -> list[Candidate]:
-    """Host candidates on ports of `ports` (and their STUN reflexive twins)."""
-    loop = asyncio.get_running_loop()
-    candidates: list[Candidate] = []
-    for address in addresses or get_host_addresses(use_ipv4=True, use_ipv6=False):
-        protocol = await _bind_in_range(loop, connection, address, ports)
-        candidates += await _candidates_of(connection, component, protocol)
-    return candidates
-
-
-async def _candidates_on_shared_sockets(
-    connection: aioice.Connection,
-    component: int,
-    media_sockets: Sequence[MediaSocket],
-) -> list[Candidate]:
-    """Host candidates on the server's shared media sockets, one per address.
-
-    aioice's 4-character ICE username fragments (~24 bits) would collide among
-    thousands of sessions sharing a port, and they route its STUN: 64 bits instead
-    (RFC 8445 §5.3 allows up to 256 characters).
-    """
-    connection._local_username = secrets.token_hex(8)
-    candidates: list[Candidate] = []
-    for media in media_sockets:
-        candidates += await _candidates_of(
-            connection, component, media.attach(connection)
-        )
-    return candidates
-
-
-def _passive_tcp_candidate(
-    connection: aioice.Connection, component: int, listener: MediaTcpListener
-) -> Candidate:
-    """The ICE-TCP candidate (RFC 6544 §4.5: passive, its real port) on `listener`."""
-    protocol = listener.attach(connection)
-    host, port = listener.address
-    protocol.local_candidate = Candidate(
-        foundation=candidate_foundation("host", "tcp", host),
-        component=component,
-        transport="tcp",
-        priority=tcp_candidate_priority(component),
-        host=host,
-        port=port,
-        type="host",
-        tcptype="passive",
-    )
-    connection._protocols.append(protocol)
-    return protocol.local_candidate
-
-
-async def _candidates_of(
-    connection: aioice.Connection, component: int, protocol: StunProtocol
-) -> list[Candidate]:
-    """The host candidate of `protocol`'s address, and its STUN reflexive twin."""
-    host, port = protocol.transport.get_extra_info("sockname")[:2]
-    protocol.local_candidate = Candidate(
-        foundation=candidate_foundation("host", "udp", host),
-        component=component,
-        transport="udp",
-        priority=candidate_priority(component, "host"),
-        host=host,
-        port=port,
-        type="host",
-    )
-    connection._protocols.append(protocol)
-    candidates = [protocol.local_candidate]
-    if connection.stun_server and ipaddress.ip_address(host).version == 4:
-        with contextlib.suppress(OSError, TimeoutError, aioice.stun.TransactionFailed):
-            reflexive, _ = await asyncio.wait_for(
-                server_reflexive_candidate(protocol, connection.stun_server), 5
-            )
-            candidates.append(reflexive)
-    return candidates
-
-
-async def _bind_in_range(
-    loop: asyncio.AbstractEventLoop,
-    connection: aioice.Connection,
-    address: str,
-    ports: tuple[int, int],
-) -> StunProtocol:
-    first, last = ports
-    count = last - first + 1
-    start = secrets.randbelow(count)  # spread sessions over the range
-    for offset in range(count):
-        port = first + (start + offset) % count
-        try:
-            _, protocol = await loop.create_datagram_endpoint(
-                lambda: StunProtocol(connection), local_addr=(address, port)
-            )
-        except OSError:
-            continue
-        return protocol
-    raise OSError(f"no free UDP port in {first}-{last} on {address}")
-
-
 class SecureTransport:
     """The ICE + DTLS-SRTP transport of one WHIP or WHEP session."""
 
@@ -228,7 +77,7 @@ class SecureTransport:
             iceServers=[RTCIceServer(urls=url) for url in stun_servers]
         )
         if host_addresses or ports or media_sockets:
-            _gather_our_way(
+            gather_our_way(
                 self._gatherer._connection,
                 host_addresses,
                 ports,
