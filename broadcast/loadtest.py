@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import random
 import resource
 import secrets
@@ -50,6 +49,7 @@ from broadcast.rtp_stats import (
     payload_digest,
     rtp_payload,
 )
+from broadcast.server_usage import process_cpu_s, process_rss_bytes
 
 MAX_VIEWERS = 2000
 MAX_DURATION_S = 3600.0
@@ -58,7 +58,6 @@ SAMPLE_EVERY = 64
 # Packets that arrive before our SRTP keys (the server may finish DTLS first), kept.
 MAX_EARLY_PACKETS = 1000
 LOOPBACK_HOSTS = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1", "::1": "::1"}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # What the viewer offers to receive: H.264 (both profiles aiortc publishes) and VP8,
 # Opus. Payload types differ across kinds, so a packet's type says its kind.
@@ -101,50 +100,6 @@ def loopback_address(url: str) -> str:
             " sends real media to every viewer"
         )
     return address
-
-
-def _stat_fields(pid: int) -> list[str]:
-    """/proc/<pid>/stat from the state field on (the name may hold spaces)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def server_processes(pid: int) -> list[int]:
-    """`pid` and its children: a server with `workers` is all of its processes."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int(_stat_fields(int(entry.name))[1]) == pid:
-                    children.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue  # it exited meanwhile
-    return [pid, *children]
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU time of a server's processes, all threads."""
-    total = 0.0
-    for member in server_processes(pid):
-        try:
-            fields = _stat_fields(member)
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return total
-
-
-def process_rss_bytes(pid: int) -> int:
-    """Resident memory of a server's processes."""
-    total = 0
-    for member in server_processes(pid):
-        try:
-            lines = Path(f"/proc/{member}/status").read_text().splitlines()
-        except OSError:
-            continue
-        total += sum(
-            int(ln.split()[1]) * 1024 for ln in lines if ln.startswith("VmRSS:")
-        )
-    return total
 
 
 def _own_cpu_s() -> float:
