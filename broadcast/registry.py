@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aioice.ice import get_host_addresses
@@ -27,6 +29,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FREE_PORT_ATTEMPTS = 10
+# A client may close its connection a moment before it sends DELETE (the npm library
+# `whip-whep` stops a publisher that way): a session URL still answers DELETE this long
+# after its transport closed, so the client's DELETE ends a broadcast at once instead of
+# leaving viewers in `reconnecting` for the grace period.
+CLOSED_SESSION_LINGER_S = 60.0
+# Closed sessions remembered at most (a flood of failed sessions must not grow memory).
+MAX_CLOSED_SESSIONS = 10_000
+
+
+@dataclass(frozen=True)
+class ClosedSession:
+    """What a session URL still means after its session closed by itself."""
+
+    kind: str
+    stream_id: str
+    expires_at: float
 
 
 def check_stream_id(stream_id: str) -> str:
@@ -52,6 +70,8 @@ class StreamRegistry:
         self.certificate = RTCCertificate.generateCertificate()
         self.streams: dict[str, Stream] = {}
         self.sessions: dict[str, Session] = {}
+        # Sessions closed by their transport or a timeout, not by DELETE, oldest first.
+        self.closed_sessions: dict[str, ClosedSession] = {}
         self.events = StreamEvents()
         # Counts of what has ended, so that totals never go down (Prometheus counters).
         self.ended_counts: Counter[str] = Counter()
@@ -176,6 +196,47 @@ class StreamRegistry:
         if self.sessions.pop(session.id, None) is not None:
             self.sessions_ended[(session.kind, session.close_cause)] += 1
             self.ended_counts.update(session.counters())
+            if session.close_cause != "client":
+                self._remember_closed(session)
+
+    def _remember_closed(self, session: Session) -> None:
+        now = time.monotonic()
+        closed = self.closed_sessions
+        # Oldest first: forget the expired ones, and the oldest past the cap.
+        while closed:
+            oldest_id, oldest = next(iter(closed.items()))
+            if oldest.expires_at > now and len(closed) < MAX_CLOSED_SESSIONS:
+                break
+            del closed[oldest_id]
+        closed[session.id] = ClosedSession(
+            session.kind, session.stream_id, now + CLOSED_SESSION_LINGER_S
+        )
+
+    async def end_session(self, session_id: str, kind: str, stream_id: str) -> bool:
+        """End a session for its client's DELETE; False if the URL names nothing.
+
+        A publisher whose connection closed a moment earlier ends its broadcast now,
+        unless another publisher has taken its place.
+        """
+        session = self.sessions.get(session_id)
+        if session is not None and (session.kind, session.stream_id) == (
+            kind,
+            stream_id,
+        ):
+            await session.hang_up()
+            return True
+        closed = self.closed_sessions.get(session_id)
+        if (
+            closed is None
+            or closed.expires_at < time.monotonic()
+            or (closed.kind, closed.stream_id) != (kind, stream_id)
+        ):
+            return False
+        del self.closed_sessions[session_id]
+        stream = self.streams.get(stream_id)
+        if kind == "whip" and stream is not None:
+            await stream.publisher_hung_up(session_id)
+        return True
 
     def counts(self) -> Counter[str]:
         """Totals since start: what has ended plus what is live."""

@@ -36,6 +36,8 @@ class Stream:
         self.state = WAITING
         self.created_at = time.monotonic()
         self.publisher: Publisher | None = None
+        # The session id of the publisher that dropped last, while we wait for it.
+        self._departed: str | None = None
         # A configured camera is this stream's source for good: the stream lives as long
         # as the configuration, whatever the camera does.
         self.camera: Camera | None = None
@@ -103,6 +105,7 @@ class Stream:
         if publisher is not self.publisher:
             return
         self.publisher = None
+        self._departed = publisher.id
         for track in self.tracks.values():
             track.request_pli = lambda: False
         if self.state == ENDED:  # the stream is closing its publisher
@@ -115,6 +118,13 @@ class Stream:
             self._reconnect_grace_s,
             lambda: asyncio.get_running_loop().create_task(self.close()),
         )
+
+    async def publisher_hung_up(self, session_id: str) -> None:
+        """The publisher that dropped says it stopped (its DELETE came after its
+        connection closed): end now rather than after the grace period."""
+        if self.publisher is None and self._departed == session_id:
+            logger.info("%r publisher stopped after its connection closed", self)
+            await self.close()
 
     def add_viewer(self, viewer: Viewer) -> None:
         self.viewers.add(viewer)

@@ -100,6 +100,67 @@ async def test_delete_ends_the_broadcast_at_once(server, http):
     await asyncio.gather(viewer.close(), publisher.close())
 
 
+async def test_delete_after_the_connection_closed_ends_the_broadcast_at_once(
+    make_server, http
+):
+    """The npm library `whip-whep` closes its PeerConnection, then sends DELETE."""
+    server = await make_server(reconnect_grace_s=30)
+    publisher = await publish(http, str(server.make_url("/whip/stop")))
+    await publisher.wait_connected()
+    viewer = await watch(http, str(server.make_url("/whep/stop")))
+    await viewer.wait_connected()
+    registry = server.app[REGISTRY]
+    stream = registry.get("stop")
+    await publisher.close()
+    await wait_for(lambda: stream.state == "reconnecting", message=stream.state)
+    async with http.delete(server.make_url(publisher.location)) as response:
+        assert response.status == 200, await response.text()
+    assert stream.state == "ended" and registry.get("stop") is None
+    # The viewer's session ended with the stream; its client's DELETE is still fine.
+    async with http.delete(server.make_url(viewer.location)) as response:
+        assert response.status == 200, await response.text()
+    async with http.delete(server.make_url(viewer.location)) as response:
+        assert response.status == 404
+    await viewer.close()
+
+
+async def test_late_delete_of_a_replaced_publisher_leaves_the_broadcast_alone(
+    make_server, http
+):
+    server = await make_server(reconnect_grace_s=30)
+    url = str(server.make_url("/whip/again"))
+    first = await publish(http, url)
+    await first.wait_connected()
+    stream = server.app[REGISTRY].get("again")
+    await first.close()
+    await wait_for(lambda: stream.state == "reconnecting", message=stream.state)
+    second = await publish(http, url)
+    await second.wait_connected()
+    # A session URL names its own kind and stream only.
+    wrong = first.location.replace("/whip/", "/whep/")
+    async with http.delete(server.make_url(wrong)) as response:
+        assert response.status == 404
+    async with http.delete(server.make_url(first.location)) as response:
+        assert response.status == 200
+    assert stream.state == "live" and stream.publisher is not None
+    await second.close()
+
+
+async def test_delete_after_a_viewer_closed_its_connection_is_200(server, http):
+    publisher = await publish(http, str(server.make_url("/whip/vc")))
+    await publisher.wait_connected()
+    viewer = await watch(http, str(server.make_url("/whep/vc")))
+    await viewer.wait_connected()
+    registry = server.app[REGISTRY]
+    session_id = viewer.location.split("/")[-1]
+    await viewer.close()
+    await wait_for(lambda: session_id not in registry.sessions, message="not closed")
+    async with http.delete(server.make_url(viewer.location)) as response:
+        assert response.status == 200, await response.text()
+    assert registry.get("vc").state == "live"
+    await publisher.close()
+
+
 async def test_viewer_may_join_while_the_publisher_reconnects(make_server, http):
     server = await make_server(reconnect_grace_s=10)
     url = str(server.make_url("/whip/late"))

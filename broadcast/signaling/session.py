@@ -196,9 +196,15 @@ def _parse_fragment(
 
 
 async def delete_session(request: web.Request) -> web.Response:
-    """End a publish or watch session (RFC 9725 §4.2)."""
-    session = _find_session(request)
-    await session.hang_up()
+    """End a publish or watch session (RFC 9725 §4.2), also one whose connection the
+    client closed just before."""
+    ended = await request.app[REGISTRY].end_session(
+        request.match_info["session_id"],
+        request.path.split("/")[1],
+        request.match_info["stream_id"],
+    )
+    if not ended:
+        raise session_not_found()
     return web.Response(status=200)
 
 
