@@ -262,7 +262,8 @@ class Config:
     max_streams: int = 0
     max_viewers_per_stream: int = 0
     max_viewers_total: int = 0
-    # New WHIP/WHEP sessions one client address may open per minute (burst: a third).
+    # Per client address and minute (burst: a third): publishes, refused requests and
+    # sessions that never connect; also the cap on its sessions still connecting.
     sessions_per_client_per_minute: int = 300
 
     # <log>

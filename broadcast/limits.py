@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from broadcast.errors import ClientError, ServiceUnavailable
 
+if TYPE_CHECKING:
+    from broadcast.session import Session
+
 # Tracked clients at most: beyond this the longest-idle ones are forgotten.
 MAX_TRACKED_CLIENTS = 10_000
 # An event loop this late already delays every viewer's packets: take no new viewers.
 ADMISSION_MAX_LAG_S = 0.25
+# Close causes of a session that failed on the client's side of the network (ICE or
+# DTLS never completed), which cost its client a share of the rate limit.
+NEVER_CONNECTED = frozenset({"transport", "timeout"})
 
 
 class TooManyRequests(ClientError):
@@ -20,32 +27,86 @@ class TooManyRequests(ClientError):
 
 
 class SessionRateLimit:
-    """A token bucket per client address for session creation (WHIP and WHEP POSTs)."""
+    """Flood protection per client address, charged for what costs the server without
+    giving anyone a picture: publish attempts, refused requests (bad offers, unknown
+    streams) and sessions that never connect.
+
+    A viewer whose session connects costs nothing, so an audience behind one address
+    (an office NAT, a school, a load test) is never refused for being many; at most a
+    minute's share of sessions may be still connecting at once from one address.
+    """
 
     def __init__(self, per_minute: int) -> None:
         # A page retrying after errors opens a few a second: allow a third of the
         # minute's share at once, then a steady rate.
         self._burst = max(1.0, per_minute / 3)
         self._per_s = per_minute / 60
+        self._max_connecting = per_minute
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._connecting: dict[str, set[Session]] = {}
+
+    def check(self, client: str) -> None:
+        """Raise 429 if `client` has used its share; charge nothing."""
+        if self._tokens(client) < 1:
+            raise _too_many()
+
+    def charge(self, client: str) -> None:
+        """Count one refused request or failed session against `client`."""
+        if self._per_s > 0:
+            self._buckets[client] = (
+                max(0.0, self._tokens(client) - 1),
+                time.monotonic(),
+            )
 
     def take(self, client: str) -> None:
-        """Count one session for `client`, or raise 429 when it has used its share."""
+        """Count one attempt (a publish, a probe), or raise 429 past the share."""
+        self.check(client)
+        self.charge(client)
+
+    def check_connecting(self, client: str) -> None:
+        """Raise 429 if `client` already has its share of sessions still connecting."""
+        sessions = self._connecting.get(client)
+        if sessions is None or self._per_s <= 0:
+            return
+        sessions -= {s for s in sessions if s.closed or s.connected_at is not None}
+        if len(sessions) >= self._max_connecting:
+            raise _too_many()
+
+    def connecting(self, client: str, session: Session) -> None:
+        """Follow `session` until it connects; charge `client` if it never does."""
         if self._per_s <= 0:
             return
+        self._connecting.setdefault(client, set()).add(session)
+
+        def closed(session: Session) -> None:
+            sessions = self._connecting.get(client, set())
+            sessions.discard(session)
+            if not sessions:
+                self._connecting.pop(client, None)
+            if session.connected_at is None and session.close_cause in NEVER_CONNECTED:
+                self.charge(client)
+
+        session.on_close.append(closed)
+
+    def _tokens(self, client: str) -> float:
+        """What `client` has left now; its bucket moves to the most recently seen."""
+        if self._per_s <= 0:
+            return self._burst
         now = time.monotonic()
         tokens, at = self._buckets.pop(client, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - at) * self._per_s)
         if len(self._buckets) >= MAX_TRACKED_CLIENTS:
             del self._buckets[next(iter(self._buckets))]  # the least recently seen
-        if tokens < 1:
-            self._buckets[client] = (tokens, now)
-            raise TooManyRequests(
-                "too_many_requests",
-                "Too many sessions from your address; wait a second.",
-                {"Retry-After": "1"},
-            )
-        self._buckets[client] = (tokens - 1, now)
+        tokens = min(self._burst, tokens + (now - at) * self._per_s)
+        self._buckets[client] = (tokens, now)
+        return tokens
+
+
+def _too_many() -> TooManyRequests:
+    return TooManyRequests(
+        "too_many_requests",
+        "Too many failed or unfinished sessions from your address; wait a second.",
+        {"Retry-After": "1"},
+    )
 
 
 def client_address(request: web.Request) -> str:

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from broadcast.api.metrics import METRICS
+from broadcast.loadtest import run_loadtest
 from broadcast.web_keys import REGISTRY
 from tests.peers import publish, recvonly_offer, wait_for, watch
 
@@ -295,6 +296,62 @@ async def test_probing_for_streams_is_rate_limited_too(make_server, http):
         ) as r:
             statuses.append(r.status)
     assert statuses == [404, 429]
+
+
+async def test_an_audience_behind_one_address_is_not_refused(server, http):
+    """200 viewers from one address (an office NAT, a load test) within a few seconds,
+    on the default limits: every one joins and gets media."""
+    publisher = await publish(http, str(server.make_url("/whip/allhands")))
+    await publisher.wait_connected()
+    result = await run_loadtest(
+        str(server.make_url("/whep/allhands")), 200, 1.0, ramp_s=3.0, settle_s=1.0
+    )
+    print(
+        f"200 viewers from one address: {result.connected} joined, {result.failed} failed"
+    )
+    assert (result.connected, result.failed) == (200, 0)
+    assert result.viewers_with_media == 200
+    await publisher.close()
+
+
+async def ghost_offer() -> str:
+    """An offer from a peer that is gone and never said its candidates were complete:
+    a session answering it never connects."""
+    return (await recvonly_offer()).replace("a=end-of-candidates\r\n", "")
+
+
+async def test_sessions_that_never_connect_cost_their_client(
+    make_server, http, monkeypatch
+):
+    monkeypatch.setattr("broadcast.media.transport.CONNECT_TIMEOUT_S", 0.5)
+    server = await make_server(sessions_per_client_per_minute=6)  # a burst of 2
+    publisher = await publish(http, str(server.make_url("/whip/cost")))
+    registry = server.app[REGISTRY]
+    offer = await ghost_offer()
+    for _ in range(2):
+        async with http.post(
+            server.make_url("/whep/cost"), data=offer, headers=SDP
+        ) as r:
+            assert r.status == 201
+    await wait_for(lambda: len(registry.sessions) == 1, message="ghosts kept")
+    async with http.post(server.make_url("/whep/cost"), data=offer, headers=SDP) as r:
+        assert (await error_of(r))[:2] == (429, "too_many_requests")
+    await publisher.close()
+
+
+async def test_sessions_still_connecting_are_capped_per_client(make_server, http):
+    server = await make_server(sessions_per_client_per_minute=6)
+    publisher = await publish(http, str(server.make_url("/whip/cap")))
+    await publisher.wait_connected()
+    offer = await ghost_offer()
+    for _ in range(6):  # nothing has failed yet, so nothing is charged
+        async with http.post(
+            server.make_url("/whep/cap"), data=offer, headers=SDP
+        ) as r:
+            assert r.status == 201
+    async with http.post(server.make_url("/whep/cap"), data=offer, headers=SDP) as r:
+        assert (await error_of(r))[:2] == (429, "too_many_requests")
+    await publisher.close()
 
 
 async def test_new_viewers_wait_while_the_event_loop_lags(server, http):

@@ -18,6 +18,7 @@ from broadcast.errors import (
     ServiceUnavailable,
     UnprocessableContent,
 )
+from broadcast.limits import client_address
 from broadcast.media.transport import SecureTransport
 from broadcast.session import Session
 from broadcast.signaling.http import (
@@ -45,6 +46,8 @@ async def answer_session(
     """Answer the offer with `transport` (a new one of ours by default) and start
     connecting."""
     registry = request.app[REGISTRY]
+    client = client_address(request)
+    registry.session_rate.check_connecting(client)
     if transport is None:
         transport = SecureTransport(
             registry.certificate,
@@ -57,6 +60,7 @@ async def answer_session(
         )
     session = make_session(transport)
     registry.add_session(session)
+    registry.session_rate.connecting(client, session)
     session.on_close.append(registry.remove_session)
     try:
         await transport.gather()

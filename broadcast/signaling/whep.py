@@ -8,7 +8,7 @@ from aiohttp import web
 
 from broadcast.api.metrics import METRICS
 from broadcast.auth import may_view, view_token
-from broadcast.errors import BadRequest, NotFound, ServiceUnavailable
+from broadcast.errors import BadRequest, ClientError, NotFound, ServiceUnavailable
 from broadcast.ingest.rtsp import CameraError
 from broadcast.limits import check_event_loop, client_address
 from broadcast.media.transport import SecureTransport
@@ -30,9 +30,22 @@ from broadcast.workers.remote import RemoteTransport, RemoteViewer
 
 async def post_whep(request: web.Request) -> web.Response:
     """Watch: `POST /whep/<id>`; 404 while no such stream is known."""
+    rate = request.app[REGISTRY].session_rate
+    client = client_address(request)
+    rate.check(client)
+    try:
+        return await _watch(request)
+    except ServiceUnavailable:
+        raise  # our state, not the client's doing
+    except ClientError:
+        # A refused offer costs its client, as does probing for stream ids; a viewer
+        # that connects costs nothing (its session is followed until it does).
+        rate.charge(client)
+        raise
+
+
+async def _watch(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    # Counted first: probing for stream ids costs the same as watching one.
-    registry.session_rate.take(client_address(request))
     stream_id = check_stream_id(request.match_info["stream_id"])
     offer = parse_offer(
         await read_body(request, SDP_TYPE, registry.config.max_sdp_bytes)
