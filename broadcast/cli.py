@@ -116,11 +116,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", choices=LOG_LEVELS)
     check = commands.add_parser(
-        "check-config", help="check a config file and exit 1 if it is wrong"
+        "check-config",
+        help="check a config file and exit 1 if it is wrong",
+        description="Read FILE as `serve --config FILE` would; print what is wrong"
+        " with the line it is on and exit 1, or say the file is good.",
     )
-    check.add_argument("file", metavar="FILE")
+    check.add_argument("file", metavar="FILE", help="the config file (flashphoner.xml)")
     token = commands.add_parser(
-        "token", help="mint a signed token to publish or watch one stream"
+        "token",
+        help="mint a signed token to publish or watch one stream",
+        description="Print a token signed with the config's <token_secret>: a publish"
+        " token goes where a publish key would, a view token in the viewer link as"
+        " ?token=.",
     )
     token.add_argument("purpose", choices=[tokens.PUBLISH, tokens.VIEW])
     token.add_argument("stream_id", metavar="STREAM_ID")
@@ -135,7 +142,13 @@ def _parser() -> argparse.ArgumentParser:
         help="lifetime (default 3600)",
     )
     doctor = commands.add_parser(
-        "doctor", help="check this server's network set-up (exit 1 on a problem)"
+        "doctor",
+        help="check this server's network set-up (exit 1 on a problem)",
+        description="Run on the server, with its config: checks the public <ip>"
+        " against this host's addresses, the HTTP/HTTPS ports, the media ports (UDP"
+        " and ICE-TCP, one per process), the certificate, and whether each STUN/TURN"
+        " server answers. Prints one line per finding (OK, WARN, FAIL); exits 1 on a"
+        " FAIL.",
     )
     doctor.add_argument("--config", metavar="FILE", help="read settings from FILE")
     _add_loadtest(commands)

@@ -48,15 +48,18 @@ def self_signed(directory) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     return str(cert_path), str(key_path)
 
 
-async def test_serve_answers_http_and_https_and_stops_on_sigterm(tmp_path):
-    http_port, https_port = free_port(), free_port()
+async def test_serve_answers_http_and_https_and_stops_on_sigterm_with_its_workers(
+    tmp_path,
+):
+    http_port, https_port, media_port = free_port(), free_port(), free_port()
     cert, key = self_signed(tmp_path)
     config = tmp_path / "flashphoner.xml"
     config.write_text(
         f"""<flashphoner><server><bind>127.0.0.1</bind>
         <http_port>{http_port}</http_port><https_port>{https_port}</https_port>
         <tls_certificate>{cert}</tls_certificate><tls_key>{key}</tls_key>
-        </server></flashphoner>"""
+        </server><media><media_port>{media_port}</media_port><workers>2</workers></media>
+        </flashphoner>"""
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -95,3 +98,6 @@ async def test_serve_answers_http_and_https_and_stops_on_sigterm(tmp_path):
         assert process.stderr is not None
         log = (await process.stderr.read()).decode()
     assert "shutting down" in log and "Traceback" not in log
+    # A worker logs under its module's name, like the rest of the server.
+    assert "broadcast.workers.worker: worker 1 ready" in log, log
+    assert "__main__" not in log

@@ -72,7 +72,7 @@ class WorkerProcess:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "broadcast.workers.worker",
+            "broadcast.workers",
             str(their_control.fileno()),
             str(their_packets.fileno()),
             pass_fds=(their_control.fileno(), their_packets.fileno()),

@@ -5,7 +5,7 @@ DTLS and SRTP of the viewers it is given and a copy of each track they watch, fe
 the packets the main process rewrote (each packet crosses once per worker, whatever the
 number of viewers here). It answers NACKs from its own history, starts joining viewers
 from its own GOP, and passes keyframe requests up. Run by the main process only:
-`python -m broadcast.workers.worker CONTROL_FD PACKETS_FD`.
+`python -m broadcast.workers CONTROL_FD PACKETS_FD`.
 """
 
 from __future__ import annotations
@@ -269,7 +269,3 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     control_fd, packets_fd = (int(arg) for arg in sys.argv[1:3])
     asyncio.run(run(control_fd, packets_fd))
-
-
-if __name__ == "__main__":
-    main()
