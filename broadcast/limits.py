@@ -104,7 +104,7 @@ class SessionRateLimit:
 def _too_many() -> TooManyRequests:
     return TooManyRequests(
         "too_many_requests",
-        "Too many failed or unfinished sessions from your address; wait a second.",
+        "Too many attempts from your address; wait a second and try again.",
         {"Retry-After": "1"},
     )
 
