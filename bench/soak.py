@@ -58,6 +58,7 @@ from aiortc.rtp import is_rtcp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.fanout import CONFIG, free_port
 from bench.media import whip_exchange
+from bench.trend import Trend
 from broadcast.loadtest import _Shared, _Viewer
 from tests.peers import MovingPicture, Tone
 
@@ -279,7 +280,7 @@ class Soak:
     async def run(self, directory: str) -> int:
         args = self.args
         config = os.path.join(directory, "flashphoner.xml")
-        Path(config).write_text(CONFIG)
+        Path(config).write_text(CONFIG.format(workers=args.workers))
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         server = await asyncio.create_subprocess_exec(
@@ -299,8 +300,8 @@ class Soak:
             str(port),
             "--log-level",
             "warning",
-            "--workers",  # one process: its /metrics (RSS, fds, tasks) cover every viewer
-            "1",
+            "--workers",
+            str(args.workers),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -309,6 +310,8 @@ class Soak:
             Path(args.server_log or os.path.join(directory, "server.log"))
         )
         follower = asyncio.create_task(self.log.follow(server.stderr))
+        # The server and its worker children, from /proc: /metrics is the main one's.
+        self.trend = Trend(server.pid, Path(args.samples) if args.samples else None)
         try:
             async with aiohttp.ClientSession() as http:
                 await self.wait_healthy(http, base)
@@ -318,6 +321,7 @@ class Soak:
                 server.terminate()
             code = await server.wait()
             await follower
+            self.trend.close()
         self.check("server exits cleanly", code == 0, f"exit status {code}")
         self.check(
             "no error in the server's stderr",
@@ -405,9 +409,11 @@ class Soak:
         )
         rows: list[dict[str, Any]] = []
         first = previous = self.totals(await server_state(http, base), crowd, publisher)
+        self.trend.sample(0.0, first.server["broadcast_asyncio_tasks"])
         while time.monotonic() < end:
             await asyncio.sleep(min(args.sample_s, max(end - time.monotonic(), 0.1)))
             now = self.totals(await server_state(http, base), crowd, publisher)
+            self.trend.sample(now.at - start, now.server["broadcast_asyncio_tasks"])
             rows.append(row(previous, now, args.viewers, start))
             print(line(rows[-1]), flush=True)
             previous = now
@@ -458,6 +464,7 @@ class Soak:
     ) -> None:
         self.total = total
         self.rows = rows
+        self.warm_up = warm_up
         self.recovery = viewer_totals(crowd)[2]
         if not rows:
             self.check("samples taken", False, "the run was too short to sample")
@@ -571,6 +578,9 @@ class Soak:
                 " {nacked:,} packets, {recovered:,} recovered, {given_up:,} given up,"
                 " {duplicates:,} duplicates, {plis_sent} PLIs".format(**recovery)
             )
+        trend = getattr(self, "trend", None)
+        if trend is not None:
+            print(trend.report(getattr(self, "warm_up", 0.0)))
         print(
             f"\nserver stderr: {self.log.lines} lines, {self.log.errors} errors"
             f" ({self.log.path})"
@@ -608,9 +618,19 @@ if __name__ == "__main__":
         help="the publisher's timestamps start this long before 2^32",
     )
     parser.add_argument("--server-log", help="keep the server's stderr in this file")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes carrying viewers (0: a core each)",
+    )
+    parser.add_argument(
+        "--samples", help="write RSS/fds/tasks of each server process here (JSON lines)"
+    )
     args = parser.parse_args()
     args.minutes = min(max(args.minutes, 0.5), 1440.0)
     args.viewers = min(max(args.viewers, 1), 200)
+    args.workers = min(max(args.workers, 0), 256)
     args.loss = min(max(args.loss, 0.0), 50.0)
     args.sample_s = min(max(args.sample_s, 5.0), 600.0)
     args.wrap_after_s = min(max(args.wrap_after_s, 1.0), 600.0)
