@@ -27,7 +27,7 @@ PACKAGES = (
     " gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly"
 )
 
-Audio = Literal["pcma", "pcmu", "aac"] | None
+Audio = Literal["pcma", "pcmu", "aac", "opus"] | None
 Auth = Literal["basic", "digest"]
 Protocols = Literal["udp", "tcp", "both"]
 
@@ -101,18 +101,20 @@ class CameraSettings:
     protocols: Protocols = "both"
     path: str = "/stream"
     inband_sps: bool = True
+    gop_s: float = 1.0
     session_timeout_s: int | None = None
 
     def launch(self) -> str:
         """Return the gst-rtsp-server launch line: pay0 video, pay1 audio."""
-        # key-int-max=fps: a 1 s GOP, as the GOP-cache tests assume.
+        # One IDR every gop_s (1 s by default, as the GOP-cache tests assume).
         # x264 writes no SPS/PPS in band (repeat-headers=0) and the payloader adds them
         # (config-interval=-1: before every IDR; 0: only in sprop-parameter-sets).
+        gop_frames = max(round(self.fps * self.gop_s), 1)
         video = (
             f"videotestsrc is-live=true pattern=ball"
             f" ! video/x-raw,width={self.width},height={self.height},"
             f"framerate={self.fps}/1 ! videoconvert"
-            f" ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={self.fps}"
+            f" ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop_frames}"
             " aud=false option-string=repeat-headers=0"
             f" ! video/x-h264,profile={self.profile},stream-format=avc,alignment=au"
             f" ! rtph264pay name=pay0 pt=96"
@@ -128,6 +130,9 @@ class CameraSettings:
             " ! rtppcmupay name=pay1 pt=0 min-ptime=20000000 max-ptime=20000000",
             "aac": f" {source} ! audio/x-raw,rate=16000,channels=1 ! voaacenc"
             " ! rtpmp4gpay name=pay1 pt=97",
+            # 20 ms Opus frames, stereo at 48 kHz: "OPUS/48000/2" in the SDP (RFC 7587).
+            "opus": f" {source} ! audio/x-raw,rate=48000,channels=2 ! opusenc"
+            " ! rtpopuspay name=pay1 pt=111",
         }[self.audio]
         return f"( {video}{audio} )"
 
@@ -138,6 +143,7 @@ class CameraSettings:
             "pcma": ["alawenc", "rtppcmapay"],
             "pcmu": ["mulawenc", "rtppcmupay"],
             "aac": ["voaacenc", "rtpmp4gpay"],
+            "opus": ["opusenc", "rtpopuspay"],
             None: [],
         }[self.audio]
         if audio:
@@ -262,6 +268,7 @@ async def start_camera(
     protocols: Protocols = "both",
     path: str = "/stream",
     inband_sps: bool = True,
+    gop_s: float = 1.0,
     session_timeout_s: int | None = None,
 ) -> AsyncIterator[Camera]:
     """Run a simulated H.264 RTSP camera on 127.0.0.1 for the duration of the block."""
@@ -277,6 +284,7 @@ async def start_camera(
         protocols=protocols,
         path=path,
         inband_sps=inband_sps,
+        gop_s=gop_s,
         session_timeout_s=session_timeout_s,
     )
     camera = Camera(settings)

@@ -217,20 +217,16 @@ class Camera:
                 payloadType=PASSTHROUGH_AUDIO[track.encoding],
             )
             return _Route(self._source("audio", codec), None)
+        if track.kind == "audio" and track.encoding == "OPUS":
+            # WebRTC's own codec (RFC 7587: always opus/48000/2): forwarded as is.
+            return _Route(self._source("audio", _opus_codec()), None)
         if track.kind == "audio" and _is_aac(track):
-            codec = RTCRtpCodecParameters(
-                mimeType="audio/opus",
-                clockRate=OPUS_RATE,
-                channels=2,
-                payloadType=OPUS_PAYLOAD_TYPE,
-                parameters={"minptime": 10, "useinbandfec": 1},
-            )
             size_length, index_length = _aac_header_lengths(track)
             aac = AacToOpus(track.fmtp["config"], size_length, index_length)
-            return _Route(self._source("audio", codec), None, aac)
+            return _Route(self._source("audio", _opus_codec()), None, aac)
         if track.kind == "audio":
             logger.warning(
-                "%r: %s audio is not forwarded (PCMA, PCMU and AAC are)",
+                "%r: %s audio is not forwarded (PCMA, PCMU, Opus and AAC are)",
                 self,
                 track.encoding,
             )
@@ -268,7 +264,8 @@ class Camera:
 
 
 class _Route:
-    """One camera track into one source track: H.264 repacketized, AAC transcoded."""
+    """One camera track into one source track: H.264 repacketized, AAC transcoded,
+    PCMA, PCMU and Opus as they come."""
 
     def __init__(
         self,
@@ -316,6 +313,17 @@ class _Route:
                 payload=payload,
             )
         )
+
+
+def _opus_codec() -> RTCRtpCodecParameters:
+    """What viewers get for a camera's Opus, or its AAC transcoded."""
+    return RTCRtpCodecParameters(
+        mimeType="audio/opus",
+        clockRate=OPUS_RATE,
+        channels=2,
+        payloadType=OPUS_PAYLOAD_TYPE,
+        parameters={"minptime": 10, "useinbandfec": 1},
+    )
 
 
 def _is_aac(track: CameraTrack) -> bool:

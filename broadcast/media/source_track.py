@@ -179,7 +179,9 @@ class SourceTrack:
         self._fan_out_groups = list(groups.items())
 
     def _keep_in_gop(self, data: bytes, keyframe: bool) -> None:
-        if keyframe:
+        # A keyframe's later packets (its IDR after the SPS/PPS, SPS/PPS repeated
+        # before each slice) start no GOP: a GOP without its SPS/PPS cannot be decoded.
+        if keyframe and not (self.gop and self.gop[0][4:8] == data[4:8]):
             self.gop = [data]
         elif self.gop and len(self.gop) < GOP_CACHE_PACKETS:
             self.gop.append(data)
