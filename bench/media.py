@@ -81,6 +81,7 @@ def encode_video(seconds: int, bitrate: int = 2_000_000) -> Encoded:
         for packet in codec.encode(frame):
             packets.append((bytes(packet), index * VIDEO_RATE // FPS))
     for packet in codec.encode(None):
+        assert packet.pts is not None  # the encoder stamps what it flushes
         packets.append((bytes(packet), packet.pts * VIDEO_RATE // FPS))
     return Encoded(packets, VIDEO_RATE, seconds * VIDEO_RATE)
 
@@ -93,7 +94,7 @@ def encode_audio(seconds: int) -> Encoded:
     codec.format = "s16"
     codec.bit_rate = 48000
     codec.time_base = fractions.Fraction(1, AUDIO_RATE)
-    packets = []
+    packets: list[tuple[bytes, int]] = []
     t = numpy.arange(seconds * AUDIO_RATE) / AUDIO_RATE
     wave = (numpy.sin(2 * numpy.pi * (300 + 20 * t) * t) * 8000).astype(numpy.int16)
     for start in range(0, len(wave) - AUDIO_FRAME + 1, AUDIO_FRAME):
@@ -105,6 +106,7 @@ def encode_audio(seconds: int) -> Encoded:
         frame.sample_rate = AUDIO_RATE
         frame.pts = start
         for packet in codec.encode(frame):
+            assert packet.pts is not None  # the encoder stamps what it returns
             packets.append((bytes(packet), packet.pts))
     # The first packet comes early by the encoder's delay: start the clip at 0.
     start = packets[0][1]
@@ -222,5 +224,5 @@ async def publish(
             log.add(data)
         await send(data)
 
-    transport._send_rtp = send_and_log
+    transport._send_rtp = send_and_log  # type: ignore[method-assign]
     return Publisher(pc, location, log)

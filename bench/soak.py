@@ -160,7 +160,7 @@ async def publish(http: aiohttp.ClientSession, url: str, loss: float) -> LossyPu
                 return
         await send(data)
 
-    transport._send_rtp = lossy_send
+    transport._send_rtp = lossy_send  # type: ignore[method-assign]
     return publisher
 
 

@@ -59,12 +59,18 @@ def test_benchmark_runs_and_prints_its_result(script: str) -> None:
             timeout=RUN_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired as expired:
-        output = (expired.stdout or b"") + (expired.stderr or b"")
-        tail = output.decode(errors="replace")[-3000:] if output else ""
-        pytest.fail(f"{script} still running after {RUN_TIMEOUT_S} s:\n{tail}")
+        tail = _text(expired.stdout) + _text(expired.stderr)
+        pytest.fail(f"{script} still running after {RUN_TIMEOUT_S} s:\n{tail[-3000:]}")
     print(f"{script}: {time.monotonic() - started:.1f} s")
     output = run.stdout + run.stderr
     assert run.returncode == 0, f"{script} exited {run.returncode}:\n{output[-3000:]}"
     assert re.search(result, run.stdout), (
         f"{script} printed no result:\n{output[-3000:]}"
     )
+
+
+def _text(output: str | bytes | None) -> str:
+    """TimeoutExpired keeps bytes even when the run asked for text."""
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
