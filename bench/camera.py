@@ -1,4 +1,6 @@
-"""Server CPU per pulled camera: H.264 passthrough, with PCMA or AAC (transcoded to Opus).
+"""Server CPU per pulled camera: H.264 passthrough, audio as is or AAC made Opus.
+
+PCMA, PCMU and Opus are forwarded as they come; AAC is transcoded to Opus.
 
 Runs a simulated camera (gst-rtsp-server, tests/camera_sim.py) and `broadcast serve`
 pulling it always-on with no viewer, then measures the server process's CPU.
@@ -77,7 +79,9 @@ async def wait_live(port: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--audio", choices=["pcma", "pcmu", "aac"], default=None)
+    parser.add_argument(
+        "--audio", choices=["pcma", "pcmu", "opus", "aac"], default=None
+    )
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--duration", type=float, default=20.0)
