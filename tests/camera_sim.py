@@ -102,6 +102,9 @@ class CameraSettings:
     path: str = "/stream"
     inband_sps: bool = True
     gop_s: float = 1.0
+    # None: a ball on a plain background, a few hundred kbit/s. A number: noise, which
+    # x264 encodes at that bitrate, as a busy scene fills a real camera's bitrate.
+    bitrate_kbps: int | None = None
     session_timeout_s: int | None = None
 
     def launch(self) -> str:
@@ -110,12 +113,15 @@ class CameraSettings:
         # x264 writes no SPS/PPS in band (repeat-headers=0) and the payloader adds them
         # (config-interval=-1: before every IDR; 0: only in sprop-parameter-sets).
         gop_frames = max(round(self.fps * self.gop_s), 1)
+        pattern, bitrate = "ball", ""
+        if self.bitrate_kbps is not None:
+            pattern, bitrate = "snow", f" bitrate={self.bitrate_kbps}"
         video = (
-            f"videotestsrc is-live=true pattern=ball"
+            f"videotestsrc is-live=true pattern={pattern}"
             f" ! video/x-raw,width={self.width},height={self.height},"
             f"framerate={self.fps}/1 ! videoconvert"
             f" ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop_frames}"
-            " aud=false option-string=repeat-headers=0"
+            f"{bitrate} aud=false option-string=repeat-headers=0"
             f" ! video/x-h264,profile={self.profile},stream-format=avc,alignment=au"
             f" ! rtph264pay name=pay0 pt=96"
             f" config-interval={-1 if self.inband_sps else 0}"
@@ -269,6 +275,7 @@ async def start_camera(
     path: str = "/stream",
     inband_sps: bool = True,
     gop_s: float = 1.0,
+    bitrate_kbps: int | None = None,
     session_timeout_s: int | None = None,
 ) -> AsyncIterator[Camera]:
     """Run a simulated H.264 RTSP camera on 127.0.0.1 for the duration of the block."""
@@ -285,6 +292,7 @@ async def start_camera(
         path=path,
         inband_sps=inband_sps,
         gop_s=gop_s,
+        bitrate_kbps=bitrate_kbps,
         session_timeout_s=session_timeout_s,
     )
     camera = Camera(settings)

@@ -27,9 +27,10 @@ if TYPE_CHECKING:
     from broadcast.media.viewer_track import ViewerTrack
 
 RTP_HEADER = struct.Struct("!BBHII")
-# A camera's GOP kept for joining viewers: 1 s at 8 Mbit/s is ~700 packets. A camera
-# with a 10 s GOP would need more; past this the cache is dropped until the next key.
-GOP_CACHE_PACKETS = 2000
+# A camera's GOP kept for joining viewers: 1 s at 8 Mbit/s is ~850 packets, and cameras
+# set to long GOPs send 4-5 s (~7 MB here at most, and in each worker serving the
+# stream). Past this the cache is dropped until the next keyframe.
+GOP_CACHE_PACKETS = 6000
 # A publisher answers a join's PLI within ~1 frame and a round trip (Chrome, aiortc:
 # under 100 ms); a viewer still without a keyframe after this starts from the cache.
 GOP_FALLBACK_S = 0.25
