@@ -12,7 +12,7 @@ camera and a crowd would not. Per step, over the measured window:
 
 * server CPU (user + sys of its processes, workers included, /proc) and RSS; RSS per
   viewer is the growth over the 0-viewer step;
-* µs/pkt-viewer = server CPU / packets the viewers received (DESIGN §5);
+* µs/pkt-viewer = server CPU / packets the viewers received;
 * loss, join → first keyframe (POST sent → first packet of a keyframe);
 * added latency: the publisher logs when it sends each video payload, the viewers
   decrypt 1 packet in 64 and log its payload's digest and arrival; both clocks are

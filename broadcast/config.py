@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 ANY_ADDRESS = ("", "0.0.0.0", "::")
 
-# Stream ids (DESIGN §4); a camera's id is the id of its stream.
+# Stream ids (a contract: docs/ARCHITECTURE.md); a camera's id is the id of its stream.
 STREAM_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RTSP_SCHEMES = ("rtsp", "rtsps")
 RTSP_TRANSPORTS = ("tcp", "udp")

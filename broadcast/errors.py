@@ -1,4 +1,4 @@
-"""Client errors as JSON (DESIGN §4): `{"error": code, "message": sentence}`."""
+"""Client errors as JSON: `{"error": code, "message": sentence}`."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ class ClosedSession:
 
 
 def check_stream_id(stream_id: str) -> str:
-    """Return a valid stream id or raise BadRequest (DESIGN §4)."""
+    """Return a valid stream id or raise BadRequest."""
     try:
         return config_check_stream_id(stream_id)
     except ValueError:

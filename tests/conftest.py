@@ -24,7 +24,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Test peers (aiortc) gather on 127.0.0.1 only, like the server (DESIGN §7)."""
+    """Test peers (aiortc) gather on 127.0.0.1 only, like the server."""
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda **_: ["127.0.0.1"])
 
 

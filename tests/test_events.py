@@ -1,4 +1,4 @@
-"""`/ws` events: stream state and viewer counts pushed to pages (DESIGN §4)."""
+"""`/ws` events: stream state and viewer counts pushed to pages."""
 
 from __future__ import annotations
 

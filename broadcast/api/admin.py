@@ -1,4 +1,4 @@
-"""Admin REST (`/api/...`, DESIGN §4): list and stop streams, see and kick viewers."""
+"""Admin REST (`/api/...`): list and stop streams, see and kick viewers."""
 
 from __future__ import annotations
 

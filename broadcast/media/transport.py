@@ -1,7 +1,7 @@
 """One BUNDLEd ICE + DTLS-SRTP transport per session, built from aiortc's ORTC objects.
 
 With gathering.py (the candidates) and the shared sockets (udp_mux.py, tcp_mux.py), the
-only code that touches aiortc/aioice internals (DESIGN §7). We use aiortc for ICE, DTLS
+only code that touches aiortc/aioice internals. We use aiortc for ICE, DTLS
 and SRTP keys and nothing else: no RTCPeerConnection, no RTCRtpReceiver (which would
 start a decoder thread), no RTCRtpSender (which packetizes per viewer). Decrypted
 RTP/RTCP is handed to our callbacks; outgoing packets are protected and sent

@@ -91,7 +91,7 @@ class UpstreamTrack:
 class BandwidthEstimate:
     """A REMB value that follows what actually arrives, so the publisher ramps up fast.
 
-    aiortc's delay-based estimator ramps slowly (DESIGN §7). Here: while loss stays
+    aiortc's delay-based estimator ramps slowly. Here: while loss stays
     under 2 % we allow 1.5 times the measured rate (and at least the start bitrate), so the
     encoder reaches the camera's native resolution within seconds; above 10 % loss we
     cut to what arrived, scaled down by half the loss, as GCC's loss controller does.

@@ -1,4 +1,4 @@
-"""`GET /ws`: push stream events (state, viewer count) to web pages (DESIGN §4).
+"""`GET /ws`: push stream events (state, viewer count) to web pages.
 
 A page sends `{"type": "subscribe", "stream": "<id>"}` and then receives that stream's
 events, starting with its current state (`offline` while no such stream exists).

@@ -1,4 +1,4 @@
-// Live events of one stream over /ws, reconnecting by itself (DESIGN §4).
+// Live events of one stream over /ws, reconnecting by itself (docs/ARCHITECTURE.md).
 
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
 

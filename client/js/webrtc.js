@@ -1,6 +1,6 @@
 // WHIP/WHEP over fetch, and what both pages read from getStats.
 
-/** An HTTP error answer of the server: {error, message} (DESIGN §4). */
+/** An HTTP error answer of the server: {error, message}. */
 export class ServerError extends Error {
   constructor(status, code, message) {
     super(message);
