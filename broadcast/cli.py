@@ -292,10 +292,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info or record.exc_text:
-            entry["exception"] = record.exc_text or self.formatException(
-                record.exc_info  # type: ignore[arg-type]
-            )
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 

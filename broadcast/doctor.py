@@ -244,7 +244,7 @@ async def _stun_binding(address: tuple[str, int]) -> tuple[str, int] | None:
         mapped = response.attributes.get(
             "XOR-MAPPED-ADDRESS"
         ) or response.attributes.get("MAPPED-ADDRESS")
-        return tuple(mapped) if mapped else None  # type: ignore[return-value]
+        return tuple(mapped) if mapped else None
     except (TimeoutError, ValueError, OSError):
         return None
     finally:

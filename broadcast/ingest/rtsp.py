@@ -14,6 +14,7 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aiortsp.rtsp.connection import RTSPConnection
@@ -188,13 +189,13 @@ class _GuardedConnection(RTSPConnection):
         if message.type == "response":
             if message.content_length < 0:
                 raise CameraProtocolError("the camera sent a negative Content-Length")
-            request = self.active_requests.get(message.cseq)  # type: ignore[attr-defined]
+            request = self.active_requests.get(message.cseq)
             if request is None or request.done():
                 self.stray_responses += 1
             else:
                 request.set_result(message)
         elif message.type == "binary":
-            handler = self.binary_handlers.get(message.id)  # type: ignore[attr-defined]
+            handler = self.binary_handlers.get(message.id)
             if handler is not None:
                 handler(message)
         elif message.type == "request":  # we serve none (aiortsp logs its body)
@@ -398,7 +399,7 @@ class RtspSession:
 
     async def _request(
         self, method: str, url: str, headers: dict[str, str] | None = None
-    ):  # type: ignore[no-untyped-def]
+    ) -> Any:  # aiortsp's RTSPResponse (untyped)
         connection = self._connection
         if connection is None or not connection.running:
             raise _lost(connection, method)

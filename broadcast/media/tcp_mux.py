@@ -17,6 +17,7 @@ import logging
 import socket
 import struct
 from collections import Counter
+from typing import cast
 
 import aioice
 from aioice import stun
@@ -126,7 +127,7 @@ class _TcpPeer(asyncio.Protocol):
         self._first_frame_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.addr = (peer[0], peer[1])
         pending = self.listener.pending
@@ -135,7 +136,7 @@ class _TcpPeer(asyncio.Protocol):
             or pending[self.addr[0]] >= MAX_PENDING_PER_HOST
         ):
             self.listener.unrouted += 1
-            transport.abort()  # type: ignore[attr-defined]
+            self._transport.abort()
             return
         pending[self.addr[0]] += 1
         sock = transport.get_extra_info("socket")

@@ -269,7 +269,9 @@ class SecureTransport:
         pair = self._connection._nominated.get(1)
         return None if pair is None else pair.remote_addr
 
-    def fan_out_target(self) -> tuple[MediaSocket, int, tuple[str, int], Any] | None:
+    def fan_out_target(
+        self,
+    ) -> tuple[MediaSocket, int, tuple[str, int], pylibsrtp.Session] | None:
         """Socket, SRTP session address, peer and session for the fan-out.
 
         None until connected, and always when this session has a socket of its own

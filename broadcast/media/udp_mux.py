@@ -21,7 +21,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aioice
 import pylibsrtp
@@ -30,9 +30,9 @@ from aioice.ice import StunProtocol
 from pylibsrtp._binding import ffi, lib
 
 try:
-    from broadcast.media import _fanout  # type: ignore[attr-defined]
+    from broadcast.media import _fanout
 except ImportError:  # not built: the pure-Python path sends the same packets
-    _fanout = None  # type: ignore[assignment]
+    _fanout = None  # type: ignore[assignment]  # a module or None: mypy has no such type
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ Address = tuple[str, int]
 Outbox = list[tuple[bytes, Address]]
 # A viewer for the native fan-out: (address of its srtp_t, its address, payload type or
 # -1 to keep the packet's, the pylibsrtp Session that owns the srtp_t, kept alive here).
-FanOutTarget = tuple[int, Address, int, object]
+FanOutTarget = tuple[int, Address, int, pylibsrtp.Session]
 # BROADCAST_NATIVE=0 sends the pure-Python way, to compare or to rule the extension out.
 NATIVE = _fanout is not None and os.environ.get("BROADCAST_NATIVE") != "0"
 # libsrtp's srtp_protect, from pylibsrtp: the native fan-out protects with the very
@@ -118,7 +118,7 @@ def fan_out_each(
         if payload_type >= 0:
             data = packet[:1] + bytes((marker | payload_type,)) + packet[2:]
         try:
-            outbox.append((session.protect(data), addr))  # type: ignore[attr-defined]
+            outbox.append((session.protect(data), addr))
         except (pylibsrtp.Error, ValueError):
             refused += 1
     return send_each(sock, outbox), refused
@@ -188,7 +188,7 @@ class MediaSocket(asyncio.DatagramProtocol):
         return len(self._by_ufrag)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def close(self) -> None:
         if self._transport is not None:
@@ -237,13 +237,13 @@ class MediaSocket(asyncio.DatagramProtocol):
 
     # --- receiving -----------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         if len(addr) != 2:
             addr = (addr[0], addr[1])  # IPv6 four-tuple
         if looks_like_stun(data):
-            port = self._stun_destination(data, addr)  # type: ignore[arg-type]
+            port = self._stun_destination(data, addr)
         else:
-            port = self._by_address.get(addr)  # type: ignore[arg-type]
+            port = self._by_address.get(addr)
         if port is None:
             self.unrouted += 1
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 
 from broadcast.errors import (
     ClientError,
@@ -54,7 +55,9 @@ def session_not_found() -> NotFound:
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def errors_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
     """Turn ClientError into its JSON response; add CORS to every answer.
 
     Requests that parsers may frame differently (a proxy in front of us and aiohttp)
@@ -63,9 +66,10 @@ async def errors_middleware(request: web.Request, handler):  # type: ignore[no-u
     """
     ambiguity = _ambiguity(request)
     if ambiguity is not None:
-        response = json_error(400, "ambiguous_request", ambiguity)
-        response.force_close()
-        return response
+        refused = json_error(400, "ambiguous_request", ambiguity)
+        refused.force_close()
+        return refused
+    response: web.StreamResponse
     try:
         response = await handler(request)
     except ClientError as error:

@@ -114,7 +114,9 @@ def _is_udp(candidate: RTCIceCandidate) -> bool:
     return candidate.protocol.lower() == "udp"
 
 
-def _feedback(offered: RTCRtpCodecParameters, allowed: set) -> list[RTCRtcpFeedback]:
+def _feedback(
+    offered: RTCRtpCodecParameters, allowed: set[tuple[str, str | None]]
+) -> list[RTCRtcpFeedback]:
     return [f for f in offered.rtcpFeedback if (f.type, f.parameter) in allowed]
 
 

@@ -7,6 +7,7 @@ import logging
 from typing import cast
 
 from aiohttp import web
+from aiortc import sdp as aiortc_sdp
 
 from broadcast import tokens
 from broadcast.auth import check_publish_key
@@ -14,6 +15,7 @@ from broadcast.config import Config
 from broadcast.errors import BadRequest, Conflict
 from broadcast.limits import client_address
 from broadcast.media.source_track import SourceTrack
+from broadcast.media.transport import SecureTransport
 from broadcast.media.upstream import BandwidthEstimate, UpstreamTrack
 from broadcast.publisher import Publisher
 from broadcast.registry import check_stream_id, new_stream_id
@@ -72,7 +74,7 @@ async def post_whip(request: web.Request) -> web.Response:
         config.start_bitrate_kbps * 1000, config.max_bitrate_kbps * 1000
     )
 
-    def make_publisher(transport) -> Publisher:  # type: ignore[no-untyped-def]
+    def make_publisher(transport: SecureTransport) -> Publisher:
         publisher = Publisher(
             stream,
             transport,
@@ -138,7 +140,7 @@ def _upstream_track(stream: Stream, answer: MediaAnswer) -> UpstreamTrack:
     return UpstreamTrack(source, payload_type, rtx, _announced_ssrcs(media))
 
 
-def _announced_ssrcs(media) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
+def _announced_ssrcs(media: aiortc_sdp.MediaDescription) -> tuple[int, ...]:
     """The media SSRC then its RTX SSRC, from `a=ssrc-group:FID` or `a=ssrc`."""
     for group in media.ssrc_group:
         if group.semantic == "FID":
