@@ -15,6 +15,26 @@ def video_packets(viewer, stream):  # type: ignore[no-untyped-def]
     return viewer.received.packets.get(stream.tracks["video"].ssrc, [])
 
 
+async def live(server, http, stream_id: str):  # type: ignore[no-untyped-def]
+    """A connected publisher of `stream_id` and one connected viewer of it."""
+    publisher = await publish(http, str(server.make_url(f"/whip/{stream_id}")))
+    await publisher.wait_connected()
+    viewer = await watch(http, str(server.make_url(f"/whep/{stream_id}")))
+    await viewer.wait_connected()
+    return publisher, viewer
+
+
+async def dropped(server, http, stream_id: str):  # type: ignore[no-untyped-def]
+    """A publisher of `stream_id` that connected, then dropped: the stream waits."""
+    url = str(server.make_url(f"/whip/{stream_id}"))
+    first = await publish(http, url)
+    await first.wait_connected()
+    stream = server.app[REGISTRY].get(stream_id)
+    await first.close()
+    await wait_for(lambda: stream.state == "reconnecting", message=stream.state)
+    return url, first, stream
+
+
 async def test_second_publisher_gets_409(server, http):
     first = await publish(http, str(server.make_url("/whip/busy")))
     try:
@@ -68,10 +88,7 @@ async def test_republish_within_grace_keeps_viewers_with_continuous_numbering(
 
 async def test_stream_ends_after_grace_and_its_viewers_are_closed(make_server, http):
     server = await make_server(reconnect_grace_s=0.5)
-    publisher = await publish(http, str(server.make_url("/whip/g")))
-    await publisher.wait_connected()
-    viewer = await watch(http, str(server.make_url("/whep/g")))
-    await viewer.wait_connected()
+    publisher, viewer = await live(server, http, "g")
     registry = server.app[REGISTRY]
     await publisher.close()
     await wait_for(lambda: registry.get("g") is None, message="stream did not end")
@@ -86,10 +103,7 @@ async def test_stream_ends_after_grace_and_its_viewers_are_closed(make_server, h
 
 
 async def test_delete_ends_the_broadcast_at_once(server, http):
-    publisher = await publish(http, str(server.make_url("/whip/del")))
-    await publisher.wait_connected()
-    viewer = await watch(http, str(server.make_url("/whep/del")))
-    await viewer.wait_connected()
+    publisher, viewer = await live(server, http, "del")
     async with http.delete(server.make_url(publisher.location)) as response:
         assert response.status == 200
     registry = server.app[REGISTRY]
@@ -105,10 +119,7 @@ async def test_delete_after_the_connection_closed_ends_the_broadcast_at_once(
 ):
     """The npm library `whip-whep` closes its PeerConnection, then sends DELETE."""
     server = await make_server(reconnect_grace_s=30)
-    publisher = await publish(http, str(server.make_url("/whip/stop")))
-    await publisher.wait_connected()
-    viewer = await watch(http, str(server.make_url("/whep/stop")))
-    await viewer.wait_connected()
+    publisher, viewer = await live(server, http, "stop")
     registry = server.app[REGISTRY]
     stream = registry.get("stop")
     await publisher.close()
@@ -128,12 +139,7 @@ async def test_late_delete_of_a_replaced_publisher_leaves_the_broadcast_alone(
     make_server, http
 ):
     server = await make_server(reconnect_grace_s=30)
-    url = str(server.make_url("/whip/again"))
-    first = await publish(http, url)
-    await first.wait_connected()
-    stream = server.app[REGISTRY].get("again")
-    await first.close()
-    await wait_for(lambda: stream.state == "reconnecting", message=stream.state)
+    url, first, stream = await dropped(server, http, "again")
     second = await publish(http, url)
     await second.wait_connected()
     # A session URL names its own kind and stream only.
@@ -147,10 +153,7 @@ async def test_late_delete_of_a_replaced_publisher_leaves_the_broadcast_alone(
 
 
 async def test_delete_after_a_viewer_closed_its_connection_is_200(server, http):
-    publisher = await publish(http, str(server.make_url("/whip/vc")))
-    await publisher.wait_connected()
-    viewer = await watch(http, str(server.make_url("/whep/vc")))
-    await viewer.wait_connected()
+    publisher, viewer = await live(server, http, "vc")
     registry = server.app[REGISTRY]
     session_id = viewer.location.split("/")[-1]
     await viewer.close()
@@ -163,12 +166,7 @@ async def test_delete_after_a_viewer_closed_its_connection_is_200(server, http):
 
 async def test_viewer_may_join_while_the_publisher_reconnects(make_server, http):
     server = await make_server(reconnect_grace_s=10)
-    url = str(server.make_url("/whip/late"))
-    first = await publish(http, url)
-    await first.wait_connected()
-    stream = server.app[REGISTRY].get("late")
-    await first.close()
-    await wait_for(lambda: stream.state == "reconnecting")
+    url, _, _ = await dropped(server, http, "late")
     viewer = await watch(http, str(server.make_url("/whep/late")))
     await viewer.wait_connected()
     second = await publish(http, url)
