@@ -31,6 +31,11 @@ SMOKE_RUNS = {
         ["--duration", "1", "--width", "320", "--height", "240", "--audio", "pcma"],
         r"camera 320x240 H\.264 \+ pcma: server CPU [\d.]+ % of a core",
     ),
+    "page_open.py": (
+        ["--openings", "1"],
+        r"browser presenter: page open -> first frame p50 \d+ ms(.|\n)*"
+        r"camera: page open -> first frame p50 \d+ ms",
+    ),
 }
 # Runnable, but started by another benchmark rather than by hand.
 STARTED_BY = {"mediarelay_server.py": "fanout.py"}
