@@ -10,6 +10,12 @@ const streamId = decodeURIComponent(location.pathname.split('/').filter(Boolean)
 // Private streams: the share link carries a view token.
 const token = new URLSearchParams(location.search).get('token');
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
+// A full or rate-limited server (429, 503): wait what Retry-After asks, or this, doubled
+// per busy answer up to the cap, plus up to half again at random so that an audience
+// refused together does not come back together.
+const BUSY_DEFAULT_S = 3;
+const BUSY_MAX_S = 30;
+const BUSY_JITTER = 0.5;
 const STATS_INTERVAL_MS = 1000;
 const QUALITY_REPORT_MS = 5000;
 const DISCONNECTED_MS = 4000;
@@ -20,15 +26,20 @@ const TEXT = {
   live: 'LIVE',
   reconnecting: 'The presenter is reconnecting…',
   ended: 'The broadcast has ended.',
+  busy: 'The server is busy, retrying…',
   notfound: 'There is no such broadcast.',
   stopped: 'Stopped.',
 };
 
 const state = {
   pc: null, session: null, streamState: 'offline', attempt: 0, retryTimer: null,
-  playing: true, statsTimer: null, connecting: false, openedAt: performance.now(),
-  dropTimer: null,
+  playing: true, statsTimer: null, connecting: false,
+  dropTimer: null, busyAttempt: 0, busy: false,
 };
+const whepUrl = new URL(`/whep/${encodeURIComponent(streamId)}`, location.href);
+if (token) whepUrl.searchParams.set('token', token);
+// Asked at once, while the page is still loading, for the first connection.
+let firstIceServers = iceServers(whepUrl.href);
 
 function show(key) {
   $('status').textContent = TEXT[key];
@@ -37,12 +48,13 @@ function show(key) {
 }
 
 async function connect() {
-  if (state.pc || state.connecting || !state.playing) return;
+  if (state.pc || state.connecting || state.busy || !state.playing) return;
   state.connecting = true;
   clearTimeout(state.retryTimer);
-  const whep = new URL(`/whep/${encodeURIComponent(streamId)}`, location.href);
-  if (token) whep.searchParams.set('token', token);
-  const pc = new RTCPeerConnection({iceServers: await iceServers(whep.href)});
+  // TURN credentials expire: a later connection asks again.
+  const servers = await (firstIceServers || iceServers(whepUrl.href));
+  firstIceServers = null;
+  const pc = new RTCPeerConnection({iceServers: servers});
   pc.addTransceiver('video', {direction: 'recvonly'});
   pc.addTransceiver('audio', {direction: 'recvonly'});
   const media = new MediaStream();
@@ -68,9 +80,10 @@ async function connect() {
     }
   });
   try {
-    ({session: state.session} = await negotiate(pc, whep.href));
+    ({session: state.session} = await negotiate(pc, whepUrl.href, null, {trickle: true}));
     state.pc = pc;
     state.attempt = 0;
+    state.busyAttempt = 0;
     show(state.streamState === 'reconnecting' ? 'reconnecting' : 'live');
   } catch (error) {
     pc.close();
@@ -78,6 +91,8 @@ async function connect() {
       show('waiting'); // the events channel says when it starts
     } else if (error instanceof ServerError && error.code === 'bad_stream_id') {
       show('notfound');
+    } else if (error instanceof ServerError && (error.status === 429 || error.status === 503)) {
+      retryWhenFree(error.retryAfterS);
     } else {
       scheduleRetry();
     }
@@ -100,11 +115,26 @@ function scheduleRetry() {
   state.retryTimer = setTimeout(connect, RETRY_MS[Math.min(state.attempt++, RETRY_MS.length - 1)]);
 }
 
+/** Busy: say so, and try again no sooner than the server asked, never giving up. */
+function retryWhenFree(retryAfterS) {
+  const backoffS = Math.min(BUSY_DEFAULT_S * 2 ** state.busyAttempt++, BUSY_MAX_S);
+  const waitS = Math.max(retryAfterS ?? 0, backoffS) * (1 + BUSY_JITTER * Math.random());
+  show('busy');
+  state.busy = true;
+  clearTimeout(state.retryTimer);
+  state.retryTimer = setTimeout(() => {
+    state.busy = false;
+    connect();
+  }, waitS * 1000);
+}
+
 function onEvent(event) {
   if (event.type !== 'state') return;
   state.streamState = event.state;
   if (event.state === 'ended') {
     drop();
+    clearTimeout(state.retryTimer);
+    state.busy = false;
     show('ended');
   } else if (event.state === 'offline') {
     if (!state.pc) show($('status').dataset.state === 'ended' ? 'ended' : 'waiting');
@@ -141,6 +171,7 @@ function togglePlay() {
   } else {
     drop();
     clearTimeout(state.retryTimer);
+    state.busy = false;
     show('stopped');
   }
 }
@@ -172,10 +203,16 @@ $('play').addEventListener('click', togglePlay);
 $('unmute').addEventListener('click', toggleMute);
 $('fullscreen').addEventListener('click', toggleFullscreen);
 $('show-stats').addEventListener('click', toggleStats);
-$('player').addEventListener('loadeddata', () => {
-  // Join-to-first-frame, for people and for the end-to-end tests.
-  window.firstFrameMs = Math.round(performance.now() - state.openedAt);
-}, {once: true});
+// Page open (navigation start) to the first frame shown, for people and for the tests.
+if ($('player').requestVideoFrameCallback) {
+  $('player').requestVideoFrameCallback(() => {
+    window.firstFrameMs = Math.round(performance.now());
+  });
+} else {
+  $('player').addEventListener('loadeddata', () => {
+    window.firstFrameMs = Math.round(performance.now());
+  }, {once: true});
+}
 window.addEventListener('pagehide', drop);
 state.statsTimer = setInterval(updateStats, STATS_INTERVAL_MS);
 show('connecting');

@@ -1,12 +1,21 @@
 // WHIP/WHEP over fetch, and what both pages read from getStats.
 
-/** An HTTP error answer of the server: {error, message}. */
+/** An HTTP error answer of the server: {error, message}, and its Retry-After. */
 export class ServerError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, retryAfterS = null) {
     super(message);
     this.status = status;
     this.code = code;
+    this.retryAfterS = retryAfterS;
   }
+}
+
+/** Seconds a `Retry-After` header asks to wait (delta-seconds or an HTTP date), or null. */
+function retryAfterSeconds(header) {
+  if (!header) return null;
+  if (/^\d+$/.test(header.trim())) return Number(header.trim());
+  const at = Date.parse(header);
+  return Number.isNaN(at) ? null : Math.max(0, (at - Date.now()) / 1000);
 }
 
 /**
@@ -30,6 +39,9 @@ export async function iceServers(url) {
     return [];
   }
 }
+
+// A TURN server may take seconds to allocate; past this the candidates found so far go.
+const TRICKLE_GATHERING_MS = 10000;
 
 /** Wait until ICE gathering completes (or `timeoutMs`), so the offer holds candidates. */
 export function iceGathered(pc, timeoutMs = 2000) {
@@ -58,13 +70,19 @@ function alternateLink(header, base) {
  * POST our offer to a WHIP or WHEP endpoint and apply the answer.
  * Returns {session, watch}: the session URL (Location) and, from WHIP, the viewer
  * page's link. Throws ServerError, or TypeError when offline.
+ *
+ * With `trickle`, the offer goes at once with the candidates gathered so far and the
+ * rest follow in one PATCH (RFC 9725 §4.3.1): Chromium takes 100-150 ms to finish
+ * gathering even on loopback, and the server learns our address from our own checks
+ * meanwhile (RFC 8445 §7.3.1.3), so waiting for every candidate only delays the picture.
  */
-export async function negotiate(pc, url, key) {
+export async function negotiate(pc, url, key, {trickle = false} = {}) {
   await pc.setLocalDescription(await pc.createOffer());
-  await iceGathered(pc);
+  if (!trickle) await iceGathered(pc);
+  const offer = pc.localDescription.sdp;
   const headers = {'Content-Type': 'application/sdp'};
   if (key) headers.Authorization = `Bearer ${key}`;
-  const response = await fetch(url, {method: 'POST', headers, body: pc.localDescription.sdp});
+  const response = await fetch(url, {method: 'POST', headers, body: offer});
   const body = await response.text();
   if (response.status !== 201) {
     let code = 'http_' + response.status;
@@ -72,13 +90,31 @@ export async function negotiate(pc, url, key) {
     try {
       ({error: code, message} = JSON.parse(body));
     } catch (e) { /* not JSON: keep the text */ }
-    throw new ServerError(response.status, code, message);
+    throw new ServerError(
+      response.status, code, message, retryAfterSeconds(response.headers.get('Retry-After')));
   }
   await pc.setRemoteDescription({type: 'answer', sdp: body});
-  return {
-    session: new URL(response.headers.get('Location'), url).href,
-    watch: alternateLink(response.headers.get('Link'), url),
-  };
+  const session = new URL(response.headers.get('Location'), url).href;
+  if (trickle) trickleTheRest(pc, session, offer, key);
+  return {session, watch: alternateLink(response.headers.get('Link'), url)};
+}
+
+/** Once gathering ends, PATCH the candidates the offer lacked and end-of-candidates. */
+async function trickleTheRest(pc, sessionUrl, offer, key) {
+  await iceGathered(pc, TRICKLE_GATHERING_MS);
+  if (pc.signalingState === 'closed') return;
+  const sent = new Set(offer.split(/\r?\n/).filter((line) => line.startsWith('a=candidate:')));
+  const lines = pc.localDescription.sdp.split(/\r?\n/);
+  const first = (prefix) => lines.find((line) => line.startsWith(prefix));
+  const fresh = new Set(lines.filter((line) => line.startsWith('a=candidate:') && !sent.has(line)));
+  // RFC 8840 §9: the ICE credentials, then the (bundled) first media section's candidates.
+  const fragment = [
+    first('a=ice-ufrag:'), first('a=ice-pwd:'), first('m='), first('a=mid:'),
+    ...fresh, 'a=end-of-candidates', '',
+  ].join('\r\n');
+  const headers = {'Content-Type': 'application/trickle-ice-sdpfrag'};
+  if (key) headers.Authorization = `Bearer ${key}`;
+  await fetch(sessionUrl, {method: 'PATCH', headers, body: fragment}).catch(() => {});
 }
 
 /** End a session; `keepalive` lets it go out while the page unloads. */

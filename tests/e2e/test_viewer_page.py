@@ -1,0 +1,119 @@
+"""The viewer page in real Chromium: a link plays at once, and a busy server is waited for."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import pytest
+
+from broadcast.config import RtspCamera, RtspOptions
+from broadcast.web_keys import REGISTRY
+from tests.camera_sim import start_camera
+from tests.e2e.camera import write_y4m
+from tests.e2e.chromium import launch_chromium
+from tests.e2e.test_web_client import VIDEO_SIZE_JS, wait_text
+from tests.peers import publish, wait_for, watch
+
+NATIVE = (1280, 720)
+# Generous: the page plays in ~0.3-0.5 s on a shared 2-core machine (bench/page_open.py).
+FIRST_FRAME_MAX_MS = 3000
+# The server's Retry-After for a stream at its viewer limit (registry._full).
+SERVER_FULL_RETRY_AFTER_S = 10
+
+
+@pytest.fixture
+async def chromium(tmp_path):  # type: ignore[no-untyped-def]
+    camera = write_y4m(tmp_path / "camera.y4m", *NATIVE)
+    async with launch_chromium(
+        extra_args=[f"--use-file-for-fake-video-capture={camera}"]
+    ) as browser:
+        yield browser
+
+
+async def open_viewer(chromium, link: str):  # type: ignore[no-untyped-def]
+    """Open `link` in a fresh context; return the page and the requests it made."""
+    page = await (await chromium.new_context()).new_page()
+    requests: list[tuple[float, str, str, str]] = []
+    page.on(
+        "request",
+        lambda r: requests.append(
+            (time.monotonic(), r.method, r.url, r.post_data or "")
+        ),
+    )
+    await page.goto(link)
+    return page, requests
+
+
+async def plays_at_full_size(page, source: str) -> None:  # type: ignore[no-untyped-def]
+    await page.wait_for_function(
+        f"({VIDEO_SIZE_JS})().join('x') === '{NATIVE[0]}x{NATIVE[1]}'", timeout=10000
+    )
+    first_frame_ms = await page.evaluate("window.firstFrameMs")
+    print(f"{source}: viewer page open -> first frame {first_frame_ms} ms")
+    assert first_frame_ms is not None and first_frame_ms < FIRST_FRAME_MAX_MS
+
+
+def trickled(requests: list[tuple[float, str, str, str]]) -> bool:
+    """The offer went before gathering ended: a PATCH ends the candidates."""
+    return any(
+        method == "PATCH" and "a=end-of-candidates" in body
+        for _, method, _, body in requests
+    )
+
+
+async def test_a_browser_presenters_link_plays_at_once_at_full_size(server, chromium):
+    origin = str(server.make_url("/")).rstrip("/")
+    presenter = await (await chromium.new_context()).new_page()
+    await presenter.goto(origin + "/")
+    await presenter.click("#start")
+    await wait_text(presenter, "#status", "LIVE", 5000)
+    link = await presenter.input_value("#share-link")
+
+    viewer, requests = await open_viewer(chromium, link)
+    await plays_at_full_size(viewer, "browser presenter")
+    # Waiting for Chromium to finish gathering took 100-150 ms of every opening.
+    assert trickled(requests), [(m, u) for _, m, u, _ in requests]
+
+
+async def test_a_cameras_link_plays_at_once_at_full_size(make_server, chromium):
+    async with start_camera(width=NATIVE[0], height=NATIVE[1]) as camera:
+        options = RtspOptions(always_on=True)
+        server = await make_server(cameras=(RtspCamera("cam", camera.url, options),))
+        origin = str(server.make_url("/")).rstrip("/")
+        stream = server.app[REGISTRY].get("cam")
+        await wait_for(lambda: stream.state == "live", 15, "the camera never went live")
+        viewer, requests = await open_viewer(chromium, origin + "/watch/cam")
+        await plays_at_full_size(viewer, "camera")
+        assert trickled(requests)
+
+
+async def test_viewer_page_waits_while_the_server_is_busy_then_plays(
+    make_server, chromium
+):
+    server = await make_server(max_viewers_per_stream=1)
+    async with aiohttp.ClientSession() as http:
+        publisher = await publish(http, str(server.make_url("/whip/busy")))
+        await publisher.wait_connected()
+        holder = await watch(http, str(server.make_url("/whep/busy")))
+        await holder.wait_connected()
+
+        page, requests = await open_viewer(
+            chromium, str(server.make_url("/watch/busy"))
+        )
+        await wait_text(page, "#status", "busy, retrying", 5000)
+        refused_at = max(t for t, m, _, _ in requests if m == "POST")
+        # The slot frees; the page comes back on its own, no sooner than asked.
+        async with http.delete(str(server.make_url(holder.location))) as response:
+            assert response.status == 200
+        await holder.close()
+        started = time.monotonic()
+        await page.wait_for_function(f"({VIDEO_SIZE_JS})()[0] > 0", timeout=25000)
+        print(
+            f"busy viewer played {time.monotonic() - started:.1f} s after the slot freed"
+        )
+        posts = [t for t, m, _, _ in requests if m == "POST"]
+        assert len(posts) == 2, f"{len(posts)} offers: the page did not wait"
+        assert posts[1] - refused_at >= SERVER_FULL_RETRY_AFTER_S - 0.5
+        await wait_text(page, "#status", "LIVE", 5000)
+        await publisher.close()
