@@ -36,6 +36,9 @@ class Viewer(Session):
 
     kind = "whep"
     process = 0  # the process carrying its media: 0 the main one, N worker N
+    # The process carrying its media asks for its first keyframe (a worker's stand-in
+    # here does not: the worker's own Viewer does).
+    asks_for_keyframes = True
 
     def __init__(
         self,
@@ -60,6 +63,9 @@ class Viewer(Session):
             for kind, payload_type in payload_types.items()
         ]
         self._by_ssrc = {t.source.ssrc: t for t in self.tracks}
+        if self.asks_for_keyframes:
+            for track in self.tracks:
+                track.source.expect_viewer(track)
         self.fraction_lost = 0
         self.rtt_s: float | None = None
         self.nacks_received = 0

@@ -34,6 +34,9 @@ GOP_CACHE_PACKETS = 6000
 # A publisher answers a join's PLI within ~1 frame and a round trip (Chrome, aiortc:
 # under 100 ms); a viewer still without a keyframe after this starts from the cache.
 GOP_FALLBACK_S = 0.25
+# A publisher's RTP clock against ours over a join (~0.1 s): a GOP this much older than
+# the time since a viewer asked still began with the keyframe asked for.
+GOP_AGE_SLACK_S = 0.05
 RTP_VERSION_BITS = 0x80
 RTP_PADDING_BIT = 0x20
 NTP_ONE_SECOND = 1 << 32
@@ -96,6 +99,7 @@ class SourceTrack:
         self._answers_pli = answers_pli  # learnt: did the last PLI get a keyframe?
         self._cache_gop = self._starts_keyframe is not None
         self.gop: list[bytes] = []
+        self._gop_arrived_at = -1.0  # monotonic seconds: when its keyframe came
         self.resolution: tuple[int, int] | None = None
         # Worker processes whose viewers watch this track get each packet once, and
         # the publisher's clock (for their viewers' sender reports).
@@ -184,6 +188,7 @@ class SourceTrack:
         # before each slice) start no GOP: a GOP without its SPS/PPS cannot be decoded.
         if keyframe and not (self.gop and self.gop[0][4:8] == data[4:8]):
             self.gop = [data]
+            self._gop_arrived_at = time.monotonic()
         elif self.gop and len(self.gop) < GOP_CACHE_PACKETS:
             self.gop.append(data)
         else:
@@ -228,17 +233,35 @@ class SourceTrack:
             self._last_ts + int(elapsed * self.clock_rate)
         ) & 0xFFFFFFFF
 
+    def expect_viewer(self, viewer: ViewerTrack) -> None:
+        """Ask for the keyframe a viewer will start at when it offers, not once it has
+        connected: the publisher's answer (35-150 ms from Chromium) then overlaps ICE
+        and DTLS instead of following them."""
+        if viewer.waiting_for_keyframe:
+            self.keyframes.request()
+
     def add_viewer(self, viewer: ViewerTrack) -> None:
         viewer.joined_at = time.monotonic()
         self.viewers.append(viewer)
         self._one_by_one.append(viewer)
-        if not self._answers_pli:
+        # The keyframe asked for at its offer may have come while it connected.
+        if not self._answers_pli or self._gop_is_recent(viewer.asked_at):
             self._start_from_gop(viewer)
         if viewer.waiting_for_keyframe:
-            self.keyframes.request()
+            if self.keyframes.last_sent < viewer.asked_at:
+                self.keyframes.request()  # else the one asked at its offer is coming
             asyncio.get_running_loop().call_later(
                 GOP_FALLBACK_S, self._fall_back_to_gop, viewer
             )
+
+    def _gop_is_recent(self, asked_at: float) -> bool:
+        """Whether the cached GOP's keyframe came since `asked_at`, and is as young in
+        its RTP time: a worker's copy also receives an old GOP (replayed) then."""
+        if not self.gop or self._gop_arrived_at < asked_at:
+            return False
+        first_ts = int.from_bytes(self.gop[0][4:8], "big")
+        age_s = ((self._last_ts - first_ts) & 0xFFFFFFFF) / self.clock_rate
+        return age_s <= time.monotonic() - asked_at + GOP_AGE_SLACK_S
 
     def _fall_back_to_gop(self, viewer: ViewerTrack) -> None:
         """The PLI went unanswered: this viewer, and those who join next, start from

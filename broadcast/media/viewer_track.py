@@ -46,6 +46,8 @@ class ViewerTrack:
         self._fanned_from: tuple[int, int] | None = None
         self.retransmitted = 0
         self.joined_at = time.monotonic()
+        # When its offer came: a keyframe asked for or sent since then is its to start at.
+        self.asked_at = self.joined_at
         self.first_keyframe_at: float | None = None
         self._budget = float(MAX_RETRANSMITS_PER_S)
         self._budget_at = time.monotonic()

@@ -127,6 +127,8 @@ class RemoteTransport:
 class RemoteViewer(Viewer):
     """A viewer carried by a worker: here, its place in the stream and its numbers."""
 
+    asks_for_keyframes = False
+
     def __init__(
         self,
         worker: WorkerProcess,

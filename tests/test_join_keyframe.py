@@ -1,0 +1,92 @@
+"""A joining viewer's first keyframe is asked for when it offers, not once it connects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from broadcast.media.source_track import SourceTrack
+from broadcast.media.viewer_track import ViewerTrack
+from broadcast.web_keys import REGISTRY
+from tests.peers import publish, wait_for, watch
+from tests.test_media_units import VP8, packet
+
+KEY, DELTA = b"\x10\x00", b"\x10\x01"
+
+
+def sequence_numbers(sent: list[bytes]) -> list[int]:
+    return [int.from_bytes(p[2:4], "big") for p in sent]
+
+
+def asking_source() -> tuple[SourceTrack, list[float]]:
+    source = SourceTrack("video", VP8)
+    plis: list[float] = []
+    source.request_pli = lambda: plis.append(time.monotonic()) is None
+    return source, plis
+
+
+async def test_a_keyframe_that_came_while_the_viewer_connected_is_where_it_starts():
+    source, plis = asking_source()
+    source.forward(packet(0, KEY))  # the GOP before this viewer offered
+    source.forward(packet(1, DELTA))
+    sent: list[bytes] = []
+    viewer = ViewerTrack(source, sent.append, 96)
+    source.expect_viewer(viewer)  # its offer
+    assert len(plis) == 1
+    source.forward(packet(2, KEY))  # the answer, while ICE and DTLS run
+    source.forward(packet(3, DELTA))
+    source.add_viewer(viewer)  # connected
+    assert sequence_numbers(sent) == [2, 3]
+    assert len(plis) == 1 and not source.keyframes.pending, "asked twice"
+
+
+async def test_a_viewer_that_connects_before_its_keyframe_waits_without_asking_again():
+    source, plis = asking_source()
+    source.forward(packet(0, KEY))
+    sent: list[bytes] = []
+    viewer = ViewerTrack(source, sent.append, 96)
+    source.expect_viewer(viewer)
+    source.add_viewer(viewer)
+    assert sent == [] and viewer.waiting_for_keyframe
+    assert len(plis) == 1 and not source.keyframes.pending, "asked twice"
+    source.forward(packet(1, KEY))
+    assert sequence_numbers(sent) == [1]
+
+
+async def test_an_old_gop_arriving_after_the_offer_is_not_a_fresh_start():
+    # A worker's copy of a track receives the main process's GOP after the viewer
+    # there offered: seconds of video that are not the keyframe it asked for.
+    source, _ = asking_source()
+    sent: list[bytes] = []
+    viewer = ViewerTrack(source, sent.append, 96)
+    source.expect_viewer(viewer)
+    source.forward(packet(0, KEY))
+    for seq in range(1, 90):  # 3 s of GOP at once
+        source.forward(packet(seq, DELTA))
+    source.add_viewer(viewer)
+    assert sent == [] and viewer.waiting_for_keyframe
+
+
+async def test_the_server_asks_the_publisher_for_a_keyframe_before_a_viewer_connects(
+    server, http
+):
+    publisher = await publish(http, str(server.make_url("/whip/join")), audio=None)
+    await publisher.wait_connected()
+    stream = server.app[REGISTRY].get("join")
+    video = stream.tracks["video"]
+    await wait_for(lambda: video.packets_in > 0, message="no video from the publisher")
+    await asyncio.sleep(
+        1.1
+    )  # past the PLI interval: the join's request goes out at once
+    viewer = await watch(http, str(server.make_url("/whep/join")), kinds=("video",))
+    (session,) = stream.viewers
+    await viewer.wait_connected()
+    await wait_for(lambda: session.connected_at is not None)
+    asked = video.keyframes.last_sent
+    print(
+        f"PLI {1000 * (session.connected_at - asked):.0f} ms before the viewer connected"
+    )
+    assert asked < session.connected_at
+    await wait_for(lambda: "video" in viewer.first_frame_at, message="no picture")
+    await viewer.close()
+    await publisher.close()
