@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+
 from bench.camera import wait_live
 from bench.fanout import free_port
 from tests.camera_sim import start_camera
@@ -137,10 +139,17 @@ async def open_once(browser: Any, link: str) -> dict[str, float]:
         await context.add_init_script(PHASES_JS)
         page = await context.new_page()
         await page.goto(link)
-        await page.wait_for_function(
-            "() => window.__phases && 'full' in window.__phases",
-            timeout=OPENING_TIMEOUT_MS,
-        )
+        try:
+            await page.wait_for_function(
+                "() => window.__phases && 'full' in window.__phases",
+                timeout=OPENING_TIMEOUT_MS,
+            )
+        except PlaywrightTimeout:
+            seen = await page.evaluate(
+                "() => [window.__phases, document.getElementById('status').textContent,"
+                " document.getElementById('player').videoWidth]"
+            )
+            raise RuntimeError(f"{link} never played at full size: {seen}") from None
         return await page.evaluate("() => window.__phases")  # type: ignore[no-any-return]
     finally:
         await context.close()

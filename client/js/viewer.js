@@ -52,9 +52,9 @@ async function connect() {
   state.connecting = true;
   clearTimeout(state.retryTimer);
   // TURN credentials expire: a later connection asks again.
-  const servers = await (firstIceServers || iceServers(whepUrl.href));
+  const servers = firstIceServers || iceServers(whepUrl.href);
   firstIceServers = null;
-  const pc = new RTCPeerConnection({iceServers: servers});
+  const pc = new RTCPeerConnection();
   pc.addTransceiver('video', {direction: 'recvonly'});
   pc.addTransceiver('audio', {direction: 'recvonly'});
   const media = new MediaStream();
@@ -80,7 +80,8 @@ async function connect() {
     }
   });
   try {
-    ({session: state.session} = await negotiate(pc, whepUrl.href, null, {trickle: true}));
+    ({session: state.session} = await negotiate(
+      pc, whepUrl.href, null, {trickle: true, servers}));
     state.pc = pc;
     state.attempt = 0;
     state.busyAttempt = 0;

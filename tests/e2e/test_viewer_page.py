@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 
 import aiohttp
@@ -116,4 +118,31 @@ async def test_viewer_page_waits_while_the_server_is_busy_then_plays(
         assert len(posts) == 2, f"{len(posts)} offers: the page did not wait"
         assert posts[1] - refused_at >= SERVER_FULL_RETRY_AFTER_S - 0.5
         await wait_text(page, "#status", "LIVE", 5000)
+        await publisher.close()
+
+
+async def test_viewer_page_gathers_with_the_servers_turn_server(make_server, chromium):
+    # The page makes its offer while the OPTIONS naming the ICE servers is on its way;
+    # they must still be used: Chromium asks the TURN server for an allocation.
+    turn = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    turn.bind(("127.0.0.1", 0))
+    turn.setblocking(False)
+    port = turn.getsockname()[1]
+    server = await make_server(
+        turn_servers=(f"turn:127.0.0.1:{port}?transport=udp",), turn_secret="s"
+    )
+    async with aiohttp.ClientSession() as http:
+        publisher = await publish(http, str(server.make_url("/whip/relay")))
+        await publisher.wait_connected()
+        page, _ = await open_viewer(chromium, str(server.make_url("/watch/relay")))
+        await page.wait_for_function(f"({VIDEO_SIZE_JS})()[0] > 0", timeout=10000)
+        loop = asyncio.get_running_loop()
+        try:
+            request = await asyncio.wait_for(loop.sock_recv(turn, 2048), 5)
+        finally:
+            turn.close()
+        # A STUN request (RFC 8489 §5: its magic cookie, class bits 0): Chromium asks
+        # a TURN server for a Binding (its reflexive address), then an Allocate.
+        message_type = int.from_bytes(request[:2], "big")
+        assert request[4:8] == b"\x21\x12\xa4\x42" and not message_type & 0x0110
         await publisher.close()
