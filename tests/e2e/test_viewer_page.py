@@ -43,6 +43,12 @@ async def open_viewer(chromium, link: str):  # type: ignore[no-untyped-def]
             (time.monotonic(), r.method, r.url, r.post_data or "")
         ),
     )
+    page.on(
+        "response",
+        lambda r: requests.append(
+            (time.monotonic(), "answer", r.request.method, str(r.status))
+        ),
+    )
     await page.goto(link)
     return page, requests
 
@@ -56,11 +62,20 @@ async def plays_at_full_size(page, source: str) -> None:  # type: ignore[no-unty
     assert first_frame_ms is not None and first_frame_ms < FIRST_FRAME_MAX_MS
 
 
-def trickled(requests: list[tuple[float, str, str, str]]) -> bool:
-    """The offer went before gathering ended: a PATCH ends the candidates."""
+async def trickled(requests: list[tuple[float, str, str, str]]) -> bool:
+    """The offer went before gathering ended: a PATCH ends the candidates, taken."""
+    await wait_for(
+        lambda: (
+            ("answer", "PATCH") in {(kind, method) for _, kind, method, _ in requests}
+        ),
+        message="no PATCH was answered",
+    )
     return any(
         method == "PATCH" and "a=end-of-candidates" in body
         for _, method, _, body in requests
+    ) and any(
+        (kind, method, status) == ("answer", "PATCH", "204")
+        for _, kind, method, status in requests
     )
 
 
@@ -75,7 +90,7 @@ async def test_a_browser_presenters_link_plays_at_once_at_full_size(server, chro
     viewer, requests = await open_viewer(chromium, link)
     await plays_at_full_size(viewer, "browser presenter")
     # Waiting for Chromium to finish gathering took 100-150 ms of every opening.
-    assert trickled(requests), [(m, u) for _, m, u, _ in requests]
+    assert await trickled(requests), requests
 
 
 async def test_a_cameras_link_plays_at_once_at_full_size(make_server, chromium):
@@ -87,7 +102,7 @@ async def test_a_cameras_link_plays_at_once_at_full_size(make_server, chromium):
         await wait_for(lambda: stream.state == "live", 15, "the camera never went live")
         viewer, requests = await open_viewer(chromium, origin + "/watch/cam")
         await plays_at_full_size(viewer, "camera")
-        assert trickled(requests)
+        assert await trickled(requests), requests
 
 
 async def test_viewer_page_waits_while_the_server_is_busy_then_plays(
