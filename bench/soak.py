@@ -238,6 +238,8 @@ def row(before: Totals, after: Totals, viewers: int, start: float) -> dict[str, 
         "of": viewers,
         "packets_per_s": packets / seconds,
         "dropped_percent": 100 * dropped / arrived if arrived else 0.0,
+        "video_packets": after.by_kind["video"][0] - before.by_kind["video"][0],
+        "audio_packets": after.by_kind["audio"][0] - before.by_kind["audio"][0],
         "residual_video_percent": residual["video"],
         "residual_audio_percent": residual["audio"],
         "viewer_nacks": after.recovery["nacks_sent"] - before.recovery["nacks_sent"],
@@ -470,6 +472,18 @@ class Soak:
             self.check("samples taken", False, "the run was too short to sample")
             return
         bad = [r for r in rows if r["viewers"] != r["of"] or r["with_media"] != r["of"]]
+        # Audio alone keeps every viewer "receiving": the video is checked by itself.
+        silent = [r for r in rows if not r["video_packets"] or not r["audio_packets"]]
+        self.check(
+            "video and audio reach the viewers at every sample",
+            not silent,
+            f"{len(rows)} samples"
+            + (
+                f"; one missing at t={[round(r['t_s']) for r in silent]}"
+                if silent
+                else ""
+            ),
+        )
         self.check(
             "all viewers connected and receiving at every sample",
             not bad,

@@ -50,7 +50,8 @@ class MovingPicture(MediaStreamTrack):
             self._pts += int(VIDEO_PTIME * VIDEO_CLOCK_RATE)
             wait = self._start + self._pts / VIDEO_CLOCK_RATE - time.time()
             await asyncio.sleep(max(wait, 0))
-        shift = self._pts // 3000
+        # Modulo first: uint16 + 65,536 overflows (numpy 2) at frame 65,536, 36 min in.
+        shift = self._pts // 3000 % 256
         row = (numpy.arange(WIDTH, dtype=numpy.uint16) + shift) % 256
         image = numpy.broadcast_to(row.astype(numpy.uint8), (HEIGHT, WIDTH))
         rgb = numpy.stack([image, image[:, ::-1], numpy.full_like(image, 128)], axis=2)

@@ -4,6 +4,7 @@ unformatted for weeks) measures nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.peers import MovingPicture
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 RUN_TIMEOUT_S = 100
@@ -79,3 +82,14 @@ def _text(output: str | bytes | None) -> str:
     if isinstance(output, bytes):
         return output.decode(errors="replace")
     return output or ""
+
+
+async def test_soak_publisher_draws_frames_past_the_36th_minute() -> None:
+    """The soak's picture ran into a uint16 overflow at frame 65,536: aiortc's sender
+    task died with it and the viewers got audio only for the rest of the soak."""
+    picture = MovingPicture()
+    frames = 65_535
+    picture._start = time.time() - frames / 30  # frame 65,536 is due now
+    picture._pts = frames * 3000
+    frame = await asyncio.wait_for(picture.recv(), 5)
+    assert frame.pts == 65_536 * 3000
