@@ -113,21 +113,10 @@ class SecureTransport:
         checks from new addresses as RFC 8445 says.
         """
         deliver = protocol.datagram_received
-        connection = self._connection
 
         def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
             if not looks_like_stun(data):
-                address = (addr[0], addr[1])
-                # The same address on another candidate (UDP vs ICE-TCP) is not ours.
-                pair = connection._nominated.get(1)
-                if pair is not None:
-                    allowed = pair.protocol is protocol and pair.remote_addr == address
-                else:
-                    allowed = any(
-                        p.protocol is protocol and p.remote_addr == address
-                        for p in connection._check_list
-                    )
-                if not allowed:
+                if not self._from_peer(protocol, (addr[0], addr[1])):
                     self.foreign_packets += 1
                     return
             try:
@@ -138,6 +127,32 @@ class SecureTransport:
                 self.failed_packets += 1
 
         protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
+
+    def _from_peer(self, protocol: StunProtocol, address: tuple[str, int]) -> bool:
+        """Whether a DTLS/SRTP datagram comes from the peer, on the selected pair.
+
+        The same address on another candidate (UDP vs ICE-TCP) is not the peer's. But
+        Chromium nominates every pair it checks (RFC 8445 §8.1.1 aggressive nomination)
+        and uses the best one that works, while aioice keeps the first to succeed here
+        and cancels its other checks: when Chromium's ICE-TCP check wins the race,
+        Chromium still sends DTLS over UDP. Media on a pair the peer nominated (its
+        checks carry our password) is where the peer is: the selected pair follows it.
+        """
+        connection = self._connection
+        paired = [
+            p
+            for p in connection._check_list
+            if p.protocol is protocol and p.remote_addr == address
+        ]
+        selected = connection._nominated.get(1)
+        if selected is None or selected in paired:
+            return bool(paired)
+        for pair in paired:
+            if pair.remote_nominated:
+                logger.info("%s follows its peer to %s", self.name, pair)
+                connection._nominated[1] = pair
+                return True
+        return False
 
     @property
     def local_ice(self) -> RTCIceParameters:
