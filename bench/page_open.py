@@ -111,14 +111,15 @@ PHASES_JS = r"""
 
 
 @asynccontextmanager
-async def serving(cameras: str = "") -> AsyncIterator[str]:
-    """Run `broadcast serve` (default workers) on 127.0.0.1; yield its origin."""
+async def serving(cameras: str, workers: int | None) -> AsyncIterator[str]:
+    """Run `broadcast serve` on 127.0.0.1; yield its origin."""
+    media = "" if workers is None else f"<media><workers>{workers}</workers></media>"
     port = free_port()
     with tempfile.NamedTemporaryFile("w", suffix=".xml") as config:
         config.write(
             f"""<flashphoner><server><bind>127.0.0.1</bind>
             <http_port>{port}</http_port></server><auth><admin_key>k</admin_key></auth>
-            {cameras}</flashphoner>"""
+            {media}{cameras}</flashphoner>"""
         )
         config.flush()
         server = await asyncio.create_subprocess_exec(
@@ -164,8 +165,10 @@ async def measure(browser: Any, link: str, openings: int) -> list[dict[str, floa
     return runs
 
 
-async def browser_presenter(browser: Any, openings: int) -> list[dict[str, float]]:
-    async with serving() as origin:
+async def browser_presenter(
+    browser: Any, openings: int, workers: int | None
+) -> list[dict[str, float]]:
+    async with serving("", workers) as origin:
         await wait_http(origin)
         context = await browser.new_context()
         await context.grant_permissions(["camera", "microphone"], origin=origin)
@@ -183,10 +186,12 @@ async def browser_presenter(browser: Any, openings: int) -> list[dict[str, float
             await context.close()
 
 
-async def camera(browser: Any, openings: int) -> list[dict[str, float]]:
+async def camera(
+    browser: Any, openings: int, workers: int | None
+) -> list[dict[str, float]]:
     async with start_camera(width=WIDTH, height=HEIGHT) as sim:
         rtsp = f'<rtsp id="cam" url="{sim.url}" always_on="true"/>'
-        async with serving(rtsp) as origin:
+        async with serving(rtsp, workers) as origin:
             await wait_live(int(origin.rsplit(":", 1)[1]))
             return await measure(browser, origin + "/watch/cam", openings)
 
@@ -230,16 +235,19 @@ def report(name: str, runs: list[dict[str, float]]) -> None:
     )
 
 
-async def main(sources: list[str], openings: int) -> None:
+async def main(sources: list[str], openings: int, workers: int | None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         clip = write_y4m(Path(scratch) / "camera.y4m", WIDTH, HEIGHT)
         async with launch_chromium(
             extra_args=[f"--use-file-for-fake-video-capture={clip}"]
         ) as browser:
             if "browser" in sources:
-                report("browser presenter", await browser_presenter(browser, openings))
+                report(
+                    "browser presenter",
+                    await browser_presenter(browser, openings, workers),
+                )
             if "camera" in sources:
-                report("camera", await camera(browser, openings))
+                report("camera", await camera(browser, openings, workers))
 
 
 if __name__ == "__main__":
@@ -248,6 +256,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--source", choices=["browser", "camera", "both"], default="both"
     )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="the server's (default: its own)"
+    )
     args = parser.parse_args()
     chosen = ["browser", "camera"] if args.source == "both" else [args.source]
-    asyncio.run(main(chosen, max(1, min(args.openings, 200))))
+    asyncio.run(main(chosen, max(1, min(args.openings, 200)), args.workers))
