@@ -4,6 +4,8 @@ Chromium nominates every pair it checks and uses the best that works; the server
 (aioice) keeps the first pair to succeed and cancels its other checks. When Chromium's
 ICE-TCP check wins that race, Chromium still sends DTLS over UDP: ~1 viewer page in 15
 never connected on a loaded machine once the page sent its offer before gathering.
+So while DTLS is set up the selected pair follows the viewer's media to a pair it
+nominated (bench/page_open.py exercises that); once connected, it holds.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tests.peers import publish, wait_for, watch
 RTP_LIKE = bytes([0x80, 96]) + bytes(38)
 
 
-async def test_media_on_a_pair_the_viewer_nominated_moves_the_selected_pair(
+async def test_once_connected_a_nomination_from_elsewhere_does_not_move_the_pair(
     server, http
 ):
     publisher = await publish(http, str(server.make_url("/whip/moves")), audio=None)
@@ -33,7 +35,7 @@ async def test_media_on_a_pair_the_viewer_nominated_moves_the_selected_pair(
     selected = ice._nominated[1]
     here = (selected.local_candidate.host, selected.local_candidate.port)
 
-    # The viewer moves to another socket: its first one falls silent.
+    # Another socket claims to be the viewer: the viewer's own goes silent.
     (transceiver,) = viewer.pc.getTransceivers()
     peer_ice = transceiver.receiver.transport.transport._connection
 
@@ -66,11 +68,13 @@ async def test_media_on_a_pair_the_viewer_nominated_moves_the_selected_pair(
             message="the server never took the viewer's check",
         )
         foreign = transport.foreign_packets
-        other.sendto(RTP_LIKE, here)  # its media, on the pair it chose
+        other.sendto(RTP_LIKE, here)
+        # Once DTLS is up the pair holds: the fan-out sends to the selected pair's
+        # address, and an address we never checked may be a forged source (RFC 7675).
         await wait_for(
-            lambda: ice._nominated[1].remote_addr == elsewhere,
+            lambda: transport.foreign_packets > foreign,
             timeout=2,
-            message="the server kept sending where the viewer no longer listens",
+            message="a datagram from elsewhere was taken as the viewer's",
         )
-        assert transport.foreign_packets == foreign
+        assert ice._nominated[1] is selected
     await asyncio.gather(viewer.close(), publisher.close())

@@ -136,7 +136,10 @@ class SecureTransport:
         and uses the best one that works, while aioice keeps the first to succeed here
         and cancels its other checks: when Chromium's ICE-TCP check wins the race,
         Chromium still sends DTLS over UDP. Media on a pair the peer nominated (its
-        checks carry our password) is where the peer is: the selected pair follows it.
+        checks carry our password) is where the peer is: the selected pair follows it —
+        only while DTLS is being set up. Once connected the pair holds: a viewer's fan-out
+        target is the selected pair's address, and a move to an address we never checked
+        (a forged source) would aim the stream at somebody else (RFC 7675 consent).
         """
         connection = self._connection
         paired = [
@@ -147,6 +150,8 @@ class SecureTransport:
         selected = connection._nominated.get(1)
         if selected is None or selected in paired:
             return bool(paired)
+        if self._dtls.state == "connected":
+            return False
         for pair in paired:
             if pair.remote_nominated:
                 logger.info("%s follows its peer to %s", self.name, pair)
