@@ -17,9 +17,11 @@ if TYPE_CHECKING:
 MAX_TRACKED_CLIENTS = 10_000
 # An event loop this late already delays every viewer's packets: take no new viewers.
 ADMISSION_MAX_LAG_S = 0.25
-# Close causes of a session that failed on the client's side of the network (ICE or
-# DTLS never completed), which cost its client a share of the rate limit.
-NEVER_CONNECTED = frozenset({"transport", "timeout"})
+# Close causes of a session that never connected that cost its client a share of the
+# rate limit: ICE or DTLS failed, or the client ended it (POST then DELETE costs us
+# gathering, a worker call and a keyframe request, and gives nobody a picture). Not
+# the stream ending or the server stopping.
+NEVER_CONNECTED = frozenset({"transport", "timeout", "client"})
 
 
 class TooManyRequests(ClientError):

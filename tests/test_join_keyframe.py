@@ -67,6 +67,22 @@ async def test_an_old_gop_arriving_after_the_offer_is_not_a_fresh_start():
     assert sent == [] and viewer.waiting_for_keyframe
 
 
+async def test_a_viewer_slow_to_connect_asks_afresh_rather_than_start_seconds_behind():
+    source, plis = asking_source()
+    sent: list[bytes] = []
+    viewer = ViewerTrack(source, sent.append, 96)
+    source.expect_viewer(viewer)
+    viewer.asked_at -= 5  # it offered 5 s ago (TURN, ICE-TCP), its keyframe came since
+    source.forward(packet(0, KEY))
+    for seq in range(1, 60):  # 2 s of video since that keyframe
+        source.forward(packet(seq, DELTA))
+    source.add_viewer(viewer)
+    assert sent == [] and viewer.waiting_for_keyframe
+    assert len(plis) == 2 or source.keyframes.pending, "no fresh keyframe asked for"
+    source.forward(packet(60, KEY))
+    assert sequence_numbers(sent) == [60]
+
+
 async def test_the_server_asks_the_publisher_for_a_keyframe_before_a_viewer_connects(
     server, http
 ):

@@ -339,6 +339,25 @@ async def test_sessions_that_never_connect_cost_their_client(
     await publisher.close()
 
 
+async def test_offers_deleted_before_they_connect_cost_their_client(make_server, http):
+    server = await make_server(sessions_per_client_per_minute=6)  # a burst of 2
+    publisher = await publish(http, str(server.make_url("/whip/churn")))
+    await publisher.wait_connected()
+    offer = await ghost_offer()
+    statuses = []
+    for _ in range(4):
+        async with http.post(
+            server.make_url("/whep/churn"), data=offer, headers=SDP
+        ) as r:
+            statuses.append(r.status)
+            location = r.headers.get("Location")
+        if location:
+            async with http.delete(server.make_url(location)) as r:
+                assert r.status == 200
+    assert statuses[-1] == 429, statuses
+    await publisher.close()
+
+
 async def test_sessions_still_connecting_are_capped_per_client(make_server, http):
     server = await make_server(sessions_per_client_per_minute=6)
     publisher = await publish(http, str(server.make_url("/whip/cap")))

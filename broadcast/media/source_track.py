@@ -37,6 +37,10 @@ GOP_FALLBACK_S = 0.25
 # A publisher's RTP clock against ours over a join (~0.1 s): a GOP this much older than
 # the time since a viewer asked still began with the keyframe asked for.
 GOP_AGE_SLACK_S = 0.05
+# A viewer that took long to connect (TURN, ICE-TCP) does not start from a GOP this old,
+# even if its keyframe came since the offer: it would start seconds behind live, with a
+# burst of the whole GOP. It asks for a fresh keyframe instead.
+JOIN_GOP_MAX_AGE_S = 0.5
 RTP_VERSION_BITS = 0x80
 RTP_PADDING_BIT = 0x20
 NTP_ONE_SECOND = 1 << 32
@@ -248,7 +252,8 @@ class SourceTrack:
         if not self._answers_pli or self._gop_is_recent(viewer.asked_at):
             self._start_from_gop(viewer)
         if viewer.waiting_for_keyframe:
-            if self.keyframes.last_sent < viewer.asked_at:
+            arrived = self._gop_arrived_at >= viewer.asked_at  # but too old to use
+            if arrived or self.keyframes.last_sent < viewer.asked_at:
                 self.keyframes.request()  # else the one asked at its offer is coming
             asyncio.get_running_loop().call_later(
                 GOP_FALLBACK_S, self._fall_back_to_gop, viewer
@@ -261,7 +266,9 @@ class SourceTrack:
             return False
         first_ts = int.from_bytes(self.gop[0][4:8], "big")
         age_s = ((self._last_ts - first_ts) & 0xFFFFFFFF) / self.clock_rate
-        return age_s <= time.monotonic() - asked_at + GOP_AGE_SLACK_S
+        return age_s <= min(
+            JOIN_GOP_MAX_AGE_S, time.monotonic() - asked_at + GOP_AGE_SLACK_S
+        )
 
     def _fall_back_to_gop(self, viewer: ViewerTrack) -> None:
         """The PLI went unanswered: this viewer, and those who join next, start from
