@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy
 
 FRAMES = 30
+# The fake camera the browser tests publish from: 720p, the picture viewers must reach.
+NATIVE = (1280, 720)
 
 
 def write_y4m(path: Path, width: int, height: int, fps: int = 30) -> Path:

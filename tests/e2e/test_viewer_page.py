@@ -7,30 +7,18 @@ import socket
 import time
 
 import aiohttp
-import pytest
 
 from broadcast.config import RtspCamera, RtspOptions
 from broadcast.web_keys import REGISTRY
 from tests.camera_sim import start_camera
-from tests.e2e.camera import write_y4m
-from tests.e2e.chromium import launch_chromium
+from tests.e2e.camera import NATIVE
 from tests.e2e.test_web_client import VIDEO_SIZE_JS, wait_text
 from tests.peers import publish, wait_for, watch
 
-NATIVE = (1280, 720)
 # Generous: the page plays in ~0.3-0.5 s on a shared 2-core machine (bench/page_open.py).
 FIRST_FRAME_MAX_MS = 3000
 # The server's Retry-After for a stream at its viewer limit (registry._full).
 SERVER_FULL_RETRY_AFTER_S = 10
-
-
-@pytest.fixture
-async def chromium(tmp_path):  # type: ignore[no-untyped-def]
-    camera = write_y4m(tmp_path / "camera.y4m", *NATIVE)
-    async with launch_chromium(
-        extra_args=[f"--use-file-for-fake-video-capture={camera}"]
-    ) as browser:
-        yield browser
 
 
 async def open_viewer(chromium, link: str):  # type: ignore[no-untyped-def]

@@ -6,30 +6,18 @@ import os
 import time
 from pathlib import Path
 
-import pytest
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from broadcast.web_keys import REGISTRY
-from tests.e2e.camera import write_y4m
-from tests.e2e.chromium import launch_chromium
+from tests.e2e.camera import NATIVE
 from tests.peers import wait_for
 
-NATIVE = (1280, 720)
 ARTIFACTS = Path(os.environ.get("BROADCAST_TEST_ARTIFACTS", "test-artifacts"))
 
 VIDEO_SIZE_JS = (
     "() => [document.getElementById('player').videoWidth, "
     "document.getElementById('player').videoHeight]"
 )
-
-
-@pytest.fixture
-async def chromium(tmp_path):  # type: ignore[no-untyped-def]
-    camera = write_y4m(tmp_path / "camera.y4m", *NATIVE)
-    async with launch_chromium(
-        extra_args=[f"--use-file-for-fake-video-capture={camera}"]
-    ) as browser:
-        yield browser
 
 
 async def text_of(page, selector: str) -> str:  # type: ignore[no-untyped-def]
