@@ -40,7 +40,7 @@ from aiortc.rtcdtlstransport import RTCDtlsParameters
 from aiortc.rtcicetransport import candidate_from_aioice
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
-from broadcast.media.keyframe import KeyframeTest, keyframe_test
+from broadcast.media.keyframe_detect import KeyframeTest, keyframe_test
 from broadcast.rtp_stats import (
     NACK_RETRY_S,
     LossRecovery,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from broadcast.media.keyframes import KEYFRAME_MIN_INTERVAL_S
+from broadcast.media.keyframe_requests import KEYFRAME_MIN_INTERVAL_S
 from broadcast.media.source_track import JOIN_GOP_MAX_AGE_S, SourceTrack
 from broadcast.media.viewer_track import ViewerTrack
 from broadcast.web_keys import REGISTRY

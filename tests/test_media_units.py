@@ -8,7 +8,7 @@ import time
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket, RtpPacket
 
-from broadcast.media.keyframe import h264_starts_keyframe, vp8_starts_keyframe
+from broadcast.media.keyframe_detect import h264_starts_keyframe, vp8_starts_keyframe
 from broadcast.media.resolution import h264_resolution
 from broadcast.media.source_track import GOP_FALLBACK_S, SourceTrack
 from broadcast.media.transcode import split_access_units

@@ -18,8 +18,8 @@ from broadcast.media.history import (
     VIDEO_HISTORY_PACKETS,
     PacketHistory,
 )
-from broadcast.media.keyframe import keyframe_test
-from broadcast.media.keyframes import KeyframeRequester
+from broadcast.media.keyframe_detect import keyframe_test
+from broadcast.media.keyframe_requests import KeyframeRequester
 from broadcast.media.resolution import keyframe_resolution
 
 if TYPE_CHECKING:
