@@ -41,9 +41,9 @@ import aioice.ice
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.media import Encoded, encode_audio, encode_video, publish
-from broadcast.loadtest import Spread
-from broadcast.server_usage import process_cpu_s as cpu_seconds
-from broadcast.server_usage import process_rss_bytes
+from broadcast.loadtest.report import Spread
+from broadcast.loadtest.server_usage import process_cpu_s as cpu_seconds
+from broadcast.loadtest.server_usage import process_rss_bytes
 
 STREAM = "bench"
 # All viewers come from 127.0.0.1: lift the per-client session rate.

@@ -27,7 +27,7 @@ from aiortc import (
 )
 from aiortc.rtp import is_rtcp
 
-from broadcast.rtp_stats import payload_digest
+from broadcast.loadtest.rtp_stats import payload_digest
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 VIDEO_RATE = 90000

@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.fanout import CONFIG, free_port
 from bench.media import whip_exchange
 from bench.trend import Trend
-from broadcast.loadtest import _Shared, _Viewer
+from broadcast.loadtest.viewer import LatencySamples, Viewer
 from tests.peers import MovingPicture, Tone
 
 STREAM = "soak"
@@ -189,7 +189,7 @@ class Totals:
 
 
 def viewer_totals(
-    crowd: list[_Viewer],
+    crowd: list[Viewer],
 ) -> tuple[dict[str, tuple[int, int]], list[int], dict[str, int]]:
     """(packets, expected) by kind; packets by viewer; recovery counters summed."""
     by_kind = {"video": (0, 0), "audio": (0, 0)}
@@ -342,7 +342,7 @@ class Soak:
         raise RuntimeError("the server did not start")
 
     def totals(
-        self, state: dict[str, float], crowd: list[_Viewer], publisher: LossyPublisher
+        self, state: dict[str, float], crowd: list[Viewer], publisher: LossyPublisher
     ) -> Totals:
         by_kind, per_viewer, recovery = viewer_totals(crowd)
         previous = getattr(self, "_per_viewer", [0] * len(crowd))
@@ -380,13 +380,14 @@ class Soak:
             flush=True,
         )
         certificate = RTCCertificate.generateCertificate()
+        url = f"{base}/whep/{STREAM}"
         crowd = [
-            _Viewer(f"{base}/whep/{STREAM}", "127.0.0.1", certificate, _Shared(), loss)
+            Viewer(url, "127.0.0.1", certificate, LatencySamples(), loss)
             for _ in range(args.viewers)
         ]
         viewers_http = aiohttp.ClientSession()
 
-        async def join(viewer: _Viewer, delay: float) -> None:
+        async def join(viewer: Viewer, delay: float) -> None:
             await asyncio.sleep(delay)
             await asyncio.wait_for(viewer.join(viewers_http, time.monotonic() + 15), 15)
 
@@ -460,7 +461,7 @@ class Soak:
         self,
         rows: list[dict[str, Any]],
         total: dict[str, Any],
-        crowd: list[_Viewer],
+        crowd: list[Viewer],
         warm_up: float,
         publisher: LossyPublisher,
     ) -> None:
@@ -560,7 +561,7 @@ class Soak:
         )
 
     @staticmethod
-    def wraps(crowd: list[_Viewer]) -> dict[str, Any]:
+    def wraps(crowd: list[Viewer]) -> dict[str, Any]:
         both = backward = 0
         max_step_s = 0.0
         first_seq: set[int] = set()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from broadcast.server_usage import server_processes
+from broadcast.loadtest.server_usage import server_processes
 
 SECONDS_PER_HOUR = 3600.0
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TextIO
 
-from broadcast import __version__, loadtest, tokens
+from broadcast import __version__, tokens
 from broadcast.config import (
     LOG_LEVELS,
     MAX_BITRATE_KBPS,
@@ -27,6 +27,8 @@ from broadcast.config import (
 )
 from broadcast.config_xml import load_config
 from broadcast.doctor import run_checks
+from broadcast.loadtest import run as loadtest
+from broadcast.loadtest.report import format_result
 from broadcast.redact import RedactSecrets
 from broadcast.server import run
 
@@ -258,7 +260,7 @@ def _loadtest(args: argparse.Namespace) -> None:
         )
     except loadtest.LoadtestError as error:
         _fail(f"broadcast loadtest: {error}")
-    print(result.to_json() if args.json else loadtest.format_result(result))
+    print(result.to_json() if args.json else format_result(result))
 
 
 def _apply_flags(config: Config, args: argparse.Namespace) -> Config:

@@ -12,14 +12,14 @@ from aiohttp.test_utils import TestServer
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket
 
 from broadcast.cli import main
-from broadcast.loadtest import LoadtestError, run_loadtest
-from broadcast.rtp_stats import (
+from broadcast.loadtest.rtp_stats import (
     NACK_TRIES,
     LossRecovery,
     RtpCounter,
     generic_nack,
     rtp_payload,
 )
+from broadcast.loadtest.run import LoadtestError, run_loadtest
 from broadcast.web_keys import REGISTRY
 from tests.peers import publish
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from broadcast.api.metrics import METRICS
-from broadcast.loadtest import run_loadtest
+from broadcast.loadtest.run import run_loadtest
 from broadcast.web_keys import REGISTRY
 from tests.peers import publish, recvonly_offer, wait_for, watch
 
