@@ -49,7 +49,7 @@ from broadcast.config_xml import load_config
 from broadcast.errors import BadRequest
 from broadcast.ingest.camera import Camera, _unsupported
 from broadcast.ingest.rtsp import CameraError, RtspSession, control_url, parse_sdp
-from broadcast.media import h264, keyframe, resolution, udp_mux
+from broadcast.media import h264, keyframe_detect, resolution, udp_mux
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.transcode import split_access_units
 from broadcast.media.transport import SecureTransport
@@ -644,8 +644,8 @@ def check_codec_payloads(data: bytes) -> None:
         ",".join(h264.base64.b64encode(p).decode() for p in payloads[:2]), max_payload
     )
     for index, payload in enumerate(payloads):
-        keyframe.vp8_starts_keyframe(payload)
-        keyframe.h264_starts_keyframe(payload)
+        keyframe_detect.vp8_starts_keyframe(payload)
+        keyframe_detect.h264_starts_keyframe(payload)
         resolution.keyframe_resolution("video/VP8", payload)
         resolution.keyframe_resolution("video/H264", payload)
         resolution.h264_resolution(payload)
