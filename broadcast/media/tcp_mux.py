@@ -26,9 +26,9 @@ from aioice.ice import StunProtocol
 from broadcast.media.udp_mux import (
     STUN_REQUEST,
     Address,
+    PortsByUfrag,
     SharedEndpoint,
     looks_like_stun,
-    requested_ufrag,
     stun_class,
 )
 
@@ -67,7 +67,7 @@ class MediaTcpListener:
     def __init__(self) -> None:
         self.address: Address = ("", 0)
         self._server: asyncio.AbstractServer | None = None
-        self._by_ufrag: dict[bytes, TcpSessionPort] = {}
+        self._by_ufrag = PortsByUfrag[TcpSessionPort](self)
         self.unrouted = 0  # connections that named no session, or sent junk first
         self.pending: Counter[str] = Counter()  # by host: not named a session yet
         self.send_dropped = 0  # frames dropped because a viewer fell behind
@@ -89,29 +89,24 @@ class MediaTcpListener:
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for port in list(self._by_ufrag.values()):
+        for port in list(self._by_ufrag.ports.values()):
             port.drop_peers()
 
     def attach(self, connection: aioice.Connection) -> TcpSessionPort:
         """A protocol for `connection`'s ICE-TCP candidate, found by its ufrag."""
-        ufrag = connection.local_username.encode()
-        if ufrag in self._by_ufrag:
-            raise OSError(f"ICE username fragment {ufrag!r} is taken on {self!r}")
-        port = TcpSessionPort(connection, self, ufrag)
-        self._by_ufrag[ufrag] = port
-        return port
+        return self._by_ufrag.attach(
+            connection, lambda ufrag: TcpSessionPort(connection, self, ufrag)
+        )
 
     def detach(self, port: TcpSessionPort) -> None:
-        if self._by_ufrag.get(port.ufrag) is port:
-            del self._by_ufrag[port.ufrag]
+        self._by_ufrag.detach(port)
         port.drop_peers()
 
     def session_for(self, first_frame: bytes) -> TcpSessionPort | None:
         """The session a connection's first frame, a STUN request, asks for."""
         if not looks_like_stun(first_frame) or stun_class(first_frame) != STUN_REQUEST:
             return None
-        ufrag = requested_ufrag(first_frame)
-        return None if ufrag is None else self._by_ufrag.get(ufrag)
+        return self._by_ufrag.for_request(first_frame)
 
 
 class _TcpPeer(asyncio.Protocol):

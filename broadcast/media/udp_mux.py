@@ -21,7 +21,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import aioice
 import pylibsrtp
@@ -81,6 +81,47 @@ def requested_ufrag(data: bytes) -> bytes | None:
     `ours:theirs`, RFC 8445 §7.2.2): what a shared socket routes checks by."""
     username = stun_username(data)
     return None if username is None else username.split(b":", 1)[0]
+
+
+class _HasUfrag(Protocol):
+    @property
+    def ufrag(self) -> bytes: ...
+
+
+PortT = TypeVar("PortT", bound=_HasUfrag)
+
+
+class PortsByUfrag(Generic[PortT]):
+    """The sessions of one shared socket (UDP or ICE-TCP) by their ICE username
+    fragment: what a STUN request names (RFC 8445 §7.2.2), so it must be unique on the
+    socket (the transport makes it 64 bits long)."""
+
+    def __init__(self, owner: object) -> None:
+        self.owner = owner  # the socket, named when a ufrag is taken
+        self.ports: dict[bytes, PortT] = {}
+
+    def __len__(self) -> int:
+        return len(self.ports)
+
+    def attach(
+        self, connection: aioice.Connection, make_port: Callable[[bytes], PortT]
+    ) -> PortT:
+        """`make_port(ufrag)`, kept under `connection`'s ufrag; OSError if it is taken."""
+        ufrag = connection.local_username.encode()
+        if ufrag in self.ports:
+            raise OSError(f"ICE username fragment {ufrag!r} is taken on {self.owner!r}")
+        port = self.ports[ufrag] = make_port(ufrag)
+        return port
+
+    def detach(self, port: PortT) -> None:
+        """Forget `port`, unless its ufrag already names another."""
+        if self.ports.get(port.ufrag) is port:
+            del self.ports[port.ufrag]
+
+    def for_request(self, request: bytes) -> PortT | None:
+        """The session a STUN request is for."""
+        ufrag = requested_ufrag(request)
+        return None if ufrag is None else self.ports.get(ufrag)
 
 
 def send_each(sock: socket.socket, outbox: Outbox) -> int:
@@ -146,7 +187,7 @@ class MediaSocket(asyncio.DatagramProtocol):
         self._send = sender or default_sender()
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.DatagramTransport | None = None
-        self._by_ufrag: dict[bytes, SessionPort] = {}
+        self._by_ufrag = PortsByUfrag[SessionPort](self)
         self._by_address: dict[Address, SessionPort] = {}
         self._by_transaction: dict[bytes, SessionPort] = {}
         self._outbox: Outbox = []
@@ -197,20 +238,13 @@ class MediaSocket(asyncio.DatagramProtocol):
     # --- sessions ------------------------------------------------------------------
 
     def attach(self, connection: aioice.Connection) -> SessionPort:
-        """A protocol for `connection` on this socket, found by its username fragment.
-
-        The ufrag must be unique on the socket: the transport makes it 64 bits long.
-        """
-        ufrag = connection.local_username.encode()
-        if ufrag in self._by_ufrag:
-            raise OSError(f"ICE username fragment {ufrag!r} is taken on {self!r}")
-        port = SessionPort(connection, self, ufrag)
-        self._by_ufrag[ufrag] = port
-        return port
+        """A protocol for `connection` on this socket, found by its username fragment."""
+        return self._by_ufrag.attach(
+            connection, lambda ufrag: SessionPort(connection, self, ufrag)
+        )
 
     def detach(self, port: SessionPort) -> None:
-        if self._by_ufrag.get(port.ufrag) is port:
-            del self._by_ufrag[port.ufrag]
+        self._by_ufrag.detach(port)
         for addr in port.addresses:
             if self._by_address.get(addr) is port:
                 del self._by_address[addr]
@@ -252,8 +286,7 @@ class MediaSocket(asyncio.DatagramProtocol):
     def _stun_destination(self, data: bytes, addr: Address) -> SessionPort | None:
         kind = stun_class(data)
         if kind == STUN_REQUEST:
-            ufrag = requested_ufrag(data)
-            return None if ufrag is None else self._by_ufrag.get(ufrag)
+            return self._by_ufrag.for_request(data)
         if kind == STUN_INDICATION:
             return self._by_address.get(addr)
         port = self._by_transaction.pop(data[8:20], None)

@@ -449,9 +449,10 @@ async def _check_stun(data: bytes) -> None:
         # One session on the socket, as after a WHIP/WHEP answer: its ufrag routes.
         transport = SecureTransport(_CERTIFICATE[0], [], "fuzz", media_sockets=[media])
         await transport.gather()
-        port = media._by_ufrag.pop(next(iter(media._by_ufrag)))
+        ports = media._by_ufrag.ports
+        port = ports.pop(next(iter(ports)))
         port.ufrag = UFRAG
-        media._by_ufrag[UFRAG] = port
+        ports[UFRAG] = port
         connection = transport._connection
         connection._local_username = UFRAG.decode()
         connection._local_password = PASSWORD
