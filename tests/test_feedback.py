@@ -55,6 +55,37 @@ async def test_nack_is_answered_for_the_lossy_viewer_only(server, http):
     await asyncio.gather(lossy.close(), clean.close(), publisher.close())
 
 
+async def test_a_lost_retransmission_is_sent_again_without_a_second_nack(server, http):
+    # aiortc's receiver NACKs a packet once, and again only at its next gap; its
+    # jitter buffer holds every later frame until the packet comes. A retransmission
+    # lost in turn froze such a viewer until its next loss (0.3-2 s at 5 % loss).
+    publisher = await publish(
+        http, str(server.make_url("/whip/r")), video="video/H264", audio=None
+    )
+    await publisher.wait_connected()
+    arrivals: dict[int, int] = {}
+    target: list[int] = []
+
+    def drop(data: bytes) -> bool:
+        seq = RtpPacket.parse(data).sequence_number
+        arrivals[seq] = arrivals.get(seq, 0) + 1
+        if not target and len(arrivals) == 30:  # once the viewer is under way
+            target.append(seq)
+        return bool(target) and seq == target[0] and arrivals[seq] <= 2
+
+    lossy = await watch(http, str(server.make_url("/whep/r")), ("video",), drop)
+    clean = await watch(http, str(server.make_url("/whep/r")), ("video",))
+    await asyncio.gather(lossy.wait_connected(), clean.wait_connected())
+    await wait_for(lambda: arrivals.get(target[0] if target else -1, 0) >= 2)
+    await asyncio.sleep(1.5)
+    received = {p.sequence_number for ps in lossy.received.packets.values() for p in ps}
+    assert target[0] in received, "the packet whose retransmission was lost is missing"
+    frames = len(lossy.frames["video"]), len(clean.frames["video"])
+    print(f"decoded frames lossy / clean: {frames[0]} / {frames[1]}")
+    assert frames[0] >= frames[1] - 3, "the lossy viewer froze"
+    await asyncio.gather(lossy.close(), clean.close(), publisher.close())
+
+
 def _transports(stream, *peers):  # type: ignore[no-untyped-def]
     """The server-side transports of these viewer peers, matched by session URL."""
     by_id = {v.id: v.transport for v in stream.viewers}

@@ -15,6 +15,12 @@ NativeTarget = tuple[MediaSocket, int, tuple[str, int], Any]
 # A NACK names up to 17 packets per 4 bytes: a viewer could ask for thousands at once.
 # Real loss on a viewer's link needs far less; the rest is a bug or an attack.
 MAX_RETRANSMITS_PER_S = 300
+# Each answer to a NACK goes out twice, back to back. A receiver need not ask again
+# for a retransmission that is lost in turn: aiortc's asks only at its next gap, and
+# its jitter buffer holds every later frame until then (a 0.3-2 s freeze, 1 viewer
+# in 12 over 5 s at 5 % loss). Two copies make that p^2: +5 % traffic at 5 % loss,
+# none on a clean link; the receiver's SRTP replay check drops the spare copy.
+RETRANSMIT_COPIES = 2
 
 
 class ViewerTrack:
@@ -103,15 +109,16 @@ class ViewerTrack:
         )
         self._budget_at = now
         for seq in set(sequence_numbers):
-            if self._budget < 1:
+            if self._budget < RETRANSMIT_COPIES:
                 return
-            self._budget -= 1
+            self._budget -= RETRANSMIT_COPIES
             packet = self.source.history.get(seq)
             if packet is None:
                 continue
             if self._rewrite_payload_type:
                 packet = self._with_payload_type(packet)
-            self._send_rtp(packet)
+            for _ in range(RETRANSMIT_COPIES):
+                self._send_rtp(packet)
             self.retransmitted += 1
 
     def request_keyframe(self) -> None:
