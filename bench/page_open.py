@@ -33,8 +33,6 @@ import asyncio
 import statistics
 import sys
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from bench.camera import wait_live
-from bench.fanout import free_port
+from bench.serve import serving, wait_http
 from tests.camera_sim import start_camera
 from tests.e2e.camera import write_y4m
 from tests.e2e.chromium import launch_chromium
@@ -110,29 +108,6 @@ PHASES_JS = r"""
 """.replace("FULL_WIDTH", str(WIDTH)).replace("FULL_HEIGHT", str(HEIGHT))
 
 
-@asynccontextmanager
-async def serving(cameras: str, workers: int | None) -> AsyncIterator[str]:
-    """Run `broadcast serve` on 127.0.0.1; yield its origin."""
-    media = "" if workers is None else f"<media><workers>{workers}</workers></media>"
-    port = free_port()
-    with tempfile.NamedTemporaryFile("w", suffix=".xml") as config:
-        config.write(
-            f"""<flashphoner><server><bind>127.0.0.1</bind>
-            <http_port>{port}</http_port></server><auth><admin_key>k</admin_key></auth>
-            {media}{cameras}</flashphoner>"""
-        )
-        config.flush()
-        server = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "broadcast", "serve", "--config", config.name,
-            "--log-level", "warning",
-        )  # fmt: skip
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.terminate()
-            await server.wait()
-
-
 async def open_once(browser: Any, link: str) -> dict[str, float]:
     """Open `link` in a new context; return its phases once at full size."""
     context = await browser.new_context()
@@ -194,21 +169,6 @@ async def camera(
         async with serving(rtsp, workers) as origin:
             await wait_live(int(origin.rsplit(":", 1)[1]))
             return await measure(browser, origin + "/watch/cam", openings)
-
-
-async def wait_http(origin: str) -> None:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        for _ in range(200):
-            try:
-                async with http.get(origin + "/healthz") as response:
-                    if response.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"the server at {origin} never answered")
 
 
 def percentile(values: list[float], fraction: float) -> float:

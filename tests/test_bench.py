@@ -34,6 +34,10 @@ SMOKE_RUNS = {
         ["--duration", "1", "--width", "320", "--height", "240", "--audio", "pcma"],
         r"camera 320x240 H\.264 \+ pcma: server CPU [\d.]+ % of a core",
     ),
+    "lossy_viewer.py": (
+        ["--trials", "1", "--seconds", "1", "--codecs", "H264"],
+        r"H264 at 5 % loss: lossy viewer decoded [\d.]+ % of a clean viewer's frames",
+    ),
     "page_open.py": (
         ["--openings", "1"],
         r"browser presenter: page open -> first frame p50 \d+ ms(.|\n)*"
