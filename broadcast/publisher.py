@@ -23,7 +23,7 @@ from aiortc.rtp import (
 from broadcast.media.transport import SecureTransport
 from broadcast.media.upstream import BandwidthEstimate, UpstreamTrack
 from broadcast.session import Session
-from broadcast.stream import Stream
+from broadcast.source import SourceOwner
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +36,13 @@ class Publisher(Session):
     """The upstream side of a stream: routes its RTP to source tracks, gives feedback."""
 
     kind = "whip"
+    pull_url: str | None = None
+    # A presenter may drop and come back as a new session; the stream waits a while.
+    permanent = False
 
     def __init__(
         self,
-        stream: Stream,
+        stream: SourceOwner,
         transport: SecureTransport,
         remote_ufrag: str,
         upstream: list[UpstreamTrack],
@@ -67,7 +70,17 @@ class Publisher(Session):
         self.bitrate_in_bps = 0
 
     def connected(self) -> None:
-        self.stream.publisher_connected(self)
+        self.stream.source_live(self)
+
+    async def wait_ready(self) -> None:
+        """Media flows once this session connects: a viewer need not wait for it."""
+
+    def viewers_changed(self, count: int) -> None:
+        """A presenter publishes whoever watches."""
+
+    def source_counters(self) -> dict[str, int]:
+        """None: this session's own counters report its media."""
+        return {}
 
     def receive_rtp(self, data: bytes) -> None:
         self._last_packet = time.monotonic()
@@ -171,4 +184,7 @@ class Publisher(Session):
         await super().hang_up()
 
     def detach(self) -> None:
-        self.stream.publisher_left(self, ended=self.hung_up)
+        if self.hung_up:
+            self.stream.source_ended(self)
+        else:
+            self.stream.source_lost(self, None)

@@ -17,6 +17,7 @@ from broadcast.config import Config, RtspCamera
 from broadcast.config import check_stream_id as config_check_stream_id
 from broadcast.errors import BadRequest, Conflict, ServiceUnavailable
 from broadcast.events import StreamEvents
+from broadcast.ingest.camera import Camera
 from broadcast.limits import SessionRateLimit
 from broadcast.media.tcp_mux import MediaTcpListener
 from broadcast.media.udp_mux import MediaSocket, default_sender, send_each
@@ -164,14 +165,13 @@ class StreamRegistry:
 
     def add_camera(self, camera: RtspCamera) -> Stream:
         """Publish a camera as a stream of its own, known from now on."""
-        from broadcast.ingest.camera import Camera  # the ingest depends on us
-
         if camera.id in self.streams:  # live, or waiting for its publisher to return
             raise Conflict("stream_busy", f"Stream '{camera.id}' already exists.")
         stream = self.get_or_create(camera.id)
-        stream.camera = Camera(camera, stream)
+        source = Camera(camera, stream)
+        stream.attach(source)
         if camera.options.always_on:
-            stream.camera.start()
+            source.start()
         return stream
 
     def get_or_create(self, stream_id: str) -> Stream:

@@ -1,4 +1,4 @@
-"""Stream: one broadcast — its publisher slot, its source tracks, its viewers."""
+"""Stream: one broadcast — its source, its source tracks, its viewers."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from broadcast.events import StreamEvents, state_event, viewers_event
 from broadcast.media.source_track import SourceTrack
 
 if TYPE_CHECKING:
-    from broadcast.ingest.camera import Camera
-    from broadcast.publisher import Publisher
+    from broadcast.source import Source
     from broadcast.viewer import Viewer
 
 logger = logging.getLogger(__name__)
@@ -23,7 +22,7 @@ WAITING, LIVE, RECONNECTING, ENDED = "waiting", "live", "reconnecting", "ended"
 
 
 class Stream:
-    """A broadcast named by its id; it outlives a publisher that drops and comes back."""
+    """A broadcast named by its id; it outlives a source that drops and comes back."""
 
     def __init__(
         self,
@@ -35,12 +34,9 @@ class Stream:
         self.id = stream_id
         self.state = WAITING
         self.created_at = time.monotonic()
-        self.publisher: Publisher | None = None
-        # The session id of the publisher that dropped last, while we wait for it.
+        self.source: Source | None = None
+        # The session id of the source that dropped last, while we wait for it.
         self._departed: str | None = None
-        # A configured camera is this stream's source for good: the stream lives as long
-        # as the configuration, whatever the camera does.
-        self.camera: Camera | None = None
         self.problem: str | None = None
         self.tracks: dict[str, SourceTrack] = {}
         self.viewers: set[Viewer] = set()
@@ -60,69 +56,72 @@ class Stream:
             self.problem = problem
             self._events.publish(state_event(self.id, state, problem))
 
-    @property
-    def source(self) -> Publisher | Camera | None:
-        return self.camera or self.publisher
-
-    def source_live(self, camera: Camera) -> None:
-        """The camera plays: media flows again."""
-        self._set_state(LIVE)
-
-    def source_lost(self, camera: Camera, problem: str) -> None:
-        """The camera dropped or cannot be reached; it retries by itself."""
-        if self.state != ENDED:
-            self._set_state(RECONNECTING, problem)
-
-    def source_idle(self, camera: Camera) -> None:
-        """An on-demand camera was let go: nobody watches."""
-        if self.state != ENDED:
-            self._set_state(WAITING)
-
-    def attach_publisher(self, publisher: Publisher) -> None:
-        """Take `publisher` as the source; a second live publisher is refused."""
+    def attach(self, source: Source) -> None:
+        """Take `source`; a second live one is refused."""
         if self.state == ENDED:
             raise Conflict("stream_ended", f"Stream '{self.id}' has just ended.")
-        if self.publisher is not None or self.camera is not None:
+        if self.source is not None:
             raise Conflict(
                 "stream_busy", f"Stream '{self.id}' already has a publisher."
             )
         if self._grace_timer is not None:
             self._grace_timer.cancel()
             self._grace_timer = None
-        self.publisher = publisher
+        self.source = source
         for track in self.tracks.values():
             track.upstream_changed()
 
-    def publisher_connected(self, publisher: Publisher) -> None:
-        if publisher is self.publisher:
-            self._set_state(LIVE)
-            for track in self.tracks.values():
-                if track.viewers or track.keyframes.pending:
-                    track.keyframes.request_now()
-
-    def publisher_left(self, publisher: Publisher, ended: bool) -> None:
-        """The publisher hung up (`ended`) or dropped: end now, or wait for it."""
-        if publisher is not self.publisher:
+    def source_live(self, source: Source) -> None:
+        if source is not self.source:
             return
-        self.publisher = None
-        self._departed = publisher.id
+        self._set_state(LIVE)
         for track in self.tracks.values():
-            track.request_pli = lambda: False
-        if self.state == ENDED:  # the stream is closing its publisher
+            if track.viewers or track.keyframes.pending:
+                track.keyframes.request_now()
+
+    def source_lost(self, source: Source, problem: str | None) -> None:
+        """Media stopped: a permanent source retries by itself; another may come back
+        as a new session within the grace period, or the broadcast ends."""
+        if source is not self.source:
             return
-        if ended or self.state == WAITING:
+        if source.permanent:
+            if self.state != ENDED:
+                self._set_state(RECONNECTING, problem)
+            return
+        self._detach(source)
+        if self.state == ENDED:  # the stream is closing its source
+            return
+        if self.state == WAITING:  # it never went live: nothing to wait for
             asyncio.get_running_loop().create_task(self.close())
             return
-        self._set_state(RECONNECTING)
+        self._set_state(RECONNECTING, problem)
         self._grace_timer = asyncio.get_running_loop().call_later(
             self._reconnect_grace_s,
             lambda: asyncio.get_running_loop().create_task(self.close()),
         )
 
+    def source_idle(self, source: Source) -> None:
+        if source is self.source and self.state != ENDED:
+            self._set_state(WAITING)
+
+    def source_ended(self, source: Source) -> None:
+        """The presenter stopped: end now, without a grace period."""
+        if source is not self.source:
+            return
+        self._detach(source)
+        if self.state != ENDED:  # else the stream is closing its source
+            asyncio.get_running_loop().create_task(self.close())
+
+    def _detach(self, source: Source) -> None:
+        self.source = None
+        self._departed = source.id
+        for track in self.tracks.values():
+            track.request_pli = lambda: False
+
     async def publisher_hung_up(self, session_id: str) -> None:
         """The publisher that dropped says it stopped (its DELETE came after its
         connection closed): end now rather than after the grace period."""
-        if self.publisher is None and self._departed == session_id:
+        if self.source is None and self._departed == session_id:
             logger.info("%r publisher stopped after its connection closed", self)
             await self.close()
 
@@ -137,17 +136,17 @@ class Stream:
 
     def _viewers_changed(self) -> None:
         self._events.publish(viewers_event(self.id, len(self.viewers)))
-        if self.camera is not None:
-            self.camera.viewers_changed(len(self.viewers))
+        if self.source is not None:
+            self.source.viewers_changed(len(self.viewers))
 
     def counters(self) -> dict[str, int]:
         counts = {"plis_sent": sum(t.keyframes.sent for t in self.tracks.values())}
-        if self.camera is not None:
-            counts.update(self.camera.counters())
+        if self.source is not None:
+            counts.update(self.source.source_counters())
         return counts
 
     async def close(self) -> None:
-        """End the broadcast: its publisher and every viewer session; idempotent."""
+        """End the broadcast: its source and every viewer session; idempotent."""
         if self.state == ENDED:
             return
         self._set_state(ENDED)
@@ -155,9 +154,9 @@ class Stream:
             self._grace_timer.cancel()
             self._grace_timer = None
         self._on_end(self)
-        sources = [*self.viewers, *([self.source] if self.source else [])]
-        await asyncio.gather(
-            *(s.close("stream ended", "stream_ended") for s in sources)
-        )
+        closing = [v.close("stream ended", "stream_ended") for v in self.viewers]
+        if self.source is not None:
+            closing.append(self.source.close("stream ended", "stream_ended"))
+        await asyncio.gather(*closing)
         for track in self.tracks.values():
             track.close()

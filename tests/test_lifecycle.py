@@ -148,7 +148,7 @@ async def test_late_delete_of_a_replaced_publisher_leaves_the_broadcast_alone(
         assert response.status == 404
     async with http.delete(server.make_url(first.location)) as response:
         assert response.status == 200
-    assert stream.state == "live" and stream.publisher is not None
+    assert stream.state == "live" and stream.source is not None
     await second.close()
 
 
@@ -190,7 +190,7 @@ async def test_silent_publisher_is_dropped_and_the_stream_waits(make_server, htt
     await wait_for(
         lambda: stream.state == "reconnecting", timeout=5, message=stream.state
     )
-    assert stream.publisher is None
+    assert stream.source is None
     await publisher.close()
 
 

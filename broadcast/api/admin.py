@@ -27,7 +27,7 @@ def stream_summary(stream: Stream) -> dict[str, Any]:
         "state": stream.state,
         "problem": stream.problem,
         "source": source.kind if source else None,
-        "camera": stream.camera.name if stream.camera else None,
+        "camera": source.pull_url if source else None,
         "codecs": [t.codec.mimeType for t in stream.tracks.values()],
         "resolution": _resolution(stream),
         "bitrate_in_kbps": _kbps(source.bitrate_in_bps) if source else 0,
@@ -129,7 +129,7 @@ async def add_camera(request: web.Request) -> web.Response:
 
 async def remove_camera(request: web.Request) -> web.Response:
     stream = _stream(request)
-    if stream.camera is None:
+    if stream.source is None or not stream.source.permanent:
         raise NotFound("camera_not_found", f"Stream '{stream.id}' is not a camera.")
     await stream.close()
     return web.json_response({"removed": stream.id})

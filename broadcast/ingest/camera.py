@@ -16,7 +16,7 @@ from broadcast.ingest.rtsp import CameraError, CameraTrack, RtspSession, redact
 from broadcast.media.h264 import H264Repacketizer, parse_sprop_parameter_sets
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.transcode import OPUS_FRAME_SAMPLES, OPUS_RATE, AacToOpus
-from broadcast.stream import Stream
+from broadcast.source import SourceOwner
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +39,14 @@ class Camera:
     """Pull one camera into its stream's source tracks, as long as it is wanted."""
 
     kind = "rtsp"
+    # A configured camera is its stream's source for good: the stream lives as long as
+    # the configuration, whatever the camera does, and the camera reconnects by itself.
+    permanent = True
 
-    def __init__(self, camera: RtspCamera, stream: Stream) -> None:
+    def __init__(self, camera: RtspCamera, stream: SourceOwner) -> None:
         self.config = camera
-        self.name = redact(camera.url)
+        self.id = camera.id
+        self.pull_url: str | None = redact(camera.url)
         self.stream = stream
         self.always_on = camera.options.always_on
         self.problem: str | None = None
@@ -59,7 +63,7 @@ class Camera:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"Camera({self.config.id} {self.name})"
+        return f"Camera({self.config.id} {self.pull_url})"
 
     # --- what the stream and the signaling ask of a camera --------------------
 
@@ -103,7 +107,7 @@ class Camera:
                 IDLE_TIMEOUT_S, lambda: asyncio.create_task(self._stop_idle())
             )
 
-    def counters(self) -> dict[str, int]:
+    def source_counters(self) -> dict[str, int]:
         return {
             "rtp_packets_received": self._packets,
             "rtp_bytes_received": self._bytes,

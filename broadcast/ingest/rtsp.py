@@ -28,6 +28,8 @@ from aiortsp.rtsp.parser import HTTPLikeMsg, RTSPMessage
 from aiortsp.transport import TCPTransport, UDPTransport
 from dpkt.rtp import RTP
 
+from broadcast.source import SourceUnavailable
+
 logger = logging.getLogger(__name__)
 # aiortsp logs requests with their Authorization header at DEBUG: keep it quiet.
 QUIET = logging.getLogger("broadcast.ingest.aiortsp")
@@ -51,7 +53,7 @@ PARSE_SLICE_BYTES = 4096
 PacketHandler = Callable[[int, bytes], None]
 
 
-class CameraError(Exception):
+class CameraError(SourceUnavailable):
     """A camera failure; the message is safe to show (it never holds credentials)."""
 
 

@@ -9,7 +9,6 @@ from aiohttp import web
 from broadcast.api.metrics import METRICS
 from broadcast.auth import may_view, view_token
 from broadcast.errors import BadRequest, ClientError, NotFound, ServiceUnavailable
-from broadcast.ingest.rtsp import CameraError
 from broadcast.limits import check_event_loop, client_address
 from broadcast.media.transport import SecureTransport
 from broadcast.registry import check_stream_id
@@ -22,6 +21,7 @@ from broadcast.signaling.sdp import (
     parse_offer,
 )
 from broadcast.signaling.session import answer_session
+from broadcast.source import SourceUnavailable
 from broadcast.stream import Stream
 from broadcast.viewer import Viewer
 from broadcast.web_keys import REGISTRY
@@ -58,10 +58,10 @@ async def _watch(request: web.Request) -> web.Response:
         raise NotFound("stream_not_found", f"There is no stream '{stream_id}' (yet).")
     check_event_loop(request.app[METRICS].loop_lag_s)
     registry.check_room_for_viewer(stream)
-    if stream.camera is not None:
+    if stream.source is not None:
         try:
-            await stream.camera.wait_ready()
-        except CameraError as error:
+            await stream.source.wait_ready()
+        except SourceUnavailable as error:
             raise ServiceUnavailable(
                 "camera_unavailable", f"{error}.", {"Retry-After": "5"}
             ) from None

@@ -83,7 +83,7 @@ async def post_whip(request: web.Request) -> web.Response:
             bandwidth,
             config.publisher_timeout_s,
         )
-        stream.attach_publisher(publisher)
+        stream.attach(publisher)
         return publisher
 
     response = await answer_session(

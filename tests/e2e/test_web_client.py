@@ -145,11 +145,11 @@ async def test_presenter_reconnects_by_itself_and_viewers_keep_watching(
     # The presenter's connection drops (as when a network fails): the server keeps the
     # stream for the grace period, and the page publishes again under the same id.
     stream = server.app[REGISTRY].get(link.rsplit("/", 1)[1])
-    first = stream.publisher
+    first = stream.source
     await first.close("network dropped (test)", "transport")
     assert stream.state == "reconnecting"
     await wait_for(
-        lambda: stream.publisher not in (None, first) and stream.state == "live",
+        lambda: stream.source not in (None, first) and stream.state == "live",
         timeout=20,
         message=f"presenter did not come back: {stream.state}",
     )
