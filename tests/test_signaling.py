@@ -6,11 +6,12 @@ import asyncio
 import re
 
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from broadcast.api.metrics import METRICS
 from broadcast.loadtest.run import run_loadtest
 from broadcast.web_keys import REGISTRY
-from tests.peers import publish, recvonly_offer, wait_for, watch
+from tests.peers import MovingPicture, publish, recvonly_offer, wait_for, watch
 
 SDP = {"Content-Type": "application/sdp"}
 TRICKLE = {"Content-Type": "application/trickle-ice-sdpfrag"}
@@ -190,6 +191,64 @@ async def test_options_answers_cors_preflight(server, http):
         assert r.headers["Access-Control-Allow-Origin"] == "*"
         assert "POST" in r.headers["Access-Control-Allow-Methods"]
         assert "Location" in r.headers["Access-Control-Expose-Headers"]
+
+
+async def test_cors_lets_a_client_of_another_origin_see_that_it_may_trickle(
+    server, http
+):
+    """@eyevinn/whip-web-client trickles only if its script can read PATCH in our
+    Allow-Methods, and sends the ETag back in an `ETag` request header
+    (tests/e2e/test_interop_npm.py)."""
+    async with http.options(
+        server.make_url("/whip/any/session"),
+        headers={
+            "Origin": "https://example.org",
+            "Access-Control-Request-Method": "PATCH",
+            "Access-Control-Request-Headers": "content-type,etag",
+        },
+    ) as r:
+        assert r.status == 204
+        assert "ETag" in r.headers["Access-Control-Allow-Headers"].split(", ")
+        exposed = r.headers["Access-Control-Expose-Headers"].split(", ")
+        assert "Access-Control-Allow-Methods" in exposed
+
+
+async def test_a_candidate_trickled_as_component_0_is_the_rtp_one(server, http):
+    """@eyevinn/whip-web-client trickles its candidates as component 0 (its index for
+    "rtp"). Kept as such, every check from that address failed an assertion in aioice
+    and the publisher never connected whenever its PATCH beat its first check
+    (tests/e2e/test_interop_npm.py, about 1 run in 20)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver(MovingPicture(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    candidates = re.findall(r"a=candidate:(\S+) 1 (udp .*)\r\n", offer)
+    assert candidates
+    bare = re.sub(r"a=(candidate:.*|end-of-candidates)\r\n", "", offer)
+    async with http.post(server.make_url("/whip/zero"), data=bare, headers=SDP) as r:
+        assert r.status == 201
+        answer, location = await r.text(), r.headers["Location"]
+    ufrag = re.search(r"a=ice-ufrag:(\S+)", offer)[1]  # type: ignore[index]
+    # A component we do not have (2: RTCP without rtcp-mux) at the same address goes
+    # first: it must be dropped, not found by the checks from that address.
+    fragment = f"a=ice-ufrag:{ufrag}\r\nm=audio 9 RTP/AVP 0\r\na=mid:0\r\n" + "".join(
+        f"a=candidate:{foundation} {component} {rest}\r\n"
+        for component in (2, 0)
+        for foundation, rest in candidates
+    )
+    async with http.patch(
+        server.make_url(location), data=fragment, headers=TRICKLE
+    ) as r:
+        assert r.status == 204
+    # Only now does the publisher start its checks: the PATCH came first.
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    try:
+        await wait_for(
+            lambda: server.app[REGISTRY].get("zero").state == "live",
+            message="publisher never connected",
+        )
+    finally:
+        await pc.close()
 
 
 async def test_unknown_route_and_method_are_json_errors(server, http):

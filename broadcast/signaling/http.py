@@ -17,10 +17,15 @@ from broadcast.web_keys import REGISTRY
 SDP_TYPE = "application/sdp"
 TRICKLE_TYPE = "application/trickle-ice-sdpfrag"
 
+# Some clients go beyond the specification, and we follow them (tests/e2e/
+# test_interop_npm.py): @eyevinn/whip-web-client trickles only if it can read PATCH in
+# the Allow-Methods of its OPTIONS answer, then names the ETag in an `ETag` header.
 CORS_HEADERS = {
     "Access-Control-Allow-Methods": "OPTIONS, POST, PATCH, DELETE",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-    "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Patch",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match, ETag",
+    "Access-Control-Expose-Headers": (
+        "Location, ETag, Link, Accept-Patch, Access-Control-Allow-Methods"
+    ),
 }
 
 

@@ -7,7 +7,9 @@ the feedback we implement, no header extensions (we strip them when forwarding).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiortc import RTCDtlsFingerprint, RTCIceCandidate, RTCIceParameters
@@ -95,7 +97,7 @@ def parse_offer(text: str) -> Offer:
         raise BadRequest("malformed_sdp", "The SDP offer has no a=fingerprint.")
     if any(m.rtp.muxId is None for m in media):
         raise BadRequest("malformed_sdp", "Every m-line of the offer needs an a=mid.")
-    candidates = [c for m in media for c in m.ice_candidates if _is_udp(c)]
+    candidates = usable_candidates(c for m in media for c in m.ice_candidates)
     return Offer(
         description=description,
         ice=first.ice,
@@ -110,8 +112,21 @@ def parse_offer(text: str) -> Offer:
     )
 
 
-def _is_udp(candidate: RTCIceCandidate) -> bool:
-    return candidate.protocol.lower() == "udp"
+def usable_candidates(candidates: Iterable[RTCIceCandidate]) -> list[RTCIceCandidate]:
+    """The peer's UDP candidates for our one ICE component (BUNDLE and rtcp-mux: RTP, 1).
+
+    @eyevinn/whip-web-client numbers that component 0 (its index, tests/e2e/
+    test_interop_npm.py): we read it as 1. A candidate of another component is dropped:
+    aioice fails an assertion on every check from an address whose candidate is not of
+    the component checked, so the session would never connect.
+    """
+    usable = []
+    for candidate in candidates:
+        if candidate.component == 0:
+            candidate = dataclasses.replace(candidate, component=1)
+        if candidate.protocol.lower() == "udp" and candidate.component == 1:
+            usable.append(candidate)
+    return usable
 
 
 def _feedback(

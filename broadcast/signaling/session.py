@@ -28,7 +28,12 @@ from broadcast.signaling.http import (
     session_not_found,
 )
 from broadcast.signaling.ice_servers import ice_server_links
-from broadcast.signaling.sdp import MediaAnswer, Offer, build_answer
+from broadcast.signaling.sdp import (
+    MediaAnswer,
+    Offer,
+    build_answer,
+    usable_candidates,
+)
 from broadcast.web_keys import REGISTRY
 
 logger = logging.getLogger(__name__)
@@ -192,11 +197,10 @@ def _parse_fragment(
                 raise BadRequest(
                     "malformed_candidate", f"Bad candidate line: {exc}."
                 ) from exc
-            if candidate.protocol.lower() == "udp":
-                candidates.append(candidate)
+            candidates.append(candidate)
         elif line == "a=end-of-candidates":
             complete = True
-    return ufrag, candidates, complete
+    return ufrag, usable_candidates(candidates), complete
 
 
 async def delete_session(request: web.Request) -> web.Response:
