@@ -69,7 +69,7 @@ def create_app(config: Config) -> web.Application:
 async def _close_streams(app: web.Application) -> AsyncIterator[None]:
     """Cameras are streams from the start; every stream ends with the server."""
     registry = app[REGISTRY]
-    await registry.open_media_sockets()
+    await registry.media.open()
     await registry.workers.start(registry.config)
     for camera in registry.config.cameras:
         registry.add_camera(camera)

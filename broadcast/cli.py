@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 from broadcast import __version__, tokens
 from broadcast.config import (
@@ -29,10 +28,8 @@ from broadcast.config_xml import load_config
 from broadcast.doctor import run_checks
 from broadcast.loadtest import run as loadtest
 from broadcast.loadtest.report import format_result
-from broadcast.redact import RedactSecrets
+from broadcast.logs import configure_logging
 from broadcast.server import run
-
-HUMAN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -282,38 +279,6 @@ def _apply_flags(config: Config, args: argparse.Namespace) -> Config:
     if config.start_bitrate_kbps > config.max_bitrate_kbps:
         config = dataclasses.replace(config, start_bitrate_kbps=config.max_bitrate_kbps)
     return config
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log collectors."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_text:
-            entry["exception"] = record.exc_text
-        elif record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(config: Config, stream: TextIO | None = None) -> logging.Handler:
-    """Log every logger's records at the configured level to stderr (or `stream`),
-    secrets redacted (broadcast/redact.py): what `broadcast serve` runs with."""
-    handler = logging.StreamHandler(stream)
-    if config.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(HUMAN_LOG_FORMAT))
-    handler.addFilter(RedactSecrets(config))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(config.log_level.upper())
-    return handler
 
 
 _configure_logging = configure_logging  # what main() calls (tests replace it)

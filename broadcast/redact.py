@@ -1,6 +1,6 @@
 """Keep secrets out of the logs, whoever logs them: us, aiohttp, aiortc, aioice, aiortsp.
 
-`RedactSecrets` sits on the handler `broadcast serve` logs through (cli.configure_logging),
+`RedactSecrets` sits on the handler `broadcast serve` logs through (logs.configure_logging),
 so it sees every record of every logger that is emitted at all. It blanks
 
 * the secrets of the config, wherever they appear: publish keys, the admin key, the token

@@ -10,17 +10,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from aioice.ice import get_host_addresses
-from aiortc import RTCCertificate
-
 from broadcast.config import Config, RtspCamera
 from broadcast.config import check_stream_id as config_check_stream_id
 from broadcast.errors import BadRequest, Conflict, ServiceUnavailable
 from broadcast.events import StreamEvents
 from broadcast.ingest.camera import Camera
 from broadcast.limits import SessionRateLimit
-from broadcast.media.tcp_mux import MediaTcpListener
-from broadcast.media.udp_mux import MediaSocket, default_sender, send_each
+from broadcast.media.host import MediaHost
 from broadcast.stream import Stream
 from broadcast.workers.pool import WorkerPool
 
@@ -29,7 +25,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FREE_PORT_ATTEMPTS = 10
 # A client may close its connection a moment before it sends DELETE (the npm library
 # `whip-whep` stops a publisher that way): a session URL still answers DELETE this long
 # after its transport closed, so the client's DELETE ends a broadcast at once instead of
@@ -68,7 +63,6 @@ class StreamRegistry:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.certificate = RTCCertificate.generateCertificate()
         self.streams: dict[str, Stream] = {}
         self.sessions: dict[str, Session] = {}
         # Sessions closed by their transport or a timeout, not by DELETE, oldest first.
@@ -79,64 +73,8 @@ class StreamRegistry:
         self.sessions_started: Counter[str] = Counter()
         self.sessions_ended: Counter[tuple[str, str]] = Counter()
         self.session_rate = SessionRateLimit(config.sessions_per_client_per_minute)
-        self.media_sockets: list[MediaSocket] = []
-        self.tcp_listeners: list[MediaTcpListener] = []
+        self.media = MediaHost(config)
         self.workers = WorkerPool()
-
-    async def open_media_sockets(self) -> None:
-        """Bind the shared UDP media port on each address we offer candidates on, and
-        listen for ICE-TCP on the same port (`ice_tcp`).
-
-        Not in port-range mode (`media_ports`), where each session binds its own.
-        """
-        if self.config.media_ports is not None:
-            return
-        addresses = self.config.ice_addresses or get_host_addresses(
-            use_ipv4=True, use_ipv6=True
-        )
-        # Port 0: the free UDP port the first bind gets may be taken on TCP or on
-        # another address; then another free port is tried.
-        attempts = FREE_PORT_ATTEMPTS if self.config.media_port == 0 else 1
-        for attempt in range(attempts):
-            try:
-                await self._bind_media(addresses, self.config.media_port)
-                break
-            except OSError:
-                self.close_media_sockets()
-                if attempt == attempts - 1:
-                    raise
-        if not self.media_sockets:
-            logger.warning("no network address to receive media on: nobody can connect")
-        elif default_sender() is send_each:
-            logger.warning(
-                "the native send extension is not built: media goes out one sendto"
-                " per packet (slower); install gcc and python3-dev, then reinstall"
-            )
-
-    async def _bind_media(self, addresses: list[str], port: int) -> None:
-        for address in addresses:
-            try:
-                media = await MediaSocket.open(address, port)
-                self.media_sockets.append(media)
-                port = media.address[1]  # with port 0, the same free port everywhere
-                if self.config.ice_tcp:
-                    listener = await MediaTcpListener.open(address, port)
-                    self.tcp_listeners.append(listener)
-            except OSError as exc:
-                raise OSError(
-                    f"media port {port} on {address}: {exc.strerror or exc};"
-                    " free it or set another <media_port>"
-                ) from exc
-            tcp = " and TCP (ICE-TCP)" if self.config.ice_tcp else ""
-            logger.info("media on UDP%s %s port %d", tcp, address, port)
-
-    def close_media_sockets(self) -> None:
-        for media in self.media_sockets:
-            media.close()
-        self.media_sockets.clear()
-        for listener in self.tcp_listeners:
-            listener.close()
-        self.tcp_listeners.clear()
 
     def local_viewers(self) -> int:
         """Viewers whose media this process carries (not a worker)."""
@@ -245,20 +183,9 @@ class StreamRegistry:
             totals.update(session.counters())
         for stream in self.streams.values():
             totals.update(stream.counters())
-        totals.update(self.socket_counts())
+        totals.update(self.media.counts())
         totals.update(self.workers.counts())
         return totals
-
-    def socket_counts(self) -> Counter[str]:
-        """What this process's shared media sockets refused or could not send."""
-        counts: Counter[str] = Counter()
-        for media in self.media_sockets:
-            counts["foreign_packets_dropped"] += media.unrouted
-            counts["packets_dropped"] += media.send_dropped + media.srtp_refused
-        for listener in self.tcp_listeners:
-            counts["foreign_packets_dropped"] += listener.unrouted
-            counts["packets_dropped"] += listener.send_dropped
-        return counts
 
     async def close(self) -> None:
         """End every stream (publishers and viewers), as at server shutdown."""
@@ -269,7 +196,7 @@ class StreamRegistry:
                 for s in list(self.sessions.values())
             )
         )
-        self.close_media_sockets()
+        self.media.close()
 
 
 def _full(message: str) -> ServiceUnavailable:

@@ -1,11 +1,15 @@
-"""Viewer: a WHEP session receiving copies of a stream's tracks."""
+"""Viewer: a WHEP session receiving copies of source tracks.
+
+It knows its tracks, not their stream: a worker holds real viewers of its own track
+copies, and the stream that counts a viewer hears of its end through `on_close`.
+"""
 
 from __future__ import annotations
 
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiortc.rtp import (
@@ -20,10 +24,10 @@ from aiortc.rtp import (
     RtcpSrPacket,
 )
 
+from broadcast.media.source_track import SourceTrack
 from broadcast.media.transport import SecureTransport
 from broadcast.media.viewer_track import ViewerTrack
 from broadcast.session import Session
-from broadcast.stream import Stream
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +46,20 @@ class Viewer(Session):
 
     def __init__(
         self,
-        stream: Stream,
+        stream_id: str,
+        tracks: Mapping[str, SourceTrack],
         transport: SecureTransport,
         remote_ufrag: str,
         payload_types: dict[str, int],
         cname: str,
         on_join: Callable[[float], None] = lambda seconds: None,
     ) -> None:
-        super().__init__(stream.id, transport, remote_ufrag)
-        self.stream = stream
+        super().__init__(stream_id, transport, remote_ufrag)
         self.cname = cname
         self.rtcp_ssrc = secrets.randbits(32) or 1
         self.tracks = [
             ViewerTrack(
-                stream.tracks[kind],
+                tracks[kind],
                 transport.send_rtp,
                 payload_type,
                 transport.fan_out_target,
@@ -77,7 +81,6 @@ class Viewer(Session):
         self._on_join = on_join
         # Sender reports we sent, by their compact NTP time (the RR's LSR), for RTT.
         self._reports_sent: dict[int, float] = {}
-        stream.add_viewer(self)
 
     def connected(self) -> None:
         """Start receiving; video waits for the keyframe this join asks for."""
@@ -172,4 +175,3 @@ class Viewer(Session):
     def detach(self) -> None:
         for track in self.tracks:
             track.source.remove_viewer(track)
-        self.stream.remove_viewer(self)

@@ -1,7 +1,7 @@
 """`BROADCAST_LOG_SCAN=1`: the whole suite at DEBUG, its log searched for secrets.
 
 Every logger's records go through the handler `broadcast serve` logs with
-(cli.configure_logging, redaction included) into one file; the handler learns the
+(logs.configure_logging, redaction included) into one file; the handler learns the
 secrets of each server's config as serve's would know its own. Meanwhile every secret
 the suite hands a server or a peer is recorded: config keys and camera passwords (also
 those added over the admin API), minted tokens, ICE passwords of every aioice agent,
@@ -27,8 +27,8 @@ import aiortc.rtcdtlstransport
 import pytest
 
 from broadcast import tokens
-from broadcast.cli import configure_logging
 from broadcast.config import Config
+from broadcast.logs import configure_logging
 from broadcast.redact import RedactSecrets, config_secrets
 from broadcast.registry import StreamRegistry
 

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from broadcast import cli
-from broadcast.cli import JsonFormatter, main
+from broadcast.cli import main
 from broadcast.config import Config, ConfigError, RtspCamera, RtspOptions
 from broadcast.config_xml import load_config
+from broadcast.logs import JsonFormatter
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "flashphoner.xml.example"
 

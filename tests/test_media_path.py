@@ -120,7 +120,7 @@ async def test_injected_handshakes_during_50_joins_reach_no_session(
     monkeypatch.setattr(SessionPort, "datagram_received", record)
     publisher = await publish(http, str(server.make_url("/whip/inj")), video=None)
     await publisher.wait_connected()
-    (media,) = server.app[REGISTRY].media_sockets
+    (media,) = server.app[REGISTRY].media.media_sockets
     gone_before = media.unrouted + kernel_drops(media.address[1])
     attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     attacker.bind(("127.0.0.1", 0))

@@ -1,6 +1,6 @@
 """Secrets never reach the logs, not even at DEBUG, from any library.
 
-One server set up as `broadcast serve` runs it (cli.configure_logging: root at the
+One server set up as `broadcast serve` runs it (logs.configure_logging: root at the
 configured level, every logger's records through one handler; `web.AppRunner` with its
 access log), at DEBUG, through a workload that handles every kind of secret we know:
 publish keys and tokens, view tokens (share link, `?token=`, Bearer), the admin key, a
@@ -25,8 +25,8 @@ from aiohttp import web
 
 from broadcast import tokens
 from broadcast.app import create_app
-from broadcast.cli import configure_logging
 from broadcast.config import Config, RtspCamera, RtspOptions
+from broadcast.logs import configure_logging
 from broadcast.redact import redact_text
 from tests.camera_sim import start_camera
 from tests.peers import Peer, publish, wait_for, watch

@@ -45,7 +45,7 @@ async def test_viewers_on_both_processes_get_every_packet(make_server, http):
     stream = registry.get("w")
     remote = [v for v in stream.viewers if isinstance(v, RemoteViewer)]
     assert len(remote) == VIEWERS // 2, "the worker carries half the viewers"
-    main_port = registry.media_sockets[0].address[1]
+    main_port = registry.media.media_sockets[0].address[1]
     worker_port = worker.media_addresses[0][1]
     assert {
         port

@@ -54,15 +54,7 @@ async def answer_session(
     client = client_address(request)
     registry.session_rate.check_connecting(client)
     if transport is None:
-        transport = SecureTransport(
-            registry.certificate,
-            registry.config.ice_addresses,
-            f"{kind} {stream_id}",
-            registry.config.stun_servers,
-            registry.config.media_ports,
-            registry.media_sockets,
-            registry.tcp_listeners,
-        )
+        transport = registry.media.transport(f"{kind} {stream_id}")
     session = make_session(transport)
     registry.add_session(session)
     registry.session_rate.connecting(client, session)

@@ -80,8 +80,18 @@ async def _watch(request: web.Request) -> web.Response:
         remote = RemoteTransport(worker)
 
         def make_remote_viewer(transport: SecureTransport) -> Viewer:
-            return RemoteViewer(
-                worker, stream, remote, offer.ufrag, payload_types, stream_id, on_join
+            return _counted(
+                stream,
+                RemoteViewer(
+                    worker,
+                    stream_id,
+                    stream.tracks,
+                    remote,
+                    offer.ufrag,
+                    payload_types,
+                    stream_id,
+                    on_join,
+                ),
             )
 
         return await answer_session(
@@ -95,11 +105,26 @@ async def _watch(request: web.Request) -> web.Response:
         )
 
     def make_viewer(transport: SecureTransport) -> Viewer:
-        return Viewer(
-            stream, transport, offer.ufrag, payload_types, stream_id, on_join=on_join
+        viewer = Viewer(
+            stream_id,
+            stream.tracks,
+            transport,
+            offer.ufrag,
+            payload_types,
+            stream_id,
+            on_join=on_join,
         )
+        return _counted(stream, viewer)
 
     return await answer_session(request, offer, answers, make_viewer, "whep", stream_id)
+
+
+def _counted(stream: Stream, viewer: Viewer) -> Viewer:
+    """The stream counts its viewer (limits, events, an on-demand camera) until it
+    closes."""
+    stream.add_viewer(viewer)
+    viewer.on_close.append(lambda _: stream.remove_viewer(viewer))
+    return viewer
 
 
 def _choose_codecs(

@@ -9,13 +9,13 @@ transport by asking the worker. Media and RTCP never pass through here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from aiortc import RTCDtlsFingerprint, RTCIceCandidate, RTCIceParameters
 
+from broadcast.media.source_track import SourceTrack
 from broadcast.media.transport import SecureTransport
-from broadcast.stream import Stream
 from broadcast.viewer import Viewer
 from broadcast.workers.channel import RemoteError
 
@@ -132,7 +132,8 @@ class RemoteViewer(Viewer):
     def __init__(
         self,
         worker: WorkerProcess,
-        stream: Stream,
+        stream_id: str,
+        tracks: Mapping[str, SourceTrack],
         transport: RemoteTransport,
         remote_ufrag: str,
         payload_types: dict[str, int],
@@ -140,7 +141,12 @@ class RemoteViewer(Viewer):
         on_join: Callable[[float], None],
     ) -> None:
         super().__init__(
-            stream, cast(SecureTransport, transport), remote_ufrag, payload_types, cname
+            stream_id,
+            tracks,
+            cast(SecureTransport, transport),
+            remote_ufrag,
+            payload_types,
+            cname,
         )
         self.remote = transport
         self.worker = worker
@@ -149,7 +155,7 @@ class RemoteViewer(Viewer):
         self._remote_counters: dict[str, int] = {}
         transport.session_id = self.id
         transport.open_arguments = {
-            "stream_id": stream.id,
+            "stream_id": stream_id,
             "tracks": {
                 t.source.kind: (
                     worker.take(t.source),
@@ -201,4 +207,3 @@ class RemoteViewer(Viewer):
         for track in self.tracks:
             self.worker.release(track.source)
         self.worker.viewers.pop(self.id, None)
-        self.stream.remove_viewer(self)

@@ -21,14 +21,11 @@ from typing import Any
 
 from aiortc import RTCRtpCodecParameters
 
-from broadcast.cli import configure_logging
 from broadcast.config import Config
-from broadcast.events import StreamEvents
+from broadcast.logs import configure_logging
+from broadcast.media.host import MediaHost
 from broadcast.media.source_track import RTP_HEADER, SourceTrack
-from broadcast.media.transport import SecureTransport
 from broadcast.memory import release_while
-from broadcast.registry import StreamRegistry
-from broadcast.stream import Stream
 from broadcast.viewer import Viewer
 from broadcast.workers.channel import PACKET_HEADER, ControlChannel
 
@@ -47,7 +44,7 @@ class Worker:
         self.control = ControlChannel(control, self._call, self._notice, self._lost)
         self._packets = packets
         self._packets.setblocking(False)
-        self.registry: StreamRegistry | None = None
+        self.media: MediaHost | None = None
         self.tracks: dict[int, SourceTrack] = {}
         self.viewers: dict[str, Viewer] = {}
         self.stopped = asyncio.get_running_loop().create_future()
@@ -96,8 +93,8 @@ class Worker:
     async def _start(self, config: Config, index: int, log_level: int) -> list[Any]:
         configure_logging(config)  # to the same stderr, secrets redacted the same way
         logging.getLogger().setLevel(log_level)
-        self.registry = StreamRegistry(config)
-        await self.registry.open_media_sockets()
+        self.media = MediaHost(config)
+        await self.media.open()
         loop = asyncio.get_running_loop()
         loop.add_reader(self._packets, self._packets_ready)
         self._tasks = [
@@ -105,7 +102,7 @@ class Worker:
             loop.create_task(release_while(lambda: self.viewers_ended)),
         ]
         logger.info("worker %d ready (pid %d)", index, os.getpid())
-        return [m.address for m in self.registry.media_sockets]
+        return [m.address for m in self.media.media_sockets]
 
     async def _open_viewer(
         self,
@@ -117,23 +114,16 @@ class Worker:
         cname: str,
     ) -> dict[str, Any]:
         """A viewer's transport and tracks here; what the answer needs of them."""
-        registry = self.registry
-        assert registry is not None, "start first"
-        stream = Stream(stream_id, 0, lambda stream: None, StreamEvents())
-        for kind, (number, codec, ssrc, answers_pli) in tracks.items():
-            stream.tracks[kind] = self._track(number, kind, codec, ssrc, answers_pli)
-        config = registry.config
-        transport = SecureTransport(
-            registry.certificate,
-            config.ice_addresses,
-            f"whep {stream_id}",
-            config.stun_servers,
-            config.media_ports,
-            registry.media_sockets,
-            registry.tcp_listeners,
-        )
+        media = self.media
+        assert media is not None, "start first"
+        copies = {
+            kind: self._track(number, kind, codec, ssrc, answers_pli)
+            for kind, (number, codec, ssrc, answers_pli) in tracks.items()
+        }
+        transport = media.transport(f"whep {stream_id}")
         viewer = Viewer(
-            stream,
+            stream_id,
+            copies,
             transport,
             remote_ufrag,
             payload_types,
@@ -215,7 +205,7 @@ class Worker:
             # How late the loop woke us: the main process sends no new viewer to a
             # worker that is behind (admission control, as for its own loop).
             lag = max(0.0, time.monotonic() - started - STATS_INTERVAL_S)
-            counts = dict(self.registry.socket_counts()) if self.registry else {}
+            counts = dict(self.media.counts()) if self.media else {}
             self.control.tell("load", loop_lag_s=lag, counts=counts)
             sessions = list(self.viewers)
             for first in range(0, len(sessions), STATS_PER_MESSAGE):
@@ -233,8 +223,8 @@ class Worker:
                 for v in list(self.viewers.values())
             )
         )
-        if self.registry is not None:
-            self.registry.close_media_sockets()
+        if self.media is not None:
+            self.media.close()
         self.control.close()
 
 

@@ -353,11 +353,9 @@ async def _check_rtcp(data: bytes) -> None:
     transport = FakeTransport()
     publisher, sources = _publisher(transport)
     viewer_transport = FakeTransport()
-    stream = SimpleNamespace(
-        id="fuzz", tracks={s.kind: s for s in sources}, add_viewer=lambda viewer: None
-    )
     viewer = Viewer(
-        stream,  # type: ignore[arg-type]
+        "fuzz",
+        {s.kind: s for s in sources},
         viewer_transport,  # type: ignore[arg-type]
         "remote",
         {"video": 100, "audio": 111},
