@@ -1,20 +1,17 @@
 """Server settings: a frozen, validated Config; its defaults run a usable server.
 
-`Config.load("flashphoner.xml")` reads the file (broadcast/config_xml.py); every setting
+`config_xml.read_config("flashphoner.xml")` reads the file into one; every setting
 and its default is listed in flashphoner.xml.example.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
-
-logger = logging.getLogger(__name__)
 
 ANY_ADDRESS = ("", "0.0.0.0", "::")
 
@@ -286,14 +283,3 @@ class Config:
         """Processes carrying viewers: `workers`, or when it is 0 one per core this
         server may run on (what `nproc` counts, as install.sh does)."""
         return self.workers or len(os.sched_getaffinity(0)) or 1
-
-    @classmethod
-    def load(cls, path: str) -> Config:
-        """Read `path` (flashphoner.xml), logging a warning for each unknown setting."""
-        # Imported here: config_xml builds Config objects, so it imports this module.
-        from broadcast.config_xml import load_config
-
-        config, warnings = load_config(path)
-        for warning in warnings:
-            logger.warning("%s", warning)
-        return config
