@@ -7,7 +7,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from aiortc import RTCRtpCodecParameters
 from aiortc.clock import current_ntp_time
@@ -24,7 +24,6 @@ from broadcast.media.resolution import keyframe_resolution
 
 if TYPE_CHECKING:
     from broadcast.media.udp_mux import FanOutTarget, MediaSocket
-    from broadcast.media.viewer_track import ViewerTrack
 
 RTP_HEADER = struct.Struct("!BBHII")
 # A camera's GOP kept for joining viewers: 1 s at 8 Mbit/s is ~850 packets, and cameras
@@ -44,10 +43,23 @@ JOIN_GOP_MAX_AGE_S = 0.5
 RTP_VERSION_BITS = 0x80
 RTP_PADDING_BIT = 0x20
 NTP_ONE_SECOND = 1 << 32
-# How often viewers sent to one by one are offered to the fan-out: soon after they are
-# ready (~70 ms at 2 Mbit/s), without a check per packet for those that never will be
-# (ICE-TCP, port-range mode).
-MOVE_EVERY_PACKETS = 16
+
+
+class TrackViewer(Protocol):
+    """What a SourceTrack asks of one viewer's copy of it (`ViewerTrack`, which
+    imports this module: a source knows its viewers only through this)."""
+
+    joined_at: float  # set when it joins the source
+    asked_at: float  # when its offer came: a keyframe since then is its to start at
+
+    @property
+    def waiting_for_keyframe(self) -> bool: ...
+
+    def send(self, packet: bytes, keyframe: bool) -> None: ...
+
+    def fan_out_target(self) -> tuple[MediaSocket, FanOutTarget] | None: ...
+
+    def fanned_from(self, packets: int, octets: int) -> None: ...
 
 
 def _uint16_newer(a: int, b: int) -> bool:
@@ -71,11 +83,11 @@ class SourceTrack:
         self.payload_type: int = cast(int, codec.payloadType)  # set by the SDP parser
         self.clock_rate = codec.clockRate
         self.ssrc = secrets.randbits(32) or 1
-        self.viewers: list[ViewerTrack] = []
+        self.viewers: list[TrackViewer] = []
         # Viewers sent to one by one (connecting, before their keyframe, on ICE-TCP or
         # a port of their own), and those the fan-out serves, by shared socket.
-        self._one_by_one: list[ViewerTrack] = []
-        self._fanned: dict[ViewerTrack, tuple[MediaSocket, FanOutTarget]] = {}
+        self._one_by_one: list[TrackViewer] = []
+        self._fanned: dict[TrackViewer, tuple[MediaSocket, FanOutTarget]] = {}
         self._fan_out_groups: list[tuple[MediaSocket, list[FanOutTarget]]] = []
         self.fanned_packets = 0
         self.fanned_octets = 0
@@ -109,6 +121,11 @@ class SourceTrack:
         # the publisher's clock (for their viewers' sender reports).
         self.taps: list[Callable[[bytes], None]] = []
         self.clock_taps: list[Callable[[int, int], None]] = []
+
+    @property
+    def can_answer_pli(self) -> bool:
+        """Whether its source can send a keyframe when asked (a camera cannot)."""
+        return self._can_answer_pli
 
     def __repr__(self) -> str:
         return f"SourceTrack({self.kind} {self.codec.mimeType})"
@@ -165,11 +182,15 @@ class SourceTrack:
                 media.fan_out(data, targets)
             self.fanned_packets += 1
             self.fanned_octets += len(data) - 12
-        if self._one_by_one and not self.packets_in % MOVE_EVERY_PACKETS:
-            self._move_to_fan_out()
+        if keyframe and self._one_by_one:
+            self._move_to_fan_out()  # those whose first keyframe this was
 
     def _move_to_fan_out(self) -> None:
-        """Hand viewers that are ready to the fan-out, from the next packet."""
+        """Hand viewers past their keyframe gate to the fan-out, from the next packet.
+
+        Asked when a gate may have opened (a viewer added, a keyframe, the cached GOP
+        sent), not on a timer; those that never can (ICE-TCP, port-range mode) stay
+        one by one."""
         moved = False
         for viewer in list(self._one_by_one):
             found = viewer.fan_out_target()
@@ -237,14 +258,14 @@ class SourceTrack:
             self._last_ts + int(elapsed * self.clock_rate)
         ) & 0xFFFFFFFF
 
-    def expect_viewer(self, viewer: ViewerTrack) -> None:
+    def expect_viewer(self, viewer: TrackViewer) -> None:
         """Ask for the keyframe a viewer will start at when it offers, not once it has
         connected: the publisher's answer (35-150 ms from Chromium) then overlaps ICE
         and DTLS instead of following them."""
         if viewer.waiting_for_keyframe:
             self.keyframes.request()
 
-    def add_viewer(self, viewer: ViewerTrack) -> None:
+    def add_viewer(self, viewer: TrackViewer) -> None:
         viewer.joined_at = time.monotonic()
         self.viewers.append(viewer)
         self._one_by_one.append(viewer)
@@ -258,6 +279,7 @@ class SourceTrack:
             asyncio.get_running_loop().call_later(
                 GOP_FALLBACK_S, self._fall_back_to_gop, viewer
             )
+        self._move_to_fan_out()
 
     def _gop_is_recent(self, asked_at: float) -> bool:
         """Whether the cached GOP's keyframe came since `asked_at`, and is as young in
@@ -270,13 +292,14 @@ class SourceTrack:
             JOIN_GOP_MAX_AGE_S, time.monotonic() - asked_at + GOP_AGE_SLACK_S
         )
 
-    def _fall_back_to_gop(self, viewer: ViewerTrack) -> None:
+    def _fall_back_to_gop(self, viewer: TrackViewer) -> None:
         """The PLI went unanswered: this viewer, and those who join next, start from
         the cached GOP (until a PLI is answered in time again)."""
         if self._start_from_gop(viewer):
             self._answers_pli = False
+            self._move_to_fan_out()
 
-    def _start_from_gop(self, viewer: ViewerTrack) -> bool:
+    def _start_from_gop(self, viewer: TrackViewer) -> bool:
         """Send the cached GOP to a viewer still waiting for its first keyframe;
         False if it was not waiting (it got one, or it left)."""
         if not viewer.waiting_for_keyframe or viewer not in self._one_by_one:
@@ -285,7 +308,7 @@ class SourceTrack:
             viewer.send(packet, keyframe=index == 0)
         return True
 
-    def remove_viewer(self, viewer: ViewerTrack) -> None:
+    def remove_viewer(self, viewer: TrackViewer) -> None:
         if viewer in self.viewers:
             self.viewers.remove(viewer)
         if viewer in self._one_by_one:

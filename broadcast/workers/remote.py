@@ -161,7 +161,7 @@ class RemoteViewer(Viewer):
                     worker.take(t.source),
                     t.source.codec,
                     t.source.ssrc,
-                    t.source._can_answer_pli,
+                    t.source.can_answer_pli,
                 )
                 for t in self.tracks
             },
