@@ -1,10 +1,10 @@
-"""Client errors as JSON: `{"error": code, "message": sentence}`."""
+"""Domain errors: what a client asked that we refuse, as a status, a code and a sentence.
+
+Plain exceptions, free of aiohttp: the HTTP layer alone (`errors_middleware` in
+`signaling/http.py`) turns them into `{"error": code, "message": sentence}` answers.
+"""
 
 from __future__ import annotations
-
-import json
-
-from aiohttp import web
 
 
 class ClientError(Exception):
@@ -17,9 +17,6 @@ class ClientError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
-
-    def response(self) -> web.Response:
-        return json_error(self.status, self.code, self.message, self.headers)
 
 
 class BadRequest(ClientError):
@@ -58,14 +55,3 @@ class ServiceUnavailable(ClientError):
     """Not the client's fault, but still an answer the client can act on (retry)."""
 
     status = 503
-
-
-def json_error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        status=status,
-        text=json.dumps({"error": code, "message": message}),
-        content_type="application/json",
-        headers=headers,
-    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
@@ -10,7 +12,6 @@ from broadcast.errors import (
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
-    json_error,
 )
 from broadcast.web_keys import REGISTRY
 
@@ -78,7 +79,7 @@ async def errors_middleware(
     try:
         response = await handler(request)
     except ClientError as error:
-        response = error.response()
+        response = json_error(error.status, error.code, error.message, error.headers)
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -91,6 +92,18 @@ async def errors_middleware(
         response.force_close()
     _add_cors(request, response)
     return response
+
+
+def json_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """Every error answer: `{"error": code, "message": sentence}`."""
+    return web.Response(
+        status=status,
+        text=json.dumps({"error": code, "message": message}),
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 def _ambiguity(request: web.Request) -> str | None:
