@@ -20,7 +20,7 @@ from aiortc.rtp import (
     pack_remb_fci,
 )
 
-from broadcast.media.transport import SecureTransport
+from broadcast.media.transport_protocol import Transport
 from broadcast.media.upstream import BandwidthEstimate, UpstreamTrack
 from broadcast.session import Session
 from broadcast.source import SourceOwner
@@ -43,7 +43,7 @@ class Publisher(Session):
     def __init__(
         self,
         stream: SourceOwner,
-        transport: SecureTransport,
+        transport: Transport,
         remote_ufrag: str,
         upstream: list[UpstreamTrack],
         bandwidth: BandwidthEstimate,

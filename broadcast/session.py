@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from aiortc.rtp import RtcpPacket
 
-from broadcast.media.transport import SecureTransport
+from broadcast.media.transport_protocol import Transport
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +25,7 @@ class Session:
 
     kind = "session"
 
-    def __init__(
-        self, stream_id: str, transport: SecureTransport, remote_ufrag: str
-    ) -> None:
+    def __init__(self, stream_id: str, transport: Transport, remote_ufrag: str) -> None:
         self.id = secrets.token_urlsafe(16)
         self.stream_id = stream_id
         self.transport = transport

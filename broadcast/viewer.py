@@ -25,7 +25,7 @@ from aiortc.rtp import (
 )
 
 from broadcast.media.source_track import SourceTrack
-from broadcast.media.transport import SecureTransport
+from broadcast.media.transport_protocol import Transport
 from broadcast.media.viewer_track import ViewerTrack
 from broadcast.session import Session
 
@@ -48,7 +48,7 @@ class Viewer(Session):
         self,
         stream_id: str,
         tracks: Mapping[str, SourceTrack],
-        transport: SecureTransport,
+        transport: Transport,
         remote_ufrag: str,
         payload_types: dict[str, int],
         cname: str,

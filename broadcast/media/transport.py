@@ -59,7 +59,8 @@ StateHandler = Callable[[str], Awaitable[None] | None]
 
 
 class SecureTransport:
-    """The ICE + DTLS-SRTP transport of one WHIP or WHEP session."""
+    """The ICE + DTLS-SRTP transport of one WHIP or WHEP session: a `Transport`
+    (media/transport_protocol.py) in the process carrying its media."""
 
     def __init__(
         self,

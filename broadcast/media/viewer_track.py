@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from broadcast.media.source_track import SourceTrack
+from broadcast.media.transport_protocol import NativeTarget
 from broadcast.media.udp_mux import FanOutTarget, MediaSocket
-
-# What a transport offers the fan-out: socket, srtp_t address, peer, session.
-NativeTarget = tuple[MediaSocket, int, tuple[str, int], Any]
 
 # A NACK names up to 17 packets per 4 bytes: a viewer could ask for thousands at once.
 # Real loss on a viewer's link needs far less; the rest is a bug or an attack.

@@ -12,7 +12,7 @@ import time
 from aiohttp import web
 
 from broadcast.limits import client_address
-from broadcast.media.transport import SecureTransport
+from broadcast.media.transport_protocol import Transport
 from broadcast.session import Session
 from broadcast.signaling.http import SDP_TYPE, read_body
 from broadcast.signaling.sdp import MediaAnswer, parse_offer
@@ -43,7 +43,7 @@ async def post_check(request: web.Request) -> web.Response:
     )
     answers = [MediaAnswer(offered=media) for media in offer.description.media]
 
-    def make_probe(transport: SecureTransport) -> Probe:
+    def make_probe(transport: Transport) -> Probe:
         return Probe(PROBE_NAME, transport, offer.ufrag)
 
     return await answer_session(

@@ -19,7 +19,7 @@ from broadcast.errors import (
     UnprocessableContent,
 )
 from broadcast.limits import client_address
-from broadcast.media.transport import SecureTransport
+from broadcast.media.transport_protocol import Transport
 from broadcast.session import Session
 from broadcast.signaling.http import (
     SDP_TYPE,
@@ -43,10 +43,10 @@ async def answer_session(
     request: web.Request,
     offer: Offer,
     answers: list[MediaAnswer],
-    make_session: Callable[[SecureTransport], Session],
+    make_session: Callable[[Transport], Session],
     kind: str,
     stream_id: str,
-    transport: SecureTransport | None = None,
+    transport: Transport | None = None,
 ) -> web.Response:
     """Answer the offer with `transport` (a new one of ours by default) and start
     connecting."""

@@ -10,7 +10,7 @@ from broadcast.api.metrics import METRICS
 from broadcast.auth import may_view, view_token
 from broadcast.errors import BadRequest, ClientError, NotFound, ServiceUnavailable
 from broadcast.limits import check_event_loop, client_address
-from broadcast.media.transport import SecureTransport
+from broadcast.media.transport_protocol import Transport
 from broadcast.registry import check_stream_id
 from broadcast.signaling.http import SDP_TYPE, read_body
 from broadcast.signaling.sdp import (
@@ -79,7 +79,7 @@ async def _watch(request: web.Request) -> web.Response:
     if worker is not None:
         remote = RemoteTransport(worker)
 
-        def make_remote_viewer(transport: SecureTransport) -> Viewer:
+        def make_remote_viewer(transport: Transport) -> Viewer:
             return _counted(
                 stream,
                 RemoteViewer(
@@ -101,10 +101,10 @@ async def _watch(request: web.Request) -> web.Response:
             make_remote_viewer,
             "whep",
             stream_id,
-            cast(SecureTransport, remote),
+            remote,
         )
 
-    def make_viewer(transport: SecureTransport) -> Viewer:
+    def make_viewer(transport: Transport) -> Viewer:
         viewer = Viewer(
             stream_id,
             stream.tracks,

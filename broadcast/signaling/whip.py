@@ -15,7 +15,7 @@ from broadcast.config import Config
 from broadcast.errors import BadRequest, Conflict
 from broadcast.limits import client_address
 from broadcast.media.source_track import SourceTrack
-from broadcast.media.transport import SecureTransport
+from broadcast.media.transport_protocol import Transport
 from broadcast.media.upstream import BandwidthEstimate, UpstreamTrack
 from broadcast.publisher import Publisher
 from broadcast.registry import check_stream_id, new_stream_id
@@ -74,7 +74,7 @@ async def post_whip(request: web.Request) -> web.Response:
         config.start_bitrate_kbps * 1000, config.max_bitrate_kbps * 1000
     )
 
-    def make_publisher(transport: SecureTransport) -> Publisher:
+    def make_publisher(transport: Transport) -> Publisher:
         publisher = Publisher(
             stream,
             transport,

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCDtlsFingerprint, RTCIceCandidate, RTCIceParameters
 
 from broadcast.media.source_track import SourceTrack
-from broadcast.media.transport import SecureTransport
 from broadcast.viewer import Viewer
 from broadcast.workers.channel import RemoteError
 
@@ -26,8 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 class RemoteTransport:
-    """A viewer's ICE + DTLS transport that lives in a worker; the same interface
-    as `SecureTransport` for what the main process does with it."""
+    """A viewer's ICE + DTLS transport that lives in a worker: a `Transport` whose
+    signaling asks the worker, and whose media never passes here."""
 
     def __init__(self, worker: WorkerProcess) -> None:
         self.worker = worker
@@ -41,6 +40,7 @@ class RemoteTransport:
         self.closed_there = False  # the worker closed it: nothing to tell
         self.close_reason = self.close_cause = ""  # the session's, for the worker's log
         self.remote_address: tuple[str, int] | None = None
+        self.failed_packets = self.foreign_packets = 0  # counted in the worker
         self._on_state: Callable[[str], None] = lambda state: None
         # The worker holds the viewer's tracks now: their packets may flow.
         self.opened: Callable[[], None] = lambda: None
@@ -143,7 +143,7 @@ class RemoteViewer(Viewer):
         super().__init__(
             stream_id,
             tracks,
-            cast(SecureTransport, transport),
+            transport,
             remote_ufrag,
             payload_types,
             cname,
