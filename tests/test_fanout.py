@@ -126,3 +126,20 @@ async def test_viewer_gets_no_video_before_a_keyframe(server, http):
     assert not first.payload[descriptor_size] & 0x01
     await viewer.close()
     await publisher.close()
+
+
+async def test_a_viewer_joins_the_fan_out_as_its_gate_opens(server, http):
+    """Not some packets later: audio has no gate, so none of its packets go one by one;
+    video goes one by one only up to the keyframe that opened its gate."""
+    publisher = await publish(http, str(server.make_url("/whip/gate")))
+    await publisher.wait_connected()
+    viewer = await watch(http, str(server.make_url("/whep/gate")))
+    await viewer.wait_connected()
+    await wait_for(lambda: len(viewer.frames.get("video", [])) >= 5)
+    (session,) = server.app[REGISTRY].get("gate").viewers
+    tracks = {t.source.kind: t for t in session.tracks}
+    assert tracks["audio"]._packets_sent == 0, "audio sent one by one before fan-out"
+    video = tracks["video"]
+    assert video._fanned_from is not None
+    print(f"video packets sent one by one: {video._packets_sent}")
+    await asyncio.gather(viewer.close(), publisher.close())
