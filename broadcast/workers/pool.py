@@ -4,7 +4,9 @@ With `workers = N` the main process is the first of N: it keeps HTTP, publishers
 streams, and carries viewers like any worker. Each new viewer goes to the process with
 the fewest. A worker's viewer is a `RemoteViewer` here (in its stream, its session URL,
 the admin API and metrics) over a `RemoteTransport` that asks the worker for ICE and
-DTLS; the worker's copies of the tracks are fed by a tap on each `SourceTrack`.
+DTLS; the worker's copies of the tracks are fed by a tap on each `SourceTrack`. A
+worker tells its viewers what happened there through `WorkerViewer`: workers/remote.py
+imports this module, not the other way round.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from broadcast.config import Config
 from broadcast.limits import ADMISSION_MAX_LAG_S
@@ -29,7 +31,6 @@ from broadcast.workers.channel import (
     RemoteError,
     socket_pairs,
 )
-from broadcast.workers.remote import RemoteViewer
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,24 @@ RESTART_DELAY_S = 1.0
 MAX_BACKLOG_PACKETS = GOP_CACHE_PACKETS + 1000
 STABLE_AFTER_S = 60.0  # a worker that ran this long before dying was not crash-looping
 STOP_TIMEOUT_S = 5.0
+
+
+class WorkerViewer(Protocol):
+    """A viewer carried by a worker, as that worker tells it what happened there."""
+
+    async def close(self, reason: str, cause: str) -> None: ...
+
+    def transport_state(self, state: str) -> None:
+        """Its transport's state in the worker."""
+
+    def joined(self, seconds: float) -> None:
+        """Its first keyframe came `seconds` after it connected."""
+
+    def take_stats(self, stats: dict[str, Any]) -> None:
+        """Its counters and quality inputs, sent every second and at its end."""
+
+    def gone_there(self) -> None:
+        """The worker closed it, or exited: closing it need not tell the worker."""
 
 
 class WorkerProcess:
@@ -49,7 +68,7 @@ class WorkerProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.control: ControlChannel | None = None
         self.packets: socket.socket | None = None
-        self.viewers: dict[str, RemoteViewer] = {}
+        self.viewers: dict[str, WorkerViewer] = {}
         self.media_addresses: list[tuple[str, int]] = []
         self._numbers: dict[SourceTrack, int] = {}  # what the worker calls them
         self._taps: dict[
@@ -119,12 +138,12 @@ class WorkerProcess:
         if viewer is None:
             return
         if method == "state":
-            viewer.remote.state_changed(arguments["state"])
+            viewer.transport_state(arguments["state"])
         elif method == "joined":
-            viewer.on_join(arguments["seconds"])
+            viewer.joined(arguments["seconds"])
         elif method == "closed":
             viewer.take_stats(arguments["stats"])
-            viewer.remote.closed_there = True
+            viewer.gone_there()
             self._close(viewer, arguments["reason"], arguments["cause"] or "transport")
 
     def _lost(self) -> None:
@@ -132,11 +151,11 @@ class WorkerProcess:
             return
         logger.error("%r exited: its %d viewers are dropped", self, len(self.viewers))
         for viewer in list(self.viewers.values()):
-            viewer.remote.closed_there = True
+            viewer.gone_there()
             self._close(viewer, "its worker process exited", "error")
         self.pool.lost(self)
 
-    def _close(self, viewer: RemoteViewer, reason: str, cause: str) -> None:
+    def _close(self, viewer: WorkerViewer, reason: str, cause: str) -> None:
         task = asyncio.get_running_loop().create_task(viewer.close(reason, cause))
         self._closing.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._closing.discard)

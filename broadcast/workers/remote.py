@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiortc import RTCDtlsFingerprint, RTCIceCandidate, RTCIceParameters
 
 from broadcast.media.source_track import SourceTrack
 from broadcast.viewer import Viewer
 from broadcast.workers.channel import RemoteError
-
-if TYPE_CHECKING:
-    from broadcast.workers.pool import WorkerProcess
+from broadcast.workers.pool import WorkerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +123,10 @@ class RemoteTransport:
 
 
 class RemoteViewer(Viewer):
-    """A viewer carried by a worker: here, its place in the stream and its numbers."""
+    """A viewer carried by a worker: here, its place in the stream and its numbers.
+
+    A `WorkerViewer` for its worker, which tells it its transport's state, its join
+    time, its stats and its end."""
 
     asks_for_keyframes = False
 
@@ -181,6 +182,15 @@ class RemoteViewer(Viewer):
         if not self.closed:
             self.remote.close_reason, self.remote.close_cause = reason, cause
         await super().close(reason, cause)
+
+    def transport_state(self, state: str) -> None:
+        self.remote.state_changed(state)
+
+    def joined(self, seconds: float) -> None:
+        self.on_join(seconds)
+
+    def gone_there(self) -> None:
+        self.remote.closed_there = True
 
     def connected(self) -> None:
         """The worker's copy of the viewer is connected; it adds itself there."""
