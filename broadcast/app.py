@@ -14,6 +14,7 @@ from broadcast.config import Config
 from broadcast.memory import trim_after_sessions_end
 from broadcast.pages import add_routes
 from broadcast.registry import StreamRegistry
+from broadcast.signaling.admission import ADMISSION, Admission
 from broadcast.signaling.check import post_check
 from broadcast.signaling.http import errors_middleware
 from broadcast.signaling.session import delete_session, options, patch_session
@@ -59,6 +60,7 @@ def create_app(config: Config) -> web.Application:
     add_routes(app)
     admin.add_routes(app)
     app[METRICS] = Metrics(app[REGISTRY])
+    app[ADMISSION] = Admission(app[REGISTRY], lambda: app[METRICS].loop_lag_s)
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(watch_loop_lag)
     app.cleanup_ctx.append(trim_after_sessions_end)

@@ -1,4 +1,5 @@
-"""Admission: how fast one client may open sessions, and when the server says no."""
+"""Limits that admission (`signaling/admission.py`) applies: how fast one client may
+open sessions, and how late the event loop may run before we take no new viewer."""
 
 from __future__ import annotations
 

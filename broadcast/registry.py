@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING
 
 from broadcast.config import Config, RtspCamera
 from broadcast.config import check_stream_id as config_check_stream_id
-from broadcast.errors import BadRequest, Conflict, ServiceUnavailable
+from broadcast.errors import BadRequest, Conflict
 from broadcast.events import StreamEvents
 from broadcast.ingest.camera import Camera
-from broadcast.limits import SessionRateLimit
 from broadcast.media.host import MediaHost
 from broadcast.stream import Stream
 from broadcast.workers.pool import WorkerPool
@@ -72,7 +71,6 @@ class StreamRegistry:
         self.ended_counts: Counter[str] = Counter()
         self.sessions_started: Counter[str] = Counter()
         self.sessions_ended: Counter[tuple[str, str]] = Counter()
-        self.session_rate = SessionRateLimit(config.sessions_per_client_per_minute)
         self.media = MediaHost(config)
         self.workers = WorkerPool()
 
@@ -83,23 +81,6 @@ class StreamRegistry:
 
     def get(self, stream_id: str) -> Stream | None:
         return self.streams.get(stream_id)
-
-    def check_room_for_stream(self) -> None:
-        """Refuse a new stream past `max_streams`; those already live are untouched."""
-        limit = self.config.max_streams
-        if limit and len(self.streams) >= limit:
-            raise _full(f"This server carries its maximum of {limit} streams.")
-
-    def check_room_for_viewer(self, stream: Stream) -> None:
-        """Refuse a viewer past the per-stream or the total limit."""
-        per_stream = self.config.max_viewers_per_stream
-        if per_stream and len(stream.viewers) >= per_stream:
-            raise _full(
-                f"Stream '{stream.id}' has its maximum of {per_stream} viewers."
-            )
-        total = self.config.max_viewers_total
-        if total and sum(len(s.viewers) for s in self.streams.values()) >= total:
-            raise _full(f"This server has its maximum of {total} viewers.")
 
     def add_camera(self, camera: RtspCamera) -> Stream:
         """Publish a camera as a stream of its own, known from now on."""
@@ -197,8 +178,3 @@ class StreamRegistry:
             )
         )
         self.media.close()
-
-
-def _full(message: str) -> ServiceUnavailable:
-    # A full server is a temporary state: tell clients when to try again (RFC 9110 §10.2.3).
-    return ServiceUnavailable("server_full", message, {"Retry-After": "10"})

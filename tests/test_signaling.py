@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import re
+from pathlib import Path
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -513,3 +515,25 @@ async def test_a_connectivity_probe_connects_and_ends_by_itself(
     registry = server.app[REGISTRY]
     await wait_for(lambda: not registry.sessions, timeout=5, message="probe kept")
     await pc.close()
+
+
+@pytest.mark.parametrize("handler", ["whip", "whep", "check", "session"])
+def test_a_request_is_admitted_in_one_place(handler: str) -> None:
+    """Stream id, key or token, the client's rate, loop lag and capacity are decided by
+    `signaling/admission.py` alone, asked once per request: no handler asks `auth`,
+    `limits` or the registry itself whether it may go ahead."""
+    path = Path(__file__).parent.parent / "broadcast" / "signaling" / f"{handler}.py"
+    tree = ast.parse(path.read_text())
+    imported = {
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    asking = {
+        name
+        for name in imported
+        if name.startswith(("broadcast.auth.", "broadcast.limits."))
+        or name.endswith(".check_stream_id")
+    }
+    assert not asking, f"signaling/{handler}.py decides admission itself: {asking}"

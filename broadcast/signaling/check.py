@@ -11,13 +11,11 @@ import time
 
 from aiohttp import web
 
-from broadcast.limits import client_address
 from broadcast.media.transport_protocol import Transport
 from broadcast.session import Session
-from broadcast.signaling.http import SDP_TYPE, read_body
-from broadcast.signaling.sdp import MediaAnswer, parse_offer
+from broadcast.signaling.admission import ADMISSION
+from broadcast.signaling.sdp import MediaAnswer
 from broadcast.signaling.session import answer_session
-from broadcast.web_keys import REGISTRY
 
 # Long enough for a page to read its stats, short enough that probes cost nothing.
 PROBE_LIFETIME_S = 10.0
@@ -36,16 +34,12 @@ class Probe(Session):
 
 
 async def post_check(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
-    registry.session_rate.take(client_address(request))
-    offer = parse_offer(
-        await read_body(request, SDP_TYPE, registry.config.max_sdp_bytes)
-    )
-    answers = [MediaAnswer(offered=media) for media in offer.description.media]
+    async with request.app[ADMISSION].probe(request, PROBE_NAME) as admitted:
+        answers = [
+            MediaAnswer(offered=media) for media in admitted.offer.description.media
+        ]
 
-    def make_probe(transport: Transport) -> Probe:
-        return Probe(PROBE_NAME, transport, offer.ufrag)
+        def make_probe(transport: Transport) -> Probe:
+            return Probe(PROBE_NAME, transport, admitted.offer.ufrag)
 
-    return await answer_session(
-        request, offer, answers, make_probe, "check", PROBE_NAME
-    )
+        return await answer_session(request, admitted, answers, make_probe, "check")

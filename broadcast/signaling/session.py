@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from aioice.candidate import candidate_priority
@@ -18,9 +19,9 @@ from broadcast.errors import (
     ServiceUnavailable,
     UnprocessableContent,
 )
-from broadcast.limits import client_address
 from broadcast.media.transport_protocol import Transport
 from broadcast.session import Session
+from broadcast.signaling.admission import Admitted
 from broadcast.signaling.http import (
     SDP_TYPE,
     TRICKLE_TYPE,
@@ -30,7 +31,6 @@ from broadcast.signaling.http import (
 from broadcast.signaling.ice_servers import ice_server_links
 from broadcast.signaling.sdp import (
     MediaAnswer,
-    Offer,
     build_answer,
     usable_candidates,
 )
@@ -41,23 +41,21 @@ logger = logging.getLogger(__name__)
 
 async def answer_session(
     request: web.Request,
-    offer: Offer,
+    admitted: Admitted[Any],
     answers: list[MediaAnswer],
     make_session: Callable[[Transport], Session],
     kind: str,
-    stream_id: str,
     transport: Transport | None = None,
 ) -> web.Response:
-    """Answer the offer with `transport` (a new one of ours by default) and start
-    connecting."""
+    """Answer the admitted offer with `transport` (a new one of ours by default) and
+    start connecting."""
     registry = request.app[REGISTRY]
-    client = client_address(request)
-    registry.session_rate.check_connecting(client)
+    offer, stream_id = admitted.offer, admitted.stream_id
     if transport is None:
         transport = registry.media.transport(f"{kind} {stream_id}")
     session = make_session(transport)
     registry.add_session(session)
-    registry.session_rate.connecting(client, session)
+    admitted.follow(session)
     session.on_close.append(registry.remove_session)
     try:
         await transport.gather()

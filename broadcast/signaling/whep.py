@@ -7,21 +7,16 @@ from typing import cast
 from aiohttp import web
 
 from broadcast.api.metrics import METRICS
-from broadcast.auth import may_view, view_token
-from broadcast.errors import BadRequest, ClientError, NotFound, ServiceUnavailable
-from broadcast.limits import check_event_loop, client_address
+from broadcast.errors import BadRequest
 from broadcast.media.transport_protocol import Transport
-from broadcast.registry import check_stream_id
-from broadcast.signaling.http import SDP_TYPE, read_body
+from broadcast.signaling.admission import ADMISSION, Admitted
 from broadcast.signaling.sdp import (
     MediaAnswer,
     Offer,
     choose_viewer_codec,
     describe_codecs,
-    parse_offer,
 )
 from broadcast.signaling.session import answer_session
-from broadcast.source import SourceUnavailable
 from broadcast.stream import Stream
 from broadcast.viewer import Viewer
 from broadcast.web_keys import REGISTRY
@@ -29,42 +24,14 @@ from broadcast.workers.remote import RemoteTransport, RemoteViewer
 
 
 async def post_whep(request: web.Request) -> web.Response:
-    """Watch: `POST /whep/<id>`; 404 while no such stream is known."""
-    rate = request.app[REGISTRY].session_rate
-    client = client_address(request)
-    rate.check(client)
-    try:
-        return await _watch(request)
-    except ServiceUnavailable:
-        raise  # our state, not the client's doing
-    except ClientError:
-        # A refused offer costs its client, as does probing for stream ids; a viewer
-        # that connects costs nothing (its session is followed until it does).
-        rate.charge(client)
-        raise
+    """Watch: `POST /whep/<id>`, once admission lets the viewer in."""
+    async with request.app[ADMISSION].watch(request) as admitted:
+        return await _watch(request, admitted)
 
 
-async def _watch(request: web.Request) -> web.Response:
+async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Response:
     registry = request.app[REGISTRY]
-    stream_id = check_stream_id(request.match_info["stream_id"])
-    offer = parse_offer(
-        await read_body(request, SDP_TYPE, registry.config.max_sdp_bytes)
-    )
-    # A private stream without a valid token answers exactly as a missing one, and
-    # the token is checked either way so that timing does not tell them apart.
-    allowed = may_view(registry.config, stream_id, view_token(request))
-    stream = registry.get(stream_id)
-    if stream is None or not allowed:
-        raise NotFound("stream_not_found", f"There is no stream '{stream_id}' (yet).")
-    check_event_loop(request.app[METRICS].loop_lag_s)
-    registry.check_room_for_viewer(stream)
-    if stream.source is not None:
-        try:
-            await stream.source.wait_ready()
-        except SourceUnavailable as error:
-            raise ServiceUnavailable(
-                "camera_unavailable", f"{error}.", {"Retry-After": "5"}
-            ) from None
+    stream, stream_id, offer = admitted.stream, admitted.stream_id, admitted.offer
     answers, payload_types = _choose_codecs(offer, stream)
     if not payload_types:
         stream_codecs = ", ".join(t.codec.mimeType for t in stream.tracks.values())
@@ -95,13 +62,7 @@ async def _watch(request: web.Request) -> web.Response:
             )
 
         return await answer_session(
-            request,
-            offer,
-            answers,
-            make_remote_viewer,
-            "whep",
-            stream_id,
-            remote,
+            request, admitted, answers, make_remote_viewer, "whep", remote
         )
 
     def make_viewer(transport: Transport) -> Viewer:
@@ -116,7 +77,7 @@ async def _watch(request: web.Request) -> web.Response:
         )
         return _counted(stream, viewer)
 
-    return await answer_session(request, offer, answers, make_viewer, "whep", stream_id)
+    return await answer_session(request, admitted, answers, make_viewer, "whep")
 
 
 def _counted(stream: Stream, viewer: Viewer) -> Viewer:

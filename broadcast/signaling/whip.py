@@ -10,22 +10,18 @@ from aiohttp import web
 from aiortc import sdp as aiortc_sdp
 
 from broadcast import tokens
-from broadcast.auth import check_publish_key
 from broadcast.config import Config
-from broadcast.errors import BadRequest, Conflict
-from broadcast.limits import client_address
+from broadcast.errors import BadRequest
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.transport_protocol import Transport
 from broadcast.media.upstream import BandwidthEstimate, UpstreamTrack
 from broadcast.publisher import Publisher
-from broadcast.registry import check_stream_id, new_stream_id
-from broadcast.signaling.http import SDP_TYPE, read_body
+from broadcast.signaling.admission import ADMISSION, Admitted
 from broadcast.signaling.sdp import (
     MediaAnswer,
     Offer,
     choose_publisher_codec,
     describe_codecs,
-    parse_offer,
 )
 from broadcast.signaling.session import answer_session
 from broadcast.stream import Stream
@@ -40,26 +36,21 @@ BITRATE_HINTS = ("x-google-start-bitrate", "x-google-max-bitrate")
 
 async def post_whip(request: web.Request) -> web.Response:
     """Publish: `POST /whip/<id>`, or `POST /whip` for a server-chosen id."""
+    async with request.app[ADMISSION].publish(request) as admitted:
+        return await _publish(request, admitted)
+
+
+async def _publish(
+    request: web.Request, admitted: Admitted[Stream | None]
+) -> web.Response:
     registry = request.app[REGISTRY]
     config = registry.config
-    named = "stream_id" in request.match_info
-    stream_id = (
-        check_stream_id(request.match_info["stream_id"]) if named else new_stream_id()
-    )
-    check_publish_key(request, config, stream_id if named else None)
-    registry.session_rate.take(client_address(request))
-    offer = parse_offer(await read_body(request, SDP_TYPE, config.max_sdp_bytes))
-
-    existing = registry.get(stream_id)
-    if existing is not None and existing.source is not None:
-        raise Conflict("stream_busy", f"Stream '{stream_id}' already has a publisher.")
-    if existing is None:
-        registry.check_room_for_stream()
+    stream_id, offer = admitted.stream_id, admitted.offer
     hints = {
         "x-google-start-bitrate": config.start_bitrate_kbps,
         "x-google-max-bitrate": config.max_bitrate_kbps,
     }
-    answers = _choose_codecs(offer, existing, hints)
+    answers = _choose_codecs(offer, admitted.stream, hints)
     if not any(a.accepted for a in answers):
         raise BadRequest(
             "no_common_codec",
@@ -86,9 +77,7 @@ async def post_whip(request: web.Request) -> web.Response:
         stream.attach(publisher)
         return publisher
 
-    response = await answer_session(
-        request, offer, answers, make_publisher, "whip", stream_id
-    )
+    response = await answer_session(request, admitted, answers, make_publisher, "whip")
     response.headers.add("Link", f'<{_watch_link(config, stream_id)}>; rel="alternate"')
     return response
 
