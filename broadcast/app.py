@@ -56,6 +56,8 @@ def create_app(config: Config) -> web.Application:
     app.router.add_post("/check/ice", post_check)
     app.router.add_get("/ws", websocket)
     app[WEBSOCKETS] = weakref.WeakSet()
+    # Streams end before the pages' sockets close, so pages hear "ended".
+    app.on_shutdown.append(_end_streams)
     app.on_shutdown.append(close_websockets)
     add_routes(app)
     admin.add_routes(app)
@@ -64,12 +66,15 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(watch_loop_lag)
     app.cleanup_ctx.append(trim_after_sessions_end)
-    app.cleanup_ctx.append(_close_streams)
+    app.cleanup_ctx.append(_run_media)
     return app
 
 
-async def _close_streams(app: web.Application) -> AsyncIterator[None]:
-    """Cameras are streams from the start; every stream ends with the server."""
+async def _run_media(app: web.Application) -> AsyncIterator[None]:
+    """The one owner of what carries media: open the media host, start the workers and
+    add the configured cameras; at the end close streams and sessions (also any a
+    request still in flight opened after shutdown), then the media host, then the
+    workers."""
     registry = app[REGISTRY]
     await registry.media.open()
     await registry.workers.start(registry.config)
@@ -77,4 +82,11 @@ async def _close_streams(app: web.Application) -> AsyncIterator[None]:
         registry.add_camera(camera)
     yield
     await registry.close()
+    registry.media.close()
     await registry.workers.stop()
+
+
+async def _end_streams(app: web.Application) -> None:
+    """At shutdown every stream ends, publishers and viewers told, before the pages'
+    sockets close (`close_websockets`) and before cleanup (`_run_media`)."""
+    await app[REGISTRY].close()

@@ -169,7 +169,9 @@ class StreamRegistry:
         return totals
 
     async def close(self) -> None:
-        """End every stream (publishers and viewers), as at server shutdown."""
+        """End every stream (publishers and viewers), then any other session, as at
+        server shutdown; again is harmless. The media host stays open for its owner
+        (`_run_media` in `app.py`) to close."""
         await asyncio.gather(*(s.close() for s in list(self.streams.values())))
         await asyncio.gather(
             *(
@@ -177,4 +179,3 @@ class StreamRegistry:
                 for s in list(self.sessions.values())
             )
         )
-        self.media.close()

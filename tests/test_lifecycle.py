@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
+from aiohttp.test_utils import TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+from broadcast.app import create_app
+from broadcast.config import Config
 from broadcast.web_keys import REGISTRY
 from tests.peers import publish, wait_for, watch
 
@@ -221,4 +225,25 @@ async def test_shutdown_ends_streams_without_a_reconnecting_detour(server, http)
     registry.events.listen("bye", lambda e: states.append(e.get("state", "")))
     await registry.close()
     assert "ended" in states and "reconnecting" not in states
+    await publisher.close()
+
+
+async def test_stopping_the_app_ends_sessions_and_frees_media_ports_and_workers(http):
+    """One owner stops what carries media, in order: streams and sessions, then the
+    media host (its UDP port and ICE-TCP listener free again), then the workers."""
+    config = Config(host="127.0.0.1", media_port=0, workers=2)
+    server = TestServer(create_app(config), host="127.0.0.1")
+    await server.start_server()
+    registry = server.app[REGISTRY]
+    (worker,) = registry.workers.workers
+    port = registry.media.media_sockets[0].address[1]
+    publisher = await publish(http, str(server.make_url("/whip/gone")))
+    await publisher.wait_connected()
+    sessions = list(registry.sessions.values())
+    await server.close()
+    assert sessions and all(s.closed for s in sessions)
+    assert worker.process is not None and worker.process.returncode is not None
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as freed:
+            freed.bind(("127.0.0.1", port))  # OSError while still held
     await publisher.close()

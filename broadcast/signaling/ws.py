@@ -143,8 +143,8 @@ SHUTDOWN_FLUSH_S = 0.2
 
 
 async def close_websockets(app: web.Application) -> None:
-    """At shutdown, end every stream so pages hear "ended", then close their sockets."""
-    await app[REGISTRY].close()
+    """At shutdown, once the streams have ended (`app.py`), let the pages hear it, then
+    close their sockets."""
     sockets: weakref.WeakSet[web.WebSocketResponse] = app[WEBSOCKETS]
     if sockets:
         await asyncio.sleep(SHUTDOWN_FLUSH_S)
