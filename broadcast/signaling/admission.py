@@ -4,9 +4,9 @@ One decision in one place, asked once per request (`async with admission.watch(r
 as admitted:`), with its checks in the order clients see: who asks (stream id, key or
 token, the per-address rate), the offer, then what the server can take (the stream,
 event-loop lag, capacity, the client's sessions still connecting). The offer is read
-here, between the two, so that no await separates the checks on the server's state
-from the session that joins it. A refusal is a domain error (`errors.py`) that the
-HTTP layer answers.
+here, between the two, so that from the checks on the server's state to the session
+joining nothing awaits (but an on-demand camera starting). A refusal is a domain error
+(`errors.py`) that the HTTP layer answers.
 """
 
 from __future__ import annotations
