@@ -34,14 +34,20 @@ async def trial(
     """Decoded frames of a lossy viewer over those of a clean one, watching together."""
     rng = random.Random(seed)
     lossy = await watch(http, url, ("video",), lambda _: rng.random() < loss)
-    clean = await watch(http, url, ("video",))
+    try:
+        clean = await watch(http, url, ("video",))
+    except BaseException:
+        await lossy.close()
+        raise
     try:
         await asyncio.gather(lossy.wait_connected(), clean.wait_connected())
         await asyncio.sleep(seconds)
         decoded = len(lossy.frames.get("video", [])), len(clean.frames.get("video", []))
     finally:
         await asyncio.gather(lossy.close(), clean.close())
-    return decoded[0] / max(decoded[1], 1)
+    if not decoded[1]:
+        raise RuntimeError("the clean viewer decoded nothing: no share to measure")
+    return decoded[0] / decoded[1]
 
 
 async def run(codec: str, args: argparse.Namespace) -> None:

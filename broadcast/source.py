@@ -9,9 +9,10 @@ so neither module imports the other.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from broadcast.media.source_track import SourceTrack
+if TYPE_CHECKING:  # the ingest imports SourceUnavailable without the media stack
+    from broadcast.media.source_track import SourceTrack
 
 
 class SourceUnavailable(Exception):

@@ -63,6 +63,7 @@ class Viewer(Session):
                 transport.send_rtp,
                 payload_type,
                 transport.fan_out_target,
+                lambda: not transport.on_tcp,
             )
             for kind, payload_type in payload_types.items()
         ]
@@ -118,9 +119,7 @@ class Viewer(Session):
     def counters(self) -> dict[str, int]:
         return {
             **super().counters(),
-            "rtp_packets_sent": sum(
-                t.packets_sent + t.retransmitted for t in self.tracks
-            ),
+            "rtp_packets_sent": sum(t.packets_sent + t.resent for t in self.tracks),
             "rtp_bytes_sent": sum(t.octets_sent for t in self.tracks),
             "nacks_received": self.nacks_received,
             "retransmissions": sum(t.retransmitted for t in self.tracks),

@@ -235,6 +235,7 @@ async def test_viewer_without_udp_receives_media_over_tcp(server, http):
             assert len(viewers) == 1
             pair = viewers[0].transport._connection._nominated.get(1)
             assert pair is not None and pair.local_candidate.transport == "tcp", pair
+            assert viewers[0].transport.on_tcp, "no spare NACK answers on TCP"
             # The viewer's process dies: its TCP connection closes, and the session
             # ends with it (ICE consent would take ~30 s to notice).
             client.process.kill()

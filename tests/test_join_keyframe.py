@@ -99,6 +99,17 @@ async def test_a_viewer_joining_once_the_cached_gop_is_too_old_is_asked_for_at_o
     assert len(plis) == 2, "the second viewer's keyframe waits out the PLI interval"
 
 
+async def test_one_viewer_flooding_plis_cannot_set_the_publishers_keyframe_rate():
+    source, plis = asking_source()
+    viewer = ViewerTrack(source, [].append, 96)
+    source.forward(packet(0, KEY))
+    started = time.monotonic()
+    while time.monotonic() - started < 1.6:
+        viewer.request_keyframe()  # a PLI every 10 ms
+        await asyncio.sleep(0.01)
+    assert len(plis) == 2, f"{len(plis)} keyframes asked for in 1.6 s"
+
+
 async def test_the_server_asks_the_publisher_for_a_keyframe_before_a_viewer_connects(
     server, http
 ):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket, RtpPacket
@@ -13,7 +14,11 @@ from broadcast.media.resolution import h264_resolution
 from broadcast.media.source_track import GOP_FALLBACK_S, SourceTrack
 from broadcast.media.transcode import split_access_units
 from broadcast.media.upstream import MAX_NACKED_GAP, BandwidthEstimate, UpstreamTrack
-from broadcast.media.viewer_track import MAX_RETRANSMITS_PER_S, ViewerTrack
+from broadcast.media.viewer_track import (
+    MAX_RETRANSMITS_PER_S,
+    SPARE_COPY_DELAY_S,
+    ViewerTrack,
+)
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 SPS = bytes([0x67, 0x42, 0xC0, 0x1F])
@@ -70,17 +75,62 @@ def packet(seq: int, payload: bytes = b"\x10\x00") -> RtpPacket:
     )
 
 
-def test_a_nack_storm_is_answered_within_the_retransmit_budget():
+def watching(source: SourceTrack, sent: list[bytes], **options: Any) -> ViewerTrack:
+    """A viewer of `source` past its keyframe gate, its packets in `sent`."""
+    viewer = ViewerTrack(source, sent.append, 96, **options)
+    source.add_viewer(viewer)
+    source.forward(packet(0))  # a keyframe
+    return viewer
+
+
+async def test_a_nack_storm_is_answered_within_the_retransmit_budget():
     source = SourceTrack("video", VP8)
     sent: list[bytes] = []
-    viewer = ViewerTrack(source, sent.append, 96)
-    source.viewers = [viewer]
-    for seq in range(1000):
+    viewer = watching(source, sent)
+    for seq in range(1, 1000):
         source.forward(packet(seq))
     sent.clear()
     viewer.retransmit(list(range(1000)) * 5)
-    assert len(sent) <= MAX_RETRANSMITS_PER_S
+    assert len(sent) == MAX_RETRANSMITS_PER_S  # and no spare copies: none left
     assert len(sent) == len(set(sent))
+
+
+async def test_nacks_for_packets_no_longer_held_cost_no_budget():
+    source = SourceTrack("video", VP8)
+    sent: list[bytes] = []
+    viewer = watching(source, sent)
+    for seq in range(1, 2000):  # the first ~1000 are out of the history by now
+        source.forward(packet(seq))
+    sent.clear()
+    viewer.retransmit([*range(MAX_RETRANSMITS_PER_S), *range(1990, 2000)])
+    assert len(sent) == 10, "held packets refused for the budget spent on misses"
+    await asyncio.sleep(SPARE_COPY_DELAY_S * 3)  # their spare copies, left to go
+
+
+async def test_each_answer_is_sent_again_a_little_later():
+    source = SourceTrack("video", VP8)
+    sent: list[bytes] = []
+    viewer = watching(source, sent)
+    for seq in range(1, 20):
+        source.forward(packet(seq))
+    sent.clear()
+    viewer.retransmit([5, 7])
+    assert len(sent) == 2  # the answers at once
+    await asyncio.sleep(SPARE_COPY_DELAY_S * 3)
+    assert sorted(sent) == sorted(sent[:2] * 2), "no spare copy of each"
+    assert viewer.retransmitted == 2 and viewer.resent == 4
+
+
+async def test_no_spare_copy_where_the_link_repairs_loss():
+    source = SourceTrack("video", VP8)
+    sent: list[bytes] = []
+    viewer = watching(source, sent, spare_copies=lambda: False)
+    for seq in range(1, 20):
+        source.forward(packet(seq))
+    sent.clear()
+    viewer.retransmit([5])
+    await asyncio.sleep(SPARE_COPY_DELAY_S * 3)
+    assert len(sent) == 1
 
 
 def test_a_sequence_jump_is_a_restart_not_thousands_of_losses():

@@ -38,7 +38,7 @@ COUNTERS = {
     "rtp_packets_sent": "RTP packets sent to viewers, retransmissions included",
     "rtp_bytes_sent": "RTP payload bytes sent to viewers",
     "nacks_received": "NACK messages received from viewers",
-    "retransmissions": "packets retransmitted to viewers after a NACK",
+    "retransmissions": "packets retransmitted to viewers after a NACK (each sent twice over UDP)",
     "plis_sent": "keyframe requests (PLI) sent to publishers",
     "packets_dropped": "packets dropped because they could not be handled or protected",
     "foreign_packets_dropped": "datagrams dropped because they came from no ICE peer",

@@ -290,6 +290,11 @@ class SecureTransport:
         pair = self._connection._nominated.get(1)
         return None if pair is None else pair.remote_addr
 
+    @property
+    def on_tcp(self) -> bool:
+        pair = self._connection._nominated.get(1)
+        return pair is not None and pair.local_candidate.transport.lower() == "tcp"
+
     def fan_out_target(
         self,
     ) -> tuple[MediaSocket, int, tuple[str, int], pylibsrtp.Session] | None:

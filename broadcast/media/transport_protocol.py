@@ -77,6 +77,10 @@ class Transport(Protocol):
         """The peer's address on the selected ICE pair."""
 
     @property
+    def on_tcp(self) -> bool:
+        """The selected ICE pair is ICE-TCP: the link itself repairs loss."""
+
+    @property
     def failed_packets(self) -> int: ...
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 
@@ -12,12 +13,18 @@ from broadcast.media.udp_mux import FanOutTarget, MediaSocket
 # A NACK names up to 17 packets per 4 bytes: a viewer could ask for thousands at once.
 # Real loss on a viewer's link needs far less; the rest is a bug or an attack.
 MAX_RETRANSMITS_PER_S = 300
-# Each answer to a NACK goes out twice, back to back. A receiver need not ask again
-# for a retransmission that is lost in turn: aiortc's asks only at its next gap, and
-# its jitter buffer holds every later frame until then (a 0.3-2 s freeze, 1 viewer
-# in 12 over 5 s at 5 % loss). Two copies make that p^2: +5 % traffic at 5 % loss,
-# none on a clean link; the receiver's SRTP replay check drops the spare copy.
-RETRANSMIT_COPIES = 2
+# Each answer to a NACK goes out twice over UDP, the spare copy this much later. A
+# receiver need not ask again for a retransmission that is lost in turn: aiortc's asks
+# only at its next gap, and its jitter buffer holds every later frame until then (a
+# 0.3-2 s freeze, 1 viewer in 12 over 5 s at 5 % loss). Two copies make that p^2:
+# +5 % traffic at 5 % loss, none on a clean link; the receiver's SRTP replay check
+# drops the spare. Later, not back to back: a queue that overflows loses bursts.
+# Spares only from the budget the first copies left; none on ICE-TCP (reliable: a gap
+# there is our own drop of a congested link, which a copy would only add to).
+SPARE_COPY_DELAY_S = 0.02
+# A viewer's own PLIs and FIRs, at most this often: it cannot make the publisher send
+# keyframes at the interval joins may (each one costs every viewer picture quality).
+VIEWER_KEYFRAME_INTERVAL_S = 1.0
 
 
 class ViewerTrack:
@@ -36,6 +43,7 @@ class ViewerTrack:
         send_rtp: Callable[[bytes], None],
         payload_type: int,
         native_target: Callable[[], NativeTarget | None] = lambda: None,
+        spare_copies: Callable[[], bool] = lambda: True,
     ) -> None:
         self.source = source
         self._send_rtp = send_rtp
@@ -47,7 +55,10 @@ class ViewerTrack:
         self._octets_sent = 0
         # The source's fan-out counts when this viewer joined it: (packets, octets).
         self._fanned_from: tuple[int, int] | None = None
-        self.retransmitted = 0
+        self._spare_copies = spare_copies
+        self.retransmitted = 0  # packets answered to NACKs
+        self.resent = 0  # copies sent for them
+        self._keyframe_asked_at = -VIEWER_KEYFRAME_INTERVAL_S
         self.joined_at = time.monotonic()
         # When its offer came: a keyframe asked for or sent since then is its to start at.
         self.asked_at = self.joined_at
@@ -105,21 +116,39 @@ class ViewerTrack:
             self._budget + (now - self._budget_at) * MAX_RETRANSMITS_PER_S,
         )
         self._budget_at = now
+        answered = []
         for seq in set(sequence_numbers):
-            if self._budget < RETRANSMIT_COPIES:
-                return
-            self._budget -= RETRANSMIT_COPIES
+            if self._budget < 1:
+                break
             packet = self.source.history.get(seq)
             if packet is None:
                 continue
+            self._budget -= 1
             if self._rewrite_payload_type:
                 packet = self._with_payload_type(packet)
-            for _ in range(RETRANSMIT_COPIES):
-                self._send_rtp(packet)
-            self.retransmitted += 1
+            self._send_rtp(packet)
+            answered.append(packet)
+        self.retransmitted += len(answered)
+        self.resent += len(answered)
+        spares = answered[: int(self._budget)] if self._spare_copies() else []
+        if spares:
+            self._budget -= len(spares)
+            asyncio.get_running_loop().call_later(
+                SPARE_COPY_DELAY_S, self._send_spares, spares
+            )
+
+    def _send_spares(self, packets: list[bytes]) -> None:
+        """Send the spare copies (dropped by the transport if it closed since)."""
+        for packet in packets:
+            self._send_rtp(packet)
+        self.resent += len(packets)
 
     def request_keyframe(self) -> None:
-        self.source.keyframes.request()
+        """This viewer's PLI or FIR, merged with everyone's into the source's."""
+        now = time.monotonic()
+        if now - self._keyframe_asked_at >= VIEWER_KEYFRAME_INTERVAL_S:
+            self._keyframe_asked_at = now
+            self.source.keyframes.request()
 
     def _with_payload_type(self, packet: bytes) -> bytes:
         marker = packet[1] & 0x80

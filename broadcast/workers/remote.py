@@ -39,6 +39,7 @@ class RemoteTransport:
         self.close_reason = self.close_cause = ""  # the session's, for the worker's log
         self.remote_address: tuple[str, int] | None = None
         self.failed_packets = self.foreign_packets = 0  # counted in the worker
+        self.on_tcp = False  # its retransmissions are the worker's
         self._on_state: Callable[[str], None] = lambda state: None
         # The worker holds the viewer's tracks now: their packets may flow.
         self.opened: Callable[[], None] = lambda: None
