@@ -537,3 +537,13 @@ def test_a_request_is_admitted_in_one_place(handler: str) -> None:
         or name.endswith(".check_stream_id")
     }
     assert not asking, f"signaling/{handler}.py decides admission itself: {asking}"
+
+
+async def test_an_offer_without_rtcp_mux_is_refused_clearly(server, http):
+    """Our answer is BUNDLEd on one ICE component: an offerer that wants RTCP on a port
+    of its own would never connect it (and may not be answered with a=rtcp-mux)."""
+    publisher = await publish(http, str(server.make_url("/whip/mux")), audio=None)
+    offer = (await recvonly_offer()).replace("a=rtcp-mux\r\n", "")
+    async with http.post(server.make_url("/whep/mux"), data=offer, headers=SDP) as r:
+        assert (await error_of(r))[:2] == (400, "rtcp_mux_required")
+    await publisher.close()

@@ -26,7 +26,7 @@ from broadcast.session import Session
 from broadcast.signaling.http import SDP_TYPE, read_body
 from broadcast.signaling.sdp import Offer, parse_offer
 from broadcast.source import SourceUnavailable
-from broadcast.stream import Stream
+from broadcast.stream import ENDED, Stream
 
 S = TypeVar("S", bound=Stream | None)
 
@@ -159,6 +159,12 @@ async def _source_ready(stream: Stream) -> None:
         raise ServiceUnavailable(
             "camera_unavailable", f"{error}.", {"Retry-After": "5"}
         ) from None
+    if stream.state == ENDED:  # removed while we waited: it would never close us
+        raise ServiceUnavailable(
+            "stream_ended",
+            f"Stream '{stream.id}' ended; try again.",
+            {"Retry-After": "1"},
+        )
 
 
 def _full(message: str) -> ServiceUnavailable:

@@ -97,6 +97,13 @@ def parse_offer(text: str) -> Offer:
         raise BadRequest("malformed_sdp", "The SDP offer has no a=fingerprint.")
     if any(m.rtp.muxId is None for m in media):
         raise BadRequest("malformed_sdp", "Every m-line of the offer needs an a=mid.")
+    if not all(m.rtcp_mux for m in media):
+        # Our answer is BUNDLEd on one ICE component (RFC 8843 needs rtcp-mux): an
+        # offerer without it would wait for an RTCP component that never connects.
+        raise BadRequest(
+            "rtcp_mux_required",
+            "Every m-line of the offer needs a=rtcp-mux: RTP and RTCP share one port.",
+        )
     candidates = usable_candidates(c for m in media for c in m.ice_candidates)
     return Offer(
         description=description,
