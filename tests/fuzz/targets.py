@@ -165,12 +165,14 @@ OUR_VIDEO_SSRC, OUR_AUDIO_SSRC = 0x11111111, 0x22222222
 
 
 class FakeTransport:
-    """What a Session needs of a SecureTransport, recording what it sends."""
+    """What a Session needs of a Transport (media/transport_protocol.py), recording
+    what it sends."""
 
     state = "connected"
     failed_packets = 0
     foreign_packets = 0
     remote_address = None
+    on_tcp = False
 
     def __init__(self) -> None:
         self.rtp: list[bytes] = []
