@@ -75,45 +75,35 @@ def packet(seq: int, payload: bytes = b"\x10\x00") -> RtpPacket:
     )
 
 
-def watching(source: SourceTrack, sent: list[bytes], **options: Any) -> ViewerTrack:
-    """A viewer of `source` past its keyframe gate, its packets in `sent`."""
+def watching(packets: int, **options: Any) -> tuple[ViewerTrack, list[bytes]]:
+    """A viewer past its keyframe gate of a video track that forwarded `packets`
+    packets (0 a keyframe), and the list its later packets go to."""
+    source = SourceTrack("video", VP8)
+    sent: list[bytes] = []
     viewer = ViewerTrack(source, sent.append, 96, **options)
     source.add_viewer(viewer)
-    source.forward(packet(0))  # a keyframe
-    return viewer
+    for seq in range(packets):
+        source.forward(packet(seq))
+    sent.clear()
+    return viewer, sent
 
 
 async def test_a_nack_storm_is_answered_within_the_retransmit_budget():
-    source = SourceTrack("video", VP8)
-    sent: list[bytes] = []
-    viewer = watching(source, sent)
-    for seq in range(1, 1000):
-        source.forward(packet(seq))
-    sent.clear()
+    viewer, sent = watching(1000)
     viewer.retransmit(list(range(1000)) * 5)
     assert len(sent) == MAX_RETRANSMITS_PER_S  # and no spare copies: none left
     assert len(sent) == len(set(sent))
 
 
 async def test_nacks_for_packets_no_longer_held_cost_no_budget():
-    source = SourceTrack("video", VP8)
-    sent: list[bytes] = []
-    viewer = watching(source, sent)
-    for seq in range(1, 2000):  # the first ~1000 are out of the history by now
-        source.forward(packet(seq))
-    sent.clear()
+    viewer, sent = watching(2000)  # the first ~1000 are out of the history by now
     viewer.retransmit([*range(MAX_RETRANSMITS_PER_S), *range(1990, 2000)])
     assert len(sent) == 10, "held packets refused for the budget spent on misses"
     await asyncio.sleep(SPARE_COPY_DELAY_S * 3)  # their spare copies, left to go
 
 
 async def test_each_answer_is_sent_again_a_little_later():
-    source = SourceTrack("video", VP8)
-    sent: list[bytes] = []
-    viewer = watching(source, sent)
-    for seq in range(1, 20):
-        source.forward(packet(seq))
-    sent.clear()
+    viewer, sent = watching(20)
     viewer.retransmit([5, 7])
     assert len(sent) == 2  # the answers at once
     await asyncio.sleep(SPARE_COPY_DELAY_S * 3)
@@ -122,12 +112,7 @@ async def test_each_answer_is_sent_again_a_little_later():
 
 
 async def test_no_spare_copy_where_the_link_repairs_loss():
-    source = SourceTrack("video", VP8)
-    sent: list[bytes] = []
-    viewer = watching(source, sent, spare_copies=lambda: False)
-    for seq in range(1, 20):
-        source.forward(packet(seq))
-    sent.clear()
+    viewer, sent = watching(20, spare_copies=lambda: False)
     viewer.retransmit([5])
     await asyncio.sleep(SPARE_COPY_DELAY_S * 3)
     assert len(sent) == 1
