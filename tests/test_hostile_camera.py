@@ -32,7 +32,7 @@ from aiohttp.test_utils import TestServer
 
 from broadcast.ingest import rtsp
 from broadcast.web_keys import REGISTRY
-from tests.peers import Peer, Viewer, publish, wait_for, watch
+from tests.peers import Peer, Viewer, publish, recvonly_offer, wait_for, watch
 
 ADMIN = {"Authorization": "Bearer k"}
 SECRET = "s3cr3t-pass"
@@ -637,3 +637,41 @@ async def test_parsing_cost_stays_linear(unit):
     connection.data_received(unit * (2 * 1024 * 1024 // len(unit)))
     assert time.monotonic() - started < 5.0
     assert not connection.result.done()  # all of it was valid, if useless
+
+
+async def test_a_viewer_waiting_for_a_camera_that_is_removed_is_answered_at_once(
+    make_server, http
+):
+    """An on-demand camera that never answers is removed (DELETE /api/cameras, shutdown)
+    while a viewer's WHEP request waits for it: the viewer gets its 503 now, not when
+    the camera's 10 s would have run out."""
+
+    async def silent(connection: Connection, attempt: int) -> None:
+        pass  # accept, then say nothing
+
+    camera = FakeCamera(silent)
+    await camera.start()
+    url = f"rtsp://127.0.0.1:{camera.port}/stream"
+    server = await make_server(admin_key="k")
+    headers = {"Authorization": "Bearer k"}
+    async with http.post(
+        server.make_url("/api/cameras"), json={"id": "cam", "url": url}, headers=headers
+    ) as created:
+        assert created.status == 201, await created.text()
+    offer = await recvonly_offer()
+    waiting = asyncio.ensure_future(
+        http.post(
+            server.make_url("/whep/cam"),
+            data=offer,
+            headers={"Content-Type": "application/sdp"},
+        )
+    )
+    await wait_for(lambda: camera.attempts, message="the camera was never asked")
+    async with http.delete(
+        server.make_url("/api/cameras/cam"), headers=headers
+    ) as removed:
+        assert removed.status == 200
+    response = await asyncio.wait_for(waiting, 3)
+    assert response.status == 503, await response.text()
+    response.release()
+    await camera.close()

@@ -114,9 +114,18 @@ class Camera:
         }
 
     async def close(self, reason: str, cause: str) -> None:
-        """Stop for good (the stream ends); idempotent."""
+        """Stop for good (the stream ends); idempotent. Viewers waiting for the camera
+        hear it now rather than when their wait would have run out."""
         self._closed = True
         await self._stop()
+        self.problem = "the camera was removed"
+        self._wake_waiting()
+
+    def _wake_waiting(self) -> None:
+        """Tell viewers waiting in `wait_ready` that this attempt is over."""
+        for waiting in self._waiting:
+            if not waiting.done():
+                waiting.set_result(None)
 
     # --- the pull loop -------------------------------------------------------
 
@@ -160,9 +169,7 @@ class Camera:
             if self._ready.is_set():  # it played: the next failure starts over
                 delay = RETRY_MIN_S
             self._ready.clear()
-            for waiting in self._waiting:
-                if not waiting.done():
-                    waiting.set_result(None)
+            self._wake_waiting()
             logger.warning("%r: %s; retrying in %.1f s", self, self.problem, delay)
             self.stream.source_lost(self, self.problem or "camera lost")
             await asyncio.sleep(delay)
