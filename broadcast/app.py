@@ -11,6 +11,7 @@ from aiohttp import web
 from broadcast.api import admin
 from broadcast.api.metrics import METRICS, Metrics, metrics, watch_loop_lag
 from broadcast.config import Config
+from broadcast.media.host import MediaHost
 from broadcast.memory import trim_after_sessions_end
 from broadcast.pages import add_routes
 from broadcast.registry import StreamRegistry
@@ -21,7 +22,8 @@ from broadcast.signaling.session import delete_session, options, patch_session
 from broadcast.signaling.whep import post_whep
 from broadcast.signaling.whip import post_whip
 from broadcast.signaling.ws import WEBSOCKETS, close_websockets, websocket
-from broadcast.web_keys import REGISTRY
+from broadcast.web_keys import MEDIA, REGISTRY, WORKERS
+from broadcast.workers.pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +33,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def create_app(config: Config) -> web.Application:
-    """Build the server for `config`; streams live on `app[REGISTRY]`."""
+    """Build the server for `config`; streams live on `app[REGISTRY]`, the media
+    sockets on `app[MEDIA]`, the worker processes on `app[WORKERS]`."""
     app = web.Application(
         middlewares=[errors_middleware], client_max_size=config.max_sdp_bytes
     )
     app[REGISTRY] = StreamRegistry(config)
+    app[MEDIA] = MediaHost(config)
+    app[WORKERS] = WorkerPool()
     if not config.publish_keys and not config.token_secret:
         logger.warning("No publish key is set: anyone who can reach us may publish.")
     session = "/{kind:whip|whep|check}/{stream_id}/{session_id}"
@@ -61,7 +66,7 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(close_websockets)
     add_routes(app)
     admin.add_routes(app)
-    app[METRICS] = Metrics(app[REGISTRY])
+    app[METRICS] = Metrics(app[REGISTRY], app[MEDIA], app[WORKERS])
     app[ADMISSION] = Admission(app[REGISTRY], lambda: app[METRICS].loop_lag_s)
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(watch_loop_lag)
@@ -75,15 +80,15 @@ async def _run_media(app: web.Application) -> AsyncIterator[None]:
     add the configured cameras; at the end close streams and sessions (also any a
     request still in flight opened after shutdown), then the media host, then the
     workers."""
-    registry = app[REGISTRY]
-    await registry.media.open()
-    await registry.workers.start(registry.config)
+    registry, media, workers = app[REGISTRY], app[MEDIA], app[WORKERS]
+    await media.open()
+    await workers.start(registry.config)
     for camera in registry.config.cameras:
         registry.add_camera(camera)
     yield
     await registry.close()
-    registry.media.close()
-    await registry.workers.stop()
+    media.close()
+    await workers.stop()
 
 
 async def _end_streams(app: web.Application) -> None:

@@ -15,9 +15,7 @@ from broadcast.config import check_stream_id as config_check_stream_id
 from broadcast.errors import BadRequest, Conflict
 from broadcast.events import StreamEvents
 from broadcast.ingest.camera import Camera
-from broadcast.media.host import MediaHost
 from broadcast.stream import Stream
-from broadcast.workers.pool import WorkerPool
 
 if TYPE_CHECKING:
     from broadcast.session import Session
@@ -71,13 +69,10 @@ class StreamRegistry:
         self.ended_counts: Counter[str] = Counter()
         self.sessions_started: Counter[str] = Counter()
         self.sessions_ended: Counter[tuple[str, str]] = Counter()
-        self.media = MediaHost(config)
-        self.workers = WorkerPool()
 
-    def local_viewers(self) -> int:
-        """Viewers whose media this process carries (not a worker)."""
-        total = sum(len(stream.viewers) for stream in self.streams.values())
-        return total - sum(len(w.viewers) for w in self.workers.workers)
+    def viewer_count(self) -> int:
+        """Viewers of every stream, whichever process carries their media."""
+        return sum(len(stream.viewers) for stream in self.streams.values())
 
     def get(self, stream_id: str) -> Stream | None:
         return self.streams.get(stream_id)
@@ -157,21 +152,20 @@ class StreamRegistry:
             await stream.publisher_hung_up(session_id)
         return True
 
-    def counts(self) -> Counter[str]:
-        """Totals since start: what has ended plus what is live."""
+    def session_counts(self) -> Counter[str]:
+        """Totals since start of what sessions and streams count: what has ended plus
+        what is live (the media sockets' and workers' drops are counted by metrics)."""
         totals = Counter(self.ended_counts)
         for session in self.sessions.values():
             totals.update(session.counters())
         for stream in self.streams.values():
             totals.update(stream.counters())
-        totals.update(self.media.counts())
-        totals.update(self.workers.counts())
         return totals
 
     async def close(self) -> None:
         """End every stream (publishers and viewers), then any other session, as at
-        server shutdown; again is harmless. The media host stays open for its owner
-        (`_run_media` in `app.py`) to close."""
+        server shutdown; again is harmless. The media host and the workers are not
+        the registry's: their owner (`_run_media` in `app.py`) closes them."""
         await asyncio.gather(*(s.close() for s in list(self.streams.values())))
         await asyncio.gather(
             *(

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from broadcast.media.host import MediaHost
 from broadcast.registry import StreamRegistry
+from broadcast.workers.pool import WorkerPool
 
 REGISTRY = web.AppKey("registry", StreamRegistry)
+MEDIA = web.AppKey("media", MediaHost)
+WORKERS = web.AppKey("workers", WorkerPool)

@@ -10,7 +10,7 @@ import pytest
 
 from broadcast.config import RtspCamera, RtspOptions
 from broadcast.media.h264 import NAL_FU_A, NAL_IDR, NAL_PPS, NAL_SPS, NAL_STAP_A
-from broadcast.web_keys import REGISTRY
+from broadcast.web_keys import REGISTRY, WORKERS
 from tests.camera_sim import start_camera
 from tests.peers import recvonly_offer, wait_for, watch
 
@@ -230,7 +230,7 @@ async def test_viewers_joining_mid_gop_start_from_the_cache_on_main_and_worker(
     starts from the cached GOP, on the main process and on a worker."""
     async with start_camera(**settings) as cam:
         server = await make_server(workers=2, cameras=camera(cam.url, always_on=True))
-        (worker,) = server.app[REGISTRY].workers.workers
+        (worker,) = server.app[WORKERS].workers
         stream = server.app[REGISTRY].get("cam")
         await wait_for(
             lambda: "video" in stream.tracks and stream.tracks["video"].packets_in,

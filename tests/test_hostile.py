@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broadcast.web_keys import REGISTRY
+from broadcast.api.metrics import METRICS
 from tests.peers import publish, wait_for, watch
 
 COOKIE = bytes.fromhex("2112a442")
@@ -229,8 +229,8 @@ def test_random_datagrams_at_the_media_ports_are_ignored(live):
     assert ports
     rng = random.Random(7)
     first_bytes = [0, 1, 20, 22, 23, 63, 128, 129, 144, 191, 200, 255]
-    registry = live.server.app[REGISTRY]
-    foreign_before = registry.counts()["foreign_packets_dropped"]
+    metrics = live.server.app[METRICS]
+    foreign_before = metrics.counts()["foreign_packets_dropped"]
     media_like = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
         for sent in range(3000):
@@ -244,7 +244,7 @@ def test_random_datagrams_at_the_media_ports_are_ignored(live):
             attacker.sendto(data, ("127.0.0.1", rng.choice(sorted(ports))))
     live.run(live.still_streaming())
     # Nothing that looked like DTLS or SRTP from a stranger reached DTLS.
-    dropped = registry.counts()["foreign_packets_dropped"] - foreign_before
+    dropped = metrics.counts()["foreign_packets_dropped"] - foreign_before
     assert dropped >= 0.9 * media_like, (dropped, media_like)
 
 

@@ -11,7 +11,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from broadcast.app import create_app
 from broadcast.config import Config
-from broadcast.web_keys import REGISTRY
+from broadcast.web_keys import MEDIA, REGISTRY, WORKERS
 from tests.peers import publish, wait_for, watch
 
 
@@ -67,7 +67,7 @@ async def test_republish_within_grace_keeps_viewers_with_continuous_numbering(
     await asyncio.gather(*(v.wait_connected() for v in viewers))
     registry = server.app[REGISTRY]
     if workers == 2:
-        assert viewer.location.split("/")[-1] in registry.workers.workers[0].viewers
+        assert viewer.location.split("/")[-1] in server.app[WORKERS].workers[0].viewers
     stream = registry.get("re")
     await wait_for(lambda: len(viewer.frames.get("video", [])) >= 10)
     await first.close()
@@ -235,8 +235,8 @@ async def test_stopping_the_app_ends_sessions_and_frees_media_ports_and_workers(
     server = TestServer(create_app(config), host="127.0.0.1")
     await server.start_server()
     registry = server.app[REGISTRY]
-    (worker,) = registry.workers.workers
-    port = registry.media.media_sockets[0].address[1]
+    (worker,) = server.app[WORKERS].workers
+    port = server.app[MEDIA].media_sockets[0].address[1]
     publisher = await publish(http, str(server.make_url("/whip/gone")))
     await publisher.wait_connected()
     sessions = list(registry.sessions.values())

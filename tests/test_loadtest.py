@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket
 
+from broadcast.api.metrics import METRICS
 from broadcast.cli import main
 from broadcast.loadtest.rtp_stats import (
     NACK_TRIES,
@@ -132,7 +133,7 @@ async def test_lossy_viewers_nack_the_gaps_and_the_server_fills_them(
     assert recovery["recovered"] > 0.5 * recovery["dropped"]
     assert result.loss_percent < 5  # of 20 % dropped, NACKs got most back
     assert result.integrity_failures == 0
-    counts = server.app[REGISTRY].counts()
+    counts = server.app[METRICS].counts()
     assert counts["nacks_received"] >= recovery["nacks_sent"] > 0
     assert counts["retransmissions"] >= recovery["recovered"]
     await publisher.close()

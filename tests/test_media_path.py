@@ -16,7 +16,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from broadcast.media.udp_mux import SessionPort
-from broadcast.web_keys import REGISTRY
+from broadcast.web_keys import MEDIA, REGISTRY
 from tests.peers import Viewer, publish, recvonly_offer, wait_for, watch
 from tests.test_server import free_port
 
@@ -120,7 +120,7 @@ async def test_injected_handshakes_during_50_joins_reach_no_session(
     monkeypatch.setattr(SessionPort, "datagram_received", record)
     publisher = await publish(http, str(server.make_url("/whip/inj")), video=None)
     await publisher.wait_connected()
-    (media,) = server.app[REGISTRY].media.media_sockets
+    (media,) = server.app[MEDIA].media_sockets
     gone_before = media.unrouted + kernel_drops(media.address[1])
     attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     attacker.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ from aioice import stun
 
 from broadcast.media import tcp_mux
 from broadcast.media.tcp_mux import FRAME_HEADER
-from broadcast.web_keys import REGISTRY
+from broadcast.web_keys import MEDIA, REGISTRY
 from tests.peers import publish, wait_for, watch
 
 CANDIDATE = re.compile(r"a=candidate:\S+ 1 (udp|tcp) (\d+) \S+ (\d+) typ host(.*)")
@@ -56,7 +56,7 @@ async def viewer_session(server, http):  # type: ignore[no-untyped-def]
 
 async def test_the_answer_offers_a_passive_tcp_candidate_below_udp(server, http):
     publisher, viewer, _ = await viewer_session(server, http)
-    (listener,) = server.app[REGISTRY].media.tcp_listeners
+    (listener,) = server.app[MEDIA].tcp_listeners
     found = CANDIDATE.findall(viewer.pc.remoteDescription.sdp)
     by_protocol = {
         protocol: (int(prio), int(port), rest) for protocol, prio, port, rest in found
@@ -71,7 +71,7 @@ async def test_a_check_split_across_reads_is_answered_on_its_connection(server, 
     """RFC 4571 frames reassembled from 1-byte reads reach the session named by the
     username; the answer, signed with its ICE password, comes back framed."""
     publisher, viewer, session = await viewer_session(server, http)
-    (listener,) = server.app[REGISTRY].media.tcp_listeners
+    (listener,) = server.app[MEDIA].tcp_listeners
     request = signed_check(session)
     reader, writer = await asyncio.open_connection(*listener.address)
     for byte in FRAME_HEADER.pack(len(request)) + request:
@@ -90,7 +90,7 @@ async def test_a_check_split_across_reads_is_answered_on_its_connection(server, 
 
 async def test_a_wrong_password_gets_an_error_and_no_media_path(server, http):
     publisher, viewer, session = await viewer_session(server, http)
-    (listener,) = server.app[REGISTRY].media.tcp_listeners
+    (listener,) = server.app[MEDIA].tcp_listeners
     request = signed_check(session, password="x" * 22)
     reader, writer = await asyncio.open_connection(*listener.address)
     writer.write(FRAME_HEADER.pack(len(request)) + request)
@@ -106,7 +106,7 @@ async def test_a_wrong_password_gets_an_error_and_no_media_path(server, http):
 async def test_strangers_are_disconnected_and_counted(server, http):
     """Junk first, a check naming nobody, or a response nobody asked for: closed."""
     publisher, viewer, _ = await viewer_session(server, http)
-    (listener,) = server.app[REGISTRY].media.tcp_listeners
+    (listener,) = server.app[MEDIA].tcp_listeners
     nobody = bytes(binding_request("nobody:x", "p" * 22))
     response = stun.Message(
         message_method=stun.Method.BINDING, message_class=stun.Class.RESPONSE
@@ -124,7 +124,7 @@ async def test_strangers_are_disconnected_and_counted(server, http):
 
 async def test_ice_tcp_off_offers_udp_only(make_server, http):
     server = await make_server(ice_tcp=False)
-    assert server.app[REGISTRY].media.tcp_listeners == []
+    assert server.app[MEDIA].tcp_listeners == []
     publisher, viewer, _ = await viewer_session(server, http)
     protocols = {p for p, *_ in CANDIDATE.findall(viewer.pc.remoteDescription.sdp)}
     assert protocols == {"udp"}
@@ -133,10 +133,9 @@ async def test_ice_tcp_off_offers_udp_only(make_server, http):
 
 async def test_closing_the_listener_frees_the_port(make_server):
     server = await make_server()
-    registry = server.app[REGISTRY]
-    (listener,) = registry.media.tcp_listeners
+    (listener,) = server.app[MEDIA].tcp_listeners
     address = listener.address
-    registry.media.close()
+    server.app[MEDIA].close()
     await wait_for(lambda: not listener._server.is_serving(), message="still listening")
     try:
         await asyncio.open_connection(*address)
@@ -151,7 +150,7 @@ async def test_connections_are_capped_per_session_and_while_unnamed(
     """A flood of connections costs the flooder, not the server's descriptors."""
     monkeypatch.setattr(tcp_mux, "MAX_PENDING_PER_HOST", 2)
     publisher, viewer, session = await viewer_session(server, http)
-    (listener,) = server.app[REGISTRY].media.tcp_listeners
+    (listener,) = server.app[MEDIA].tcp_listeners
     silent = [await asyncio.open_connection(*listener.address) for _ in range(2)]
     reader, writer = await asyncio.open_connection(*listener.address)
     assert await asyncio.wait_for(reader.read(), 5) == b"", "a third unnamed one stayed"
@@ -185,7 +184,7 @@ async def test_a_viewer_that_stops_reading_loses_whole_frames_not_our_memory(
     1 MiB are full, frames are dropped whole, so what the viewer reads later is
     still a clean frame sequence."""
     publisher, viewer, session = await viewer_session(server, http)
-    (listener,) = server.app[REGISTRY].media.tcp_listeners
+    (listener,) = server.app[MEDIA].tcp_listeners
     check = signed_check(session)
     reader, writer = await asyncio.open_connection(*listener.address)
     writer.write(FRAME_HEADER.pack(len(check)) + check)

@@ -19,7 +19,7 @@ from broadcast.media.udp_mux import (
     send_each,
     srtp_session_address,
 )
-from broadcast.web_keys import REGISTRY
+from broadcast.web_keys import MEDIA, REGISTRY
 from tests.peers import RtpLog, publish, wait_for, watch
 
 VIEWERS = 50
@@ -43,8 +43,7 @@ async def test_fifty_viewers_on_one_port_each_get_their_own_stream(server, http)
         await watch(http, str(server.make_url("/whep/mux")), kinds=("audio",))
         for _ in range(VIEWERS)
     ]
-    registry = server.app[REGISTRY]
-    (media,) = registry.media.media_sockets
+    (media,) = server.app[MEDIA].media_sockets
     assert media.sessions == VIEWERS + 1
     answers = [v.pc.remoteDescription.sdp for v in viewers]
     assert {port for sdp in answers for port in candidate_ports(sdp)} == {
@@ -65,7 +64,7 @@ async def test_fifty_viewers_on_one_port_each_get_their_own_stream(server, http)
 async def test_a_stranger_on_the_shared_port_reaches_no_session(server, http):
     publisher = await publish(http, str(server.make_url("/whip/s")), video=None)
     await publisher.wait_connected()
-    (media,) = server.app[REGISTRY].media.media_sockets
+    (media,) = server.app[MEDIA].media_sockets
     before = media.unrouted
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
         # A DTLS ClientHello-like record, SRTP-like junk, and STUN naming nobody.

@@ -9,7 +9,7 @@ import re
 import aiohttp
 
 from broadcast.config import RtspCamera, RtspOptions
-from broadcast.web_keys import REGISTRY
+from broadcast.web_keys import MEDIA, REGISTRY, WORKERS
 from broadcast.workers import pool
 from broadcast.workers.remote import RemoteViewer
 from tests.camera_sim import start_camera
@@ -34,7 +34,7 @@ def sequence_numbers(peer: Peer, ssrc: int | None = None) -> dict[int, set[int]]
 async def test_viewers_on_both_processes_get_every_packet(make_server, http):
     server = await make_server(workers=2)
     registry = server.app[REGISTRY]
-    (worker,) = registry.workers.workers
+    (worker,) = server.app[WORKERS].workers
     publisher = await publish(http, str(server.make_url("/whip/w")))
     await publisher.wait_connected()
     viewers = [
@@ -45,7 +45,7 @@ async def test_viewers_on_both_processes_get_every_packet(make_server, http):
     stream = registry.get("w")
     remote = [v for v in stream.viewers if isinstance(v, RemoteViewer)]
     assert len(remote) == VIEWERS // 2, "the worker carries half the viewers"
-    main_port = registry.media.media_sockets[0].address[1]
+    main_port = server.app[MEDIA].media_sockets[0].address[1]
     worker_port = worker.media_addresses[0][1]
     assert {
         port
@@ -105,7 +105,7 @@ async def test_viewers_on_both_processes_get_every_packet(make_server, http):
 async def test_a_worker_viewer_ends_by_delete_and_with_its_stream(make_server, http):
     server = await make_server(workers=2)
     registry = server.app[REGISTRY]
-    (worker,) = registry.workers.workers
+    (worker,) = server.app[WORKERS].workers
     publisher = await publish(http, str(server.make_url("/whip/d")), video=None)
     await publisher.wait_connected()
     viewers = [
@@ -137,7 +137,7 @@ async def test_a_worker_that_dies_takes_only_its_viewers_and_is_replaced(
 ):
     server = await make_server(workers=2)
     registry = server.app[REGISTRY]
-    (worker,) = registry.workers.workers
+    (worker,) = server.app[WORKERS].workers
     publisher = await publish(http, str(server.make_url("/whip/k")), video=None)
     await publisher.wait_connected()
     viewers = [
@@ -152,9 +152,9 @@ async def test_a_worker_that_dies_takes_only_its_viewers_and_is_replaced(
     survivor = next(v for v in viewers if v.pc.connectionState == "connected")
     before = len(survivor.received.packets.get(next(iter(survivor.received.packets))))
     await wait_for(
-        lambda: registry.workers.workers, timeout=15, message="no new worker"
+        lambda: server.app[WORKERS].workers, timeout=15, message="no new worker"
     )
-    (replacement,) = registry.workers.workers
+    (replacement,) = server.app[WORKERS].workers
     assert replacement.process.pid != worker.process.pid
     late = await watch(http, str(server.make_url("/whep/k")), kinds=("audio",))
     await late.wait_connected()
@@ -166,7 +166,7 @@ async def test_a_worker_that_dies_takes_only_its_viewers_and_is_replaced(
 
 async def test_workers_stop_with_the_server(make_server):
     server = await make_server(workers=3)
-    processes = [w.process for w in server.app[REGISTRY].workers.workers]
+    processes = [w.process for w in server.app[WORKERS].workers]
     assert len(processes) == 2
     await server.close()
     for process in processes:
@@ -188,7 +188,7 @@ async def test_a_worker_that_is_behind_gets_no_new_viewer(
     """Admission control per process: any lag at all counts as behind here."""
     monkeypatch.setattr(pool, "ADMISSION_MAX_LAG_S", -1.0)
     server = await make_server(workers=2)
-    (worker,) = server.app[REGISTRY].workers.workers
+    (worker,) = server.app[WORKERS].workers
     publisher = await publish(http, str(server.make_url("/whip/b")), video=None)
     await publisher.wait_connected()
     viewers = [
@@ -207,7 +207,7 @@ async def test_a_worker_answers_its_viewers_nacks_from_its_own_history(
     retransmits it (the main process's history is not consulted)."""
     server = await make_server(workers=2)
     registry = server.app[REGISTRY]
-    (worker,) = registry.workers.workers
+    (worker,) = server.app[WORKERS].workers
     publisher = await publish(http, str(server.make_url("/whip/n")))
     await publisher.wait_connected()
     local = await watch(http, str(server.make_url("/whep/n")))
@@ -256,7 +256,7 @@ async def test_a_camera_viewer_on_a_worker_starts_from_the_gop_at_once(
             cameras=(RtspCamera("cam", cam.url, RtspOptions(always_on=True)),),
         )
         registry = server.app[REGISTRY]
-        (worker,) = registry.workers.workers
+        (worker,) = server.app[WORKERS].workers
         stream = registry.get("cam")
         await wait_for(lambda: "video" in stream.tracks and stream.tracks["video"].gop)
         keyframe = stream.tracks["video"].gop[0]
@@ -282,7 +282,7 @@ async def test_trickle_reaches_a_worker_viewer(make_server, http):
     """PATCH on a worker's viewer session: the candidate goes to the worker (204), and
     an ICE restart is refused as for any viewer."""
     server = await make_server(workers=2)
-    (worker,) = server.app[REGISTRY].workers.workers
+    (worker,) = server.app[WORKERS].workers
     publisher = await publish(http, str(server.make_url("/whip/t")), video=None)
     await publisher.wait_connected()
     viewers = [

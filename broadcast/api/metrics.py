@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 
 from aiohttp import web
@@ -24,9 +25,11 @@ from prometheus_client.registry import Collector
 
 from broadcast.api.quality import ViewerQuality
 from broadcast.auth import check_admin_key
+from broadcast.media.host import MediaHost
 from broadcast.registry import StreamRegistry
 from broadcast.stream import ENDED, LIVE, RECONNECTING, WAITING
 from broadcast.web_keys import REGISTRY
+from broadcast.workers.pool import WorkerPool
 
 # How often the event loop is probed for lag, and how late a probe may be before it
 # counts as lag: a loop that falls behind delays every viewer's packets.
@@ -48,7 +51,12 @@ COUNTERS = {
 class Metrics:
     """The Prometheus registry of one server (no module-level state)."""
 
-    def __init__(self, registry: StreamRegistry) -> None:
+    def __init__(
+        self, registry: StreamRegistry, media: MediaHost, workers: WorkerPool
+    ) -> None:
+        self.registry = registry
+        self.media = media
+        self.workers = workers
         self.prometheus = CollectorRegistry()
         self.join_seconds = Histogram(
             "broadcast_join_to_keyframe_seconds",
@@ -58,18 +66,25 @@ class Metrics:
         )
         self.loop_lag_s = 0.0
         self.viewer_quality = ViewerQuality(self.prometheus)
-        self.prometheus.register(_ServerCollector(registry, self))
+        self.prometheus.register(_ServerCollector(self))
         # process_resident_memory_bytes, process_open_fds, CPU: a leak shows here first.
         ProcessCollector(registry=self.prometheus)
 
+    def counts(self) -> Counter[str]:
+        """Totals since start of every counter in `COUNTERS`: the sessions' and
+        streams' (the registry), the main process's media sockets' and the workers'."""
+        totals = self.registry.session_counts()
+        totals.update(self.media.counts())
+        totals.update(self.workers.counts())
+        return totals
+
 
 class _ServerCollector(Collector):
-    def __init__(self, registry: StreamRegistry, metrics: Metrics) -> None:
-        self._registry = registry
+    def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        registry = self._registry
+        registry = self._metrics.registry
         streams = GaugeMetricFamily(
             "broadcast_streams", "Streams by state", labels=["state"]
         )
@@ -80,7 +95,7 @@ class _ServerCollector(Collector):
         yield GaugeMetricFamily(
             "broadcast_viewers",
             "Viewer sessions",
-            value=sum(len(s.viewers) for s in registry.streams.values()),
+            value=registry.viewer_count(),
         )
         yield GaugeMetricFamily(
             "broadcast_viewers_waiting_for_keyframe",
@@ -94,7 +109,7 @@ class _ServerCollector(Collector):
                 if track.waiting_for_keyframe
             ),
         )
-        yield from _processes(registry, self._metrics.loop_lag_s)
+        yield from _processes(self._metrics)
         started = CounterMetricFamily(
             "broadcast_sessions_started", "Sessions created", labels=["kind"]
         )
@@ -109,7 +124,7 @@ class _ServerCollector(Collector):
         for (kind, cause), count in sorted(registry.sessions_ended.items()):
             ended.add_metric([kind, cause], count)
         yield ended
-        counts = registry.counts()
+        counts = self._metrics.counts()
         for name, help_text in COUNTERS.items():
             yield CounterMetricFamily(
                 f"broadcast_{name}", help_text, value=counts[name]
@@ -126,20 +141,20 @@ class _ServerCollector(Collector):
         )
 
 
-def _processes(registry: StreamRegistry, loop_lag_s: float) -> Iterator[Metric]:
+def _processes(metrics: Metrics) -> Iterator[Metric]:
     """Viewers and loop lag of each process carrying viewers (0: the main one)."""
-    workers = registry.workers.workers
+    pool, loop_lag_s = metrics.workers, metrics.loop_lag_s
     viewers = GaugeMetricFamily(
         "broadcast_process_viewers", "Viewers each process carries", labels=["process"]
     )
-    viewers.add_metric(["0"], registry.local_viewers())
+    viewers.add_metric(["0"], pool.local_viewers(metrics.registry.viewer_count()))
     lag = GaugeMetricFamily(
         "broadcast_process_event_loop_lag_seconds",
         "How late each process's event loop ran its last probe",
         labels=["process"],
     )
     lag.add_metric(["0"], loop_lag_s)
-    for worker in workers:
+    for worker in pool.workers:
         viewers.add_metric([str(worker.index)], len(worker.viewers))
         lag.add_metric([str(worker.index)], worker.loop_lag_s)
     yield viewers

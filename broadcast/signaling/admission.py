@@ -144,8 +144,7 @@ class Admission:
                 f"Stream '{stream.id}' has its maximum of {per_stream} viewers."
             )
         total = self.config.max_viewers_total
-        streams = self.registry.streams.values()
-        if total and sum(len(s.viewers) for s in streams) >= total:
+        if total and self.registry.viewer_count() >= total:
             raise _full(f"This server has its maximum of {total} viewers.")
 
 

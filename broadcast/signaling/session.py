@@ -34,7 +34,7 @@ from broadcast.signaling.sdp import (
     build_answer,
     usable_candidates,
 )
-from broadcast.web_keys import REGISTRY
+from broadcast.web_keys import MEDIA, REGISTRY
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ async def answer_session(
     registry = request.app[REGISTRY]
     offer, stream_id = admitted.offer, admitted.stream_id
     if transport is None:
-        transport = registry.media.transport(f"{kind} {stream_id}")
+        transport = request.app[MEDIA].transport(f"{kind} {stream_id}")
     session = make_session(transport)
     registry.add_session(session)
     admitted.follow(session)

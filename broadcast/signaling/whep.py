@@ -19,7 +19,7 @@ from broadcast.signaling.sdp import (
 from broadcast.signaling.session import answer_session
 from broadcast.stream import Stream
 from broadcast.viewer import Viewer
-from broadcast.web_keys import REGISTRY
+from broadcast.web_keys import REGISTRY, WORKERS
 from broadcast.workers.remote import RemoteTransport, RemoteViewer
 
 
@@ -30,7 +30,6 @@ async def post_whep(request: web.Request) -> web.Response:
 
 
 async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Response:
-    registry = request.app[REGISTRY]
     stream, stream_id, offer = admitted.stream, admitted.stream_id, admitted.offer
     answers, payload_types = _choose_codecs(offer, stream)
     if not payload_types:
@@ -42,7 +41,7 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
         )
 
     on_join = request.app[METRICS].join_seconds.observe
-    worker = registry.workers.choose(registry.local_viewers())
+    worker = request.app[WORKERS].choose(request.app[REGISTRY].viewer_count())
     if worker is not None:
         remote = RemoteTransport(worker)
 

@@ -292,11 +292,16 @@ class WorkerPool:
                 ),
             )
 
-    def choose(self, local_viewers: int) -> WorkerProcess | None:
-        """The process with the fewest viewers (None: this one), of those that are
-        keeping up."""
+    def local_viewers(self, viewers: int) -> int:
+        """Of a server's `viewers` (every stream's), those its main process carries:
+        the pool knows its workers' viewers, the registry the streams'."""
+        return viewers - sum(len(w.viewers) for w in self.workers)
+
+    def choose(self, viewers: int) -> WorkerProcess | None:
+        """For a new viewer of a server carrying `viewers`, the process with the
+        fewest viewers (None: this one), of those that are keeping up."""
         best: WorkerProcess | None = None
-        fewest = local_viewers
+        fewest = self.local_viewers(viewers)
         for worker in self.workers:
             if worker.loop_lag_s > ADMISSION_MAX_LAG_S:
                 continue

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from broadcast.web_keys import REGISTRY
+from broadcast.web_keys import REGISTRY, WORKERS
 from tests.e2e.camera import NATIVE
 from tests.peers import wait_for
 
@@ -98,7 +98,7 @@ async def test_presenter_goes_live_and_viewers_watch_native_resolution(
         message="no viewer page reported its quality",
     )
     await second.wait_for_function(f"({VIDEO_SIZE_JS})()[0] > 0", timeout=10000)
-    (worker,) = registry.workers.workers
+    (worker,) = server.app[WORKERS].workers
     assert len(worker.viewers) == 1, "the second viewer is the worker's"
 
     await presenter.screenshot(path=str(ARTIFACTS / "presenter.png"))
