@@ -86,9 +86,13 @@ async def _run_media(app: web.Application) -> AsyncIterator[None]:
     for camera in registry.config.cameras:
         registry.add_camera(camera)
     yield
-    await registry.close()
-    media.close()
-    await workers.stop()
+    try:
+        await registry.close()
+    finally:  # whatever a session did on its way out, ports and processes go
+        try:
+            media.close()
+        finally:
+            await workers.stop()
 
 
 async def _end_streams(app: web.Application) -> None:

@@ -1,7 +1,7 @@
 """Server settings: a frozen, validated Config; its defaults run a usable server.
 
-`config_xml.read_config("flashphoner.xml")` reads the file into one; every setting
-and its default is listed in flashphoner.xml.example.
+`config_xml.load_config("flashphoner.xml")` reads the file into one (and its
+warnings); every setting and its default is listed in flashphoner.xml.example.
 """
 
 from __future__ import annotations

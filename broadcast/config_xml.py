@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import io
-import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,8 +45,6 @@ from broadcast.config import (
     parse_secret,
     seconds_in,
 )
-
-logger = logging.getLogger(__name__)
 
 ROOT = "flashphoner"
 CAMERA = "rtsp"
@@ -191,14 +188,6 @@ CAMERA_ATTRIBUTES: dict[str, Parse] = {
     "always_on": parse_bool,
     "transport": one_of(RTSP_TRANSPORTS),
 }
-
-
-def read_config(path: str) -> Config:
-    """Read `path`, logging a warning for each unknown setting."""
-    config, warnings = load_config(path)
-    for warning in warnings:
-        logger.warning("%s", warning)
-    return config
 
 
 def load_config(path: str) -> tuple[Config, list[str]]:

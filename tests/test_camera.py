@@ -292,3 +292,27 @@ def nal_unit_starts(payload: bytes) -> list[tuple[int, int]]:
         starts.append((payload[offset + 2] & 0x1F, payload[offset + 3]))
         offset += 2 + int.from_bytes(payload[offset : offset + 2], "big")
     return starts
+
+
+async def test_viewers_waiting_for_a_camera_do_not_all_take_its_last_place(
+    make_server, http
+):
+    """The per-stream limit is checked again once an on-demand camera plays: requests
+    that waited for it together were all let in past the limit."""
+    async with start_camera() as cam:
+        server = await make_server(cameras=camera(cam.url), max_viewers_per_stream=1)
+        offers = [await recvonly_offer() for _ in range(2)]
+        answers = await asyncio.gather(
+            *(
+                http.post(
+                    server.make_url("/whep/cam"),
+                    data=offer,
+                    headers={"Content-Type": "application/sdp"},
+                )
+                for offer in offers
+            )
+        )
+        statuses = sorted(r.status for r in answers)
+        for response in answers:
+            response.release()
+        assert statuses == [201, 503], statuses

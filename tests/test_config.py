@@ -14,7 +14,7 @@ import pytest
 from broadcast import cli
 from broadcast.cli import main
 from broadcast.config import Config, ConfigError, RtspCamera, RtspOptions
-from broadcast.config_xml import load_config, read_config
+from broadcast.config_xml import load_config
 from broadcast.logs import JsonFormatter
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "flashphoner.xml.example"
@@ -450,17 +450,6 @@ def test_unknown_settings_warn_with_the_nearest_known_name(write: Any) -> None:
     ]
     assert config.port == Config.port
     assert config.max_bitrate_kbps == Config.max_bitrate_kbps
-
-
-def test_read_config_logs_each_warning(
-    write: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    path = write(wrap("server", "<http_prot>8080</http_prot>"))
-    with caplog.at_level(logging.WARNING):
-        assert read_config(path) == Config()
-    assert caplog.messages == [
-        "flashphoner.xml:3: unknown setting <http_prot>; did you mean <http_port>?"
-    ]
 
 
 def test_check_config_prints_warnings_then_ok(

@@ -10,6 +10,7 @@ import contextlib
 
 import pytest
 
+from broadcast.web_keys import REGISTRY
 from tests.peers import wait_for, watch
 
 PACKAGES = (
@@ -85,6 +86,10 @@ async def test_gstreamer_publishes_over_whip(server, http, codec):
             f"viewer got {counts}"
         )
         assert {(f.width, f.height) for f in frames["video"][-5:]} == {(320, 240)}
+        # Its 1,400-byte packets all went out, those sent at connect (the keyframe
+        # asked for at its offer) too: SRTP's buffer was widened before them.
+        (session,) = server.app[REGISTRY].get("gst").viewers
+        assert session.transport.failed_packets == 0
         await viewer.close()
     finally:
         with contextlib.suppress(ProcessLookupError):

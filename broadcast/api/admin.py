@@ -129,7 +129,7 @@ async def add_camera(request: web.Request) -> web.Response:
 
 async def remove_camera(request: web.Request) -> web.Response:
     stream = _stream(request)
-    if stream.source is None or not stream.source.permanent:
+    if stream.source is None or stream.source.kind != "rtsp":
         raise NotFound("camera_not_found", f"Stream '{stream.id}' is not a camera.")
     await stream.close()
     return web.json_response({"removed": stream.id})

@@ -94,6 +94,7 @@ class SecureTransport:
         self._dtls._handle_rtcp_data = self._handle_rtcp_data  # type: ignore[method-assign]
         self._start_task: asyncio.Task[None] | None = None
         self.closed = False
+        self._widened = False
         self.failed_packets = 0
         self.foreign_packets = 0  # datagrams from addresses that are not our peer
 
@@ -183,8 +184,22 @@ class SecureTransport:
         self._on_rtcp = rtcp
 
     def on_state(self, handler: Callable[[str], None]) -> None:
-        """Call `handler(state)` whenever the DTLS state changes."""
-        self._dtls.on("statechange", lambda: handler(self.state))
+        """Also call `handler(state)` whenever the DTLS state changes."""
+
+        def changed() -> None:
+            # aiortc says "connected" inside its DTLS start: what the handler sends
+            # then (a joining viewer's cached GOP) must already fit the wide buffer.
+            if self.state == "connected":
+                self._widen_srtp()
+            handler(self.state)
+
+        self._dtls.on("statechange", changed)
+
+    def _widen_srtp(self) -> None:
+        """Once DTLS gave us SRTP keys: a buffer for any packet we forward."""
+        if not self._widened and self._dtls._tx_srtp is not None:
+            _widen(self._dtls._tx_srtp)
+            self._widened = True
 
     def start(
         self,
@@ -241,8 +256,7 @@ class SecureTransport:
             await self._dtls.start(
                 RTCDtlsParameters(fingerprints=remote_fingerprints, role="auto")
             )
-            if self._dtls._tx_srtp is not None:
-                _widen(self._dtls._tx_srtp)
+            self._widen_srtp()
         except (ConnectionError, OSError) as exc:
             logger.info("%s connection failed: %s", self.name, exc)
             self._dtls._set_state(DtlsState.FAILED)

@@ -58,7 +58,8 @@ class Transport(Protocol):
     def state(self) -> str:
         """`new`, `connecting`, `connected`, `closed` or `failed`."""
 
-    def on_state(self, handler: Callable[[str], None]) -> None: ...
+    def on_state(self, handler: Callable[[str], None]) -> None:
+        """Also call `handler(state)` on each change (handlers add up)."""
 
     def on_packets(
         self, rtp: Callable[[bytes], None], rtcp: Callable[[bytes], None]

@@ -1,12 +1,14 @@
 """Admission: whether a WHIP publish, a WHEP watch or a connectivity probe may go ahead.
 
 One decision in one place, asked once per request (`async with admission.watch(request)
-as admitted:`), with its checks in the order clients see: who asks (stream id, key or
-token, the per-address rate), the offer, then what the server can take (the stream,
-event-loop lag, capacity, the client's sessions still connecting). The offer is read
+as admitted:`), with its checks in the order clients see: who asks (the per-address
+rate, stream id; a publisher's key before its offer, a viewer's token after it, so that
+timing does not tell a private stream from a missing one), the offer, then what the
+server can take (the stream, event-loop lag, capacity, the client's sessions still
+connecting: 429 there comes before a 400 for no codec in common). The offer is read
 here, between the two, so that from the checks on the server's state to the session
-joining nothing awaits (but an on-demand camera starting). A refusal is a domain error
-(`errors.py`) that the HTTP layer answers.
+joining nothing awaits but an on-demand camera starting, after which they run again.
+A refusal is a domain error (`errors.py`) that the HTTP layer answers.
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ class Admission:
                 )
             check_event_loop(self._loop_lag_s())
             self._check_room_for_viewer(stream)
-            await _source_ready(stream)
+            if await _source_ready(stream):  # others may have joined meanwhile
+                check_event_loop(self._loop_lag_s())
+                self._check_room_for_viewer(stream)
             self.rate.check_connecting(client)
             yield Admitted(client, stream_id, offer, stream, self.rate)
         except ServiceUnavailable:
@@ -148,22 +152,25 @@ class Admission:
             raise _full(f"This server has its maximum of {total} viewers.")
 
 
-async def _source_ready(stream: Stream) -> None:
-    """A viewer of an on-demand camera waits for it; an unreachable one is a 503."""
+async def _source_ready(stream: Stream) -> bool:
+    """A viewer of an on-demand camera waits for it; an unreachable one is a 503.
+    True if it may have waited (what was checked before may have changed)."""
     if stream.source is None:
-        return
+        return False
     try:
         await stream.source.wait_ready()
     except SourceUnavailable as error:
-        raise ServiceUnavailable(
-            "camera_unavailable", f"{error}.", {"Retry-After": "5"}
-        ) from None
+        if stream.state != ENDED:
+            raise ServiceUnavailable(
+                "camera_unavailable", f"{error}.", {"Retry-After": "5"}
+            ) from None
     if stream.state == ENDED:  # removed while we waited: it would never close us
         raise ServiceUnavailable(
             "stream_ended",
             f"Stream '{stream.id}' ended; try again.",
             {"Retry-After": "1"},
         )
+    return True
 
 
 def _full(message: str) -> ServiceUnavailable:

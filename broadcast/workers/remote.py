@@ -40,7 +40,7 @@ class RemoteTransport:
         self.remote_address: tuple[str, int] | None = None
         self.failed_packets = self.foreign_packets = 0  # counted in the worker
         self.on_tcp = False  # its retransmissions are the worker's
-        self._on_state: Callable[[str], None] = lambda state: None
+        self._on_state: list[Callable[[str], None]] = []
         # The worker holds the viewer's tracks now: their packets may flow.
         self.opened: Callable[[], None] = lambda: None
 
@@ -50,11 +50,12 @@ class RemoteTransport:
         """Media and RTCP from this viewer stay in the worker."""
 
     def on_state(self, handler: Callable[[str], None]) -> None:
-        self._on_state = handler
+        self._on_state.append(handler)
 
     def state_changed(self, state: str) -> None:
         self.state = state
-        self._on_state(state)
+        for handler in self._on_state:
+            handler(state)
 
     async def gather(self) -> None:
         control = self.worker.control
