@@ -23,11 +23,10 @@ import aioice
 from aioice import stun
 from aioice.ice import StunProtocol
 
-from broadcast.media.udp_mux import (
+from broadcast.media.udp_mux import Address, SharedEndpoint
+from broadcast.media.ufrag_routing import (
     STUN_REQUEST,
-    Address,
     PortsByUfrag,
-    SharedEndpoint,
     looks_like_stun,
     stun_class,
 )

@@ -36,12 +36,8 @@ from pylibsrtp._binding import ffi
 
 from broadcast.media.gathering import gather_our_way
 from broadcast.media.tcp_mux import MediaTcpListener
-from broadcast.media.udp_mux import (
-    MediaSocket,
-    SessionPort,
-    looks_like_stun,
-    srtp_session_address,
-)
+from broadcast.media.udp_mux import MediaSocket, SessionPort, srtp_session_address
+from broadcast.media.ufrag_routing import looks_like_stun
 
 logger = logging.getLogger(__name__)
 

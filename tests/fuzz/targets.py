@@ -49,7 +49,7 @@ from broadcast.config_xml import load_config
 from broadcast.errors import BadRequest
 from broadcast.ingest.camera import Camera, _unsupported
 from broadcast.ingest.rtsp import CameraError, RtspSession, control_url, parse_sdp
-from broadcast.media import h264, keyframe_detect, resolution, udp_mux
+from broadcast.media import h264, keyframe_detect, resolution, udp_mux, ufrag_routing
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.transcode import split_access_units
 from broadcast.media.transport import SecureTransport
@@ -442,9 +442,9 @@ async def _check_stun(data: bytes) -> None:
         media = udp_mux.MediaSocket(sock, sender=lambda sock, outbox: len(outbox))
         for datagram in frames(data):
             # The routing helpers, on their own, then the socket with no session.
-            if udp_mux.looks_like_stun(datagram):
-                udp_mux.stun_class(datagram)
-                udp_mux.stun_username(datagram)
+            if ufrag_routing.looks_like_stun(datagram):
+                ufrag_routing.stun_class(datagram)
+                ufrag_routing.stun_username(datagram)
             media.datagram_received(datagram, PEERS[0])
         # One session on the socket, as after a WHIP/WHEP answer: its ufrag routes.
         transport = SecureTransport(_CERTIFICATE[0], [], "fuzz", media_sockets=[media])
