@@ -14,7 +14,7 @@ from broadcast.media.source_track import SourceTrack
 
 if TYPE_CHECKING:
     from broadcast.source import Source
-    from broadcast.viewer import Viewer
+    from broadcast.viewer import ViewerSession
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Stream:
         self._departed: str | None = None
         self.problem: str | None = None
         self.tracks: dict[str, SourceTrack] = {}
-        self.viewers: set[Viewer] = set()
+        self.viewers: set[ViewerSession] = set()
         self._reconnect_grace_s = reconnect_grace_s
         self._grace_timer: asyncio.TimerHandle | None = None
         self._on_end = on_end
@@ -125,11 +125,11 @@ class Stream:
             logger.info("%r publisher stopped after its connection closed", self)
             await self.close()
 
-    def add_viewer(self, viewer: Viewer) -> None:
+    def add_viewer(self, viewer: ViewerSession) -> None:
         self.viewers.add(viewer)
         self._viewers_changed()
 
-    def remove_viewer(self, viewer: Viewer) -> None:
+    def remove_viewer(self, viewer: ViewerSession) -> None:
         if viewer in self.viewers:
             self.viewers.discard(viewer)
             self._viewers_changed()

@@ -2,6 +2,8 @@
 
 It knows its tracks, not their stream: a worker holds real viewers of its own track
 copies, and the stream that counts a viewer hears of its end through `on_close`.
+`ViewerSession` is what the stream, the admin API, /metrics and `/ws` see of any
+viewer, whichever process carries its media (`workers/remote.py` for a worker's).
 """
 
 from __future__ import annotations
@@ -35,14 +37,32 @@ RTCP_PSFB_FIR = 4  # RFC 5104 §4.3.1
 RTCP_SDES_CNAME = 1
 
 
-class Viewer(Session):
-    """One browser (or any WHEP client) watching a stream."""
+class ViewerSession(Session):
+    """A WHEP session as its stream and the server's reports see it: its numbers."""
 
     kind = "whep"
     process = 0  # the process carrying its media: 0 the main one, N worker N
-    # The process carrying its media asks for its first keyframe (a worker's stand-in
-    # here does not: the worker's own Viewer does).
-    asks_for_keyframes = True
+
+    def __init__(self, stream_id: str, transport: Transport, remote_ufrag: str):
+        super().__init__(stream_id, transport, remote_ufrag)
+        self.fraction_lost = 0
+        self.rtt_s: float | None = None
+        self.bitrate_out_bps = 0
+        self.quality: dict[str, Any] | None = None  # the viewer page's last report
+
+    @property
+    def retransmissions(self) -> int:
+        """Packets sent again after a NACK."""
+        return 0
+
+    @property
+    def tracks_waiting(self) -> int:
+        """Tracks connected but still waiting for their first keyframe."""
+        return 0
+
+
+class Viewer(ViewerSession):
+    """One browser (or any WHEP client) watching a stream, its media carried here."""
 
     def __init__(
         self,
@@ -68,14 +88,9 @@ class Viewer(Session):
             for kind, payload_type in payload_types.items()
         ]
         self._by_ssrc = {t.source.ssrc: t for t in self.tracks}
-        if self.asks_for_keyframes:
-            for track in self.tracks:
-                track.source.expect_viewer(track)
-        self.fraction_lost = 0
-        self.rtt_s: float | None = None
+        for track in self.tracks:
+            track.source.expect_viewer(track)
         self.nacks_received = 0
-        self.quality: dict[str, Any] | None = None  # the viewer page's last report
-        self.bitrate_out_bps = 0
         self._octets_reported = 0
         self._reported_at = time.monotonic()
         self._join_reported = False
@@ -116,13 +131,21 @@ class Viewer(Session):
                             0.0, time.monotonic() - sent - report.dlsr / 65536
                         )
 
+    @property
+    def retransmissions(self) -> int:
+        return sum(t.retransmitted for t in self.tracks)
+
+    @property
+    def tracks_waiting(self) -> int:
+        return sum(t.waiting_for_keyframe for t in self.tracks)
+
     def counters(self) -> dict[str, int]:
         return {
             **super().counters(),
             "rtp_packets_sent": sum(t.packets_sent + t.resent for t in self.tracks),
             "rtp_bytes_sent": sum(t.octets_sent for t in self.tracks),
             "nacks_received": self.nacks_received,
-            "retransmissions": sum(t.retransmitted for t in self.tracks),
+            "retransmissions": self.retransmissions,
         }
 
     def _measure(self) -> None:

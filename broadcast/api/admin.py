@@ -12,7 +12,7 @@ from broadcast.config import RtspCamera, RtspOptions
 from broadcast.errors import BadRequest, NotFound
 from broadcast.registry import check_stream_id
 from broadcast.stream import Stream
-from broadcast.viewer import Viewer
+from broadcast.viewer import ViewerSession
 from broadcast.web_keys import REGISTRY
 
 
@@ -43,7 +43,7 @@ def _resolution(stream: Stream) -> str | None:
     return "{}x{}".format(*video.resolution)
 
 
-def viewer_summary(viewer: Viewer) -> dict[str, Any]:
+def viewer_summary(viewer: ViewerSession) -> dict[str, Any]:
     return {
         "id": viewer.id,
         "address": viewer.remote_address,
@@ -52,7 +52,7 @@ def viewer_summary(viewer: Viewer) -> dict[str, Any]:
         "bitrate_out_kbps": _kbps(viewer.bitrate_out_bps),
         "loss_percent": round(100 * viewer.fraction_lost / 256, 1),
         "rtt_ms": None if viewer.rtt_s is None else round(1000 * viewer.rtt_s),
-        "retransmissions": sum(t.retransmitted for t in viewer.tracks),
+        "retransmissions": viewer.retransmissions,
         "seen_by_viewer": viewer.quality,
     }
 

@@ -101,12 +101,10 @@ class _ServerCollector(Collector):
             "broadcast_viewers_waiting_for_keyframe",
             "Viewer tracks connected but still waiting for their first keyframe",
             value=sum(
-                1
+                viewer.tracks_waiting
                 for stream in registry.streams.values()
                 for viewer in stream.viewers
                 if viewer.connected_at is not None
-                for track in viewer.tracks
-                if track.waiting_for_keyframe
             ),
         )
         yield from _processes(self._metrics)

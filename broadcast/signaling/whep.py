@@ -18,7 +18,7 @@ from broadcast.signaling.sdp import (
 )
 from broadcast.signaling.session import answer_session
 from broadcast.stream import Stream
-from broadcast.viewer import Viewer
+from broadcast.viewer import Viewer, ViewerSession
 from broadcast.web_keys import REGISTRY, WORKERS
 from broadcast.workers.remote import RemoteTransport, RemoteViewer
 
@@ -45,7 +45,7 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
     if worker is not None:
         remote = RemoteTransport(worker)
 
-        def make_remote_viewer(transport: Transport) -> Viewer:
+        def make_remote_viewer(transport: Transport) -> ViewerSession:
             return _counted(
                 stream,
                 RemoteViewer(
@@ -64,7 +64,7 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
             request, admitted, answers, make_remote_viewer, "whep", remote
         )
 
-    def make_viewer(transport: Transport) -> Viewer:
+    def make_viewer(transport: Transport) -> ViewerSession:
         viewer = Viewer(
             stream_id,
             stream.tracks,
@@ -79,7 +79,7 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
     return await answer_session(request, admitted, answers, make_viewer, "whep")
 
 
-def _counted(stream: Stream, viewer: Viewer) -> Viewer:
+def _counted(stream: Stream, viewer: ViewerSession) -> ViewerSession:
     """The stream counts its viewer (limits, events, an on-demand camera) until it
     closes."""
     stream.add_viewer(viewer)

@@ -21,7 +21,7 @@ from broadcast.auth import may_view
 from broadcast.errors import ClientError
 from broadcast.events import Event, state_event, viewers_event
 from broadcast.registry import check_stream_id
-from broadcast.viewer import Viewer
+from broadcast.viewer import ViewerSession
 from broadcast.web_keys import REGISTRY
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def _take_quality_report(
     session = app[REGISTRY].sessions.get(str(request.get("session")))
     if (
         report is None
-        or not isinstance(session, Viewer)
+        or not isinstance(session, ViewerSession)
         or session.stream_id != stream_id
     ):
         raise ClientError("bad_report", "A quality report names a live WHEP session.")

@@ -15,7 +15,7 @@ from typing import Any
 from aiortc import RTCDtlsFingerprint, RTCIceCandidate, RTCIceParameters
 
 from broadcast.media.source_track import SourceTrack
-from broadcast.viewer import Viewer
+from broadcast.viewer import ViewerSession
 from broadcast.workers.channel import RemoteError
 from broadcast.workers.pool import WorkerProcess
 
@@ -124,13 +124,13 @@ class RemoteTransport:
                 logger.debug("%r: the worker could not close a viewer", self.worker)
 
 
-class RemoteViewer(Viewer):
+class RemoteViewer(ViewerSession):
     """A viewer carried by a worker: here, its place in the stream and its numbers.
 
-    A `WorkerViewer` for its worker, which tells it its transport's state, its join
+    The worker holds the real `Viewer` (its tracks, RTCP, NACK answers, keyframe gate)
+    under this session's id; this one holds the source tracks the worker taps for it,
+    and what the worker tells it as a `WorkerViewer`: its transport's state, its join
     time, its stats and its end."""
-
-    asks_for_keyframes = False
 
     def __init__(
         self,
@@ -143,30 +143,25 @@ class RemoteViewer(Viewer):
         cname: str,
         on_join: Callable[[float], None],
     ) -> None:
-        super().__init__(
-            stream_id,
-            tracks,
-            transport,
-            remote_ufrag,
-            payload_types,
-            cname,
-        )
+        super().__init__(stream_id, transport, remote_ufrag)
         self.remote = transport
         self.worker = worker
         self.process = worker.index
         self.on_join = on_join
+        self.sources = [tracks[kind] for kind in payload_types]
         self._remote_counters: dict[str, int] = {}
+        self._retransmissions = self._tracks_waiting = 0
         transport.session_id = self.id
         transport.open_arguments = {
             "stream_id": stream_id,
             "tracks": {
-                t.source.kind: (
-                    worker.take(t.source),
-                    t.source.codec,
-                    t.source.ssrc,
-                    t.source.can_answer_pli,
+                source.kind: (
+                    worker.take(source),
+                    source.codec,
+                    source.ssrc,
+                    source.can_answer_pli,
                 )
-                for t in self.tracks
+                for source in self.sources
             },
             "payload_types": payload_types,
             "remote_ufrag": remote_ufrag,
@@ -177,8 +172,16 @@ class RemoteViewer(Viewer):
 
     def _feed(self) -> None:
         if not self.closed:
-            for track in self.tracks:
-                self.worker.feed(track.source)
+            for source in self.sources:
+                self.worker.feed(source)
+
+    @property
+    def retransmissions(self) -> int:
+        return self._retransmissions
+
+    @property
+    def tracks_waiting(self) -> int:
+        return self._tracks_waiting
 
     async def close(self, reason: str, cause: str) -> None:
         if not self.closed:
@@ -194,28 +197,19 @@ class RemoteViewer(Viewer):
     def gone_there(self) -> None:
         self.remote.closed_there = True
 
-    def connected(self) -> None:
-        """The worker's copy of the viewer is connected; it adds itself there."""
-
-    def rtcp_report(self) -> bytes:
-        return b""  # the worker reports to this viewer
-
     def take_stats(self, stats: dict[str, Any]) -> None:
         self._remote_counters = stats["counters"]
         self.remote.remote_address = stats["address"]
         self.fraction_lost = stats["fraction_lost"]
         self.rtt_s = stats["rtt_s"]
         self.bitrate_out_bps = stats["bitrate_out_bps"]
-        for track, (waiting, retransmitted, _, _) in zip(
-            self.tracks, stats["tracks"], strict=False
-        ):
-            track.waiting_for_keyframe = waiting
-            track.retransmitted = retransmitted
+        self._retransmissions = stats["retransmissions"]
+        self._tracks_waiting = stats["tracks_waiting"]
 
     def counters(self) -> dict[str, int]:
         return dict(self._remote_counters)
 
     def detach(self) -> None:
-        for track in self.tracks:
-            self.worker.release(track.source)
+        for source in self.sources:
+            self.worker.release(source)
         self.worker.viewers.pop(self.id, None)

@@ -236,10 +236,8 @@ def viewer_stats(viewer: Viewer) -> dict[str, Any]:
         "fraction_lost": viewer.fraction_lost,
         "rtt_s": viewer.rtt_s,
         "bitrate_out_bps": viewer.bitrate_out_bps,
-        "tracks": [
-            (t.waiting_for_keyframe, t.retransmitted, t.packets_sent, t.octets_sent)
-            for t in viewer.tracks
-        ],
+        "retransmissions": viewer.retransmissions,
+        "tracks_waiting": viewer.tracks_waiting,
     }
 
 
