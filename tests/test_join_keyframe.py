@@ -6,7 +6,12 @@ import asyncio
 import time
 
 from broadcast.media.keyframe_requests import KEYFRAME_MIN_INTERVAL_S
-from broadcast.media.source_track import JOIN_GOP_MAX_AGE_S, SourceTrack
+from broadcast.media.source_track import (
+    GOP_FALLBACK_S,
+    JOIN_GOP_MAX_AGE_S,
+    PLI_ANSWERS_TO_TRUST,
+    SourceTrack,
+)
 from broadcast.media.viewer_track import ViewerTrack
 from broadcast.web_keys import REGISTRY
 from tests.peers import publish, wait_for, watch
@@ -97,6 +102,54 @@ async def test_a_viewer_joining_once_the_cached_gop_is_too_old_is_asked_for_at_o
     second = ViewerTrack(source, [].append, 96)
     source.expect_viewer(second)
     assert len(plis) == 2, "the second viewer's keyframe waits out the PLI interval"
+
+
+async def ignored_once(source: SourceTrack) -> None:
+    """A first viewer's PLI goes unanswered: it starts from the cached GOP; then the
+    publisher's next keyframe of its own comes."""
+    source.forward(packet(0, KEY))
+    first = ViewerTrack(source, [].append, 96)
+    source.expect_viewer(first)
+    source.add_viewer(first)
+    await asyncio.sleep(GOP_FALLBACK_S + 0.05)
+    assert not first.waiting_for_keyframe, "it did not fall back to the GOP"
+    source.forward(packet(1, KEY))
+
+
+async def pli_then_keyframe(source: SourceTrack, seq: int) -> None:
+    """A viewer offers (a PLI goes out) and a keyframe comes at once after it."""
+    await asyncio.sleep(KEYFRAME_MIN_INTERVAL_S + 0.02)
+    source.expect_viewer(ViewerTrack(source, [].append, 96))
+    source.forward(packet(seq, KEY))
+
+
+async def test_a_keyframe_that_follows_a_pli_by_chance_does_not_make_joiners_wait():
+    # A looped clip with its own GOP: some of its keyframes land just after a PLI.
+    source, plis = asking_source()
+    await ignored_once(source)
+    await pli_then_keyframe(source, 2)
+    assert len(plis) == 2
+    sent: list[bytes] = []
+    joiner = ViewerTrack(source, sent.append, 96)
+    source.expect_viewer(joiner)
+    source.add_viewer(joiner)
+    assert sequence_numbers(sent) == [2], "a joiner waits on a publisher ignoring PLIs"
+
+
+async def test_a_publisher_that_answers_plis_in_a_row_is_believed_again():
+    source, plis = asking_source()
+    await ignored_once(source)
+    for seq in range(2, PLI_ANSWERS_TO_TRUST + 2):
+        await pli_then_keyframe(source, seq)
+    assert len(plis) == 1 + PLI_ANSWERS_TO_TRUST
+    await asyncio.sleep(KEYFRAME_MIN_INTERVAL_S + 0.02)
+    sent: list[bytes] = []
+    joiner = ViewerTrack(source, sent.append, 96)
+    source.expect_viewer(joiner)
+    source.add_viewer(joiner)
+    assert sent == [] and joiner.waiting_for_keyframe, "not asked for a fresh keyframe"
+    source.forward(packet(9, KEY))
+    assert sequence_numbers(sent) == [9]
 
 
 async def test_one_viewer_flooding_plis_cannot_set_the_publishers_keyframe_rate():

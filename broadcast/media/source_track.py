@@ -33,6 +33,12 @@ GOP_CACHE_PACKETS = 6000
 # A publisher answers a join's PLI within ~1 frame and a round trip (Chrome, aiortc:
 # under 100 ms); a viewer still without a keyframe after this starts from the cache.
 GOP_FALLBACK_S = 0.25
+# A publisher that ignores PLIs (a looped file, OBS with a fixed keyframe interval) still
+# sends keyframes of its own, and some land just after one of our PLIs by chance: with
+# joins asking every 0.5 s and a 1 s GOP, one in two. It is believed to answer again
+# only after this many PLIs in a row each got a keyframe before the next PLI went out
+# (a wrong belief costs every joiner GOP_FALLBACK_S: join p95 34 -> 280 ms at 200-400).
+PLI_ANSWERS_TO_TRUST = 2
 # A publisher's RTP clock against ours over a join (~0.1 s): a GOP this much older than
 # the time since a viewer asked still began with the keyframe asked for.
 GOP_AGE_SLACK_S = 0.05
@@ -112,7 +118,10 @@ class SourceTrack:
         # that has not answered the join's PLI within GOP_FALLBACK_S (a looped file, OBS
         # with a fixed keyframe interval) instead of waiting for its next keyframe.
         self._can_answer_pli = answers_pli
-        self._answers_pli = answers_pli  # learnt: did the last PLI get a keyframe?
+        self._answers_pli = answers_pli  # learnt: do our PLIs get keyframes?
+        self._answered_in_row = 0
+        self._plis_at_keyframe = 0  # keyframes.sent when the last keyframe came
+        self._keyframe_ts: int | None = None
         self._cache_gop = self._starts_keyframe is not None
         self.gop: list[bytes] = []
         self._gop_arrived_at = -1.0  # monotonic seconds: when its keyframe came
@@ -169,8 +178,9 @@ class SourceTrack:
             self.resolution = (
                 keyframe_resolution(self.codec.mimeType, data[12:]) or self.resolution
             )
-            if time.monotonic() - self.keyframes.last_sent <= GOP_FALLBACK_S:
-                self._answers_pli = self._can_answer_pli
+            if ts != self._keyframe_ts:  # not a later packet of the same keyframe
+                self._keyframe_ts = ts
+                self._learn_whether_plis_are_answered()
         if self._cache_gop:
             self._keep_in_gop(data, keyframe)
         for tap in self.taps:
@@ -184,6 +194,19 @@ class SourceTrack:
             self.fanned_octets += len(data) - 12
         if keyframe and self._one_by_one:
             self._move_to_fan_out()  # those whose first keyframe this was
+
+    def _learn_whether_plis_are_answered(self) -> None:
+        """At a keyframe: was it the answer to the one PLI sent since the last one?"""
+        asked = self.keyframes.sent - self._plis_at_keyframe
+        self._plis_at_keyframe = self.keyframes.sent
+        if not asked:
+            return  # the publisher's own
+        if asked == 1 and time.monotonic() - self.keyframes.last_sent <= GOP_FALLBACK_S:
+            self._answered_in_row += 1
+            if self._answered_in_row >= PLI_ANSWERS_TO_TRUST:
+                self._answers_pli = self._can_answer_pli
+        else:  # a PLI went unanswered until the next one
+            self._answered_in_row = 0
 
     def _move_to_fan_out(self) -> None:
         """Hand viewers past their keyframe gate to the fan-out, from the next packet.
@@ -297,6 +320,7 @@ class SourceTrack:
         the cached GOP (until a PLI is answered in time again)."""
         if self._start_from_gop(viewer):
             self._answers_pli = False
+            self._answered_in_row = 0
             self._move_to_fan_out()
 
     def _start_from_gop(self, viewer: TrackViewer) -> bool:
