@@ -20,7 +20,8 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.fanout import cpu_seconds, free_port
+from bench.fanout import free_port
+from broadcast.loadtest.server_usage import process_cpu_s as cpu_seconds
 from tests.camera_sim import start_camera
 
 

@@ -126,7 +126,7 @@ async def open_once(browser: Any, link: str) -> dict[str, float]:
                 " document.getElementById('player').videoWidth]"
             )
             raise RuntimeError(f"{link} never played at full size: {seen}") from None
-        return await page.evaluate("() => window.__phases")  # type: ignore[no-any-return]
+        return await page.evaluate("() => window.__phases")
     finally:
         await context.close()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import aioice.ice
@@ -29,7 +29,7 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def make_server() -> AsyncIterator[Callable[..., TestServer]]:
+async def make_server() -> AsyncIterator[Callable[..., Awaitable[TestServer]]]:
     """Start servers with `Config(host="127.0.0.1", **overrides)`."""
     servers: list[TestServer] = []
 
@@ -48,7 +48,7 @@ async def make_server() -> AsyncIterator[Callable[..., TestServer]]:
 
 
 @pytest.fixture
-async def server(make_server: Callable[..., TestServer]) -> TestServer:
+async def server(make_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
     return await make_server()
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aioice.ice
-import aiortc.rtcdtlstransport
+import pylibsrtp
 import pytest
 
 from broadcast import tokens
@@ -97,7 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
         lambda _, self, *a, **k: scan.add(self.local_password),
     )
     _wrap(
-        aiortc.rtcdtlstransport.Policy,
+        pylibsrtp.Policy,
         "__init__",
         lambda _, self, key=None, **k: scan.add(key),
     )

@@ -109,18 +109,18 @@ def _record_sent(pc: RTCPeerConnection, log: RtpLog) -> None:
         transport = transceiver.sender.transport
         if getattr(transport, "_recorded", False):
             continue
-        transport._recorded = True
+        transport._recorded = True  # type: ignore[attr-defined]  # our own mark
         send = transport._send_rtp
 
-        async def send_and_record(data: bytes, send=send) -> None:  # type: ignore[no-untyped-def]
+        async def send_and_record(data: bytes, send=send) -> None:
             if not is_rtcp(data):
                 log.add(data)
             await send(data)
 
-        transport._send_rtp = send_and_record
+        transport._send_rtp = send_and_record  # type: ignore[method-assign]  # the tap
 
 
-def _record_received(pc: RTCPeerConnection, log: RtpLog, drop=None) -> None:  # type: ignore[no-untyped-def]
+def _record_received(pc: RTCPeerConnection, log: RtpLog, drop=None) -> None:
     """Record every decrypted RTP packet.
 
     `drop(packet)` True loses a packet on the wire, before SRTP: its retransmission
@@ -130,21 +130,21 @@ def _record_received(pc: RTCPeerConnection, log: RtpLog, drop=None) -> None:  # 
         transport = transceiver.receiver.transport
         if getattr(transport, "_recorded", False):
             continue
-        transport._recorded = True
+        transport._recorded = True  # type: ignore[attr-defined]  # our own mark
         handle = transport._handle_rtp_data
 
         async def handle_and_record(
             data: bytes, arrival_time_ms: int, handle=handle
-        ) -> None:  # type: ignore[no-untyped-def]
+        ) -> None:
             log.add(data)
             await handle(data, arrival_time_ms)
 
-        transport._handle_rtp_data = handle_and_record
+        transport._handle_rtp_data = handle_and_record  # type: ignore[method-assign]  # the tap
         if drop is not None:
             ice = transport.transport
             receive = ice._recv
 
-            async def lossy_receive(receive=receive) -> bytes:  # type: ignore[no-untyped-def]
+            async def lossy_receive(receive=receive) -> bytes:
                 while True:
                     data = await receive()
                     if not (127 < data[0] < 192 and not is_rtcp(data) and drop(data)):
@@ -173,6 +173,7 @@ class Peer:
     received: RtpLog
     tracks: list[MediaStreamTrack] = field(default_factory=list)
     connected_at: float | None = None
+    answered_by: str = ""  # the URL that answered the offer (after any redirect)
 
     async def wait_connected(self, timeout: float = 10) -> None:
         async def connected() -> None:
@@ -195,7 +196,7 @@ class Peer:
         await self.pc.close()
 
 
-async def wait_for(condition, timeout: float = 10, message: str = "") -> None:  # type: ignore[no-untyped-def]
+async def wait_for(condition, timeout: float = 10, message: str = "") -> None:
     """Poll `condition()` until true; fail with `message` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -209,7 +210,7 @@ async def _exchange(
     url: str,
     pc: RTCPeerConnection,
     headers: dict[str, str],
-) -> tuple[str, str]:
+) -> tuple[str, str, str]:
     await pc.setLocalDescription(await pc.createOffer())
     async with http.post(
         url,
@@ -222,8 +223,9 @@ async def _exchange(
             raise AssertionError(f"{url} answered {response.status}: {body}")
         location = response.headers["Location"]
         etag = response.headers["ETag"]
+        answered_by = str(response.url)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
-    return location, etag
+    return location, etag, answered_by
 
 
 async def publish(
@@ -245,14 +247,16 @@ async def publish(
         pc.addTransceiver(tracks[-1], direction="sendonly")
         _prefer(pc, "audio", audio)
     sent = RtpLog()
-    location, etag = await _exchange(http, url, pc, headers or {})
+    location, etag, answered_by = await _exchange(http, url, pc, headers or {})
     _record_sent(pc, sent)
-    return Peer(pc, location, etag, sent, RtpLog(), tracks)
+    return Peer(pc, location, etag, sent, RtpLog(), tracks, answered_by=answered_by)
 
 
 @dataclass
 class Viewer(Peer):
-    frames: dict[str, list[av.frame.Frame]] = field(default_factory=dict)
+    frames: dict[str, list[av.frame.Frame | av.packet.Packet]] = field(
+        default_factory=dict
+    )
     first_frame_at: dict[str, float] = field(default_factory=dict)
 
 
@@ -260,7 +264,7 @@ async def watch(
     http: aiohttp.ClientSession,
     url: str,
     kinds=("video", "audio"),
-    drop=None,  # type: ignore[no-untyped-def]
+    drop=None,
 ) -> Viewer:
     """Watch over WHEP; decoded frames are collected by kind."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -281,12 +285,14 @@ async def watch(
     pc.on(
         "track", lambda track: consumers.append(asyncio.ensure_future(consume(track)))
     )
-    viewer.location, viewer.etag = await _exchange(http, url, pc, {})
+    viewer.location, viewer.etag, viewer.answered_by = await _exchange(
+        http, url, pc, {}
+    )
     _record_received(pc, viewer.received, drop)
     return viewer
 
 
-async def recvonly_offer(kinds=("video",)) -> str:  # type: ignore[no-untyped-def]
+async def recvonly_offer(kinds=("video",)) -> str:
     """A real offer to receive `kinds`, from a peer that is gone by the time it is used."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     for kind in kinds:

@@ -27,7 +27,7 @@ def camera(url: str, **options: object) -> tuple[RtspCamera, ...]:
     return (RtspCamera("cam", url, RtspOptions(**options)),)  # type: ignore[arg-type]
 
 
-def decoded(viewer, kind: str) -> int:  # type: ignore[no-untyped-def]
+def decoded(viewer, kind: str) -> int:
     return len(viewer.frames.get(kind, []))
 
 
@@ -263,7 +263,7 @@ async def test_viewers_joining_mid_gop_start_from_the_cache_on_main_and_worker(
         await asyncio.gather(*(v.close() for v in viewers))
 
 
-def first_picture(viewer) -> set[str]:  # type: ignore[no-untyped-def]
+def first_picture(viewer) -> set[str]:
     """What the first picture a viewer received holds: its decoder starts there."""
     packets = next(iter(viewer.received.packets.values()))
     found: set[str] = set()

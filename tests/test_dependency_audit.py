@@ -101,7 +101,7 @@ def project(name: str) -> dict[str, Any]:
     url = f"{PyPI.pypi_url}/{name}/json"
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            return json.load(response)  # type: ignore[no-any-return]
+            return json.load(response)
     except (urllib.error.URLError, TimeoutError) as error:
         raise AssertionError(
             f"the advisory feed did not answer for {name} ({url}: {error}):"

@@ -14,7 +14,7 @@ from tests.test_server import free_port, self_signed
 
 
 @contextlib.contextmanager
-def stun_server():  # type: ignore[no-untyped-def]
+def stun_server():
     """A STUN server on 127.0.0.1 answering Binding requests (RFC 8489 §6.3.1)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))

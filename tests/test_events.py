@@ -7,7 +7,7 @@ import asyncio
 from tests.peers import publish, watch
 
 
-async def next_event(ws, **match):  # type: ignore[no-untyped-def]
+async def next_event(ws, **match):
     """The next event whose fields include `match` (others are skipped)."""
     while True:
         event = await asyncio.wait_for(ws.receive_json(), 10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 
 import pytest
 
@@ -14,7 +15,7 @@ VIEWERS = 10
 
 
 @pytest.fixture(autouse=True, params=["native", "python"])
-def fan_out_path(request, monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+def fan_out_path(request, monkeypatch) -> list[str]:
     """Every test here runs on the native fan-out and on the pure-Python path; the
     list returned names the path of each packet the fan-out sent."""
     if request.param == "python":
@@ -22,17 +23,20 @@ def fan_out_path(request, monkeypatch) -> list[str]:  # type: ignore[no-untyped-
     else:
         assert udp_mux.NATIVE, "the native extension is not built"
     paths: list[str] = []
-    python_loop, native = udp_mux.fan_out_each, udp_mux._fanout
+    python_loop, native = (
+        udp_mux.fan_out_each,
+        importlib.import_module("broadcast.media._fanout"),
+    )
 
     class CountingNative:
         @staticmethod
-        def fan_out(*arguments):  # type: ignore[no-untyped-def]
+        def fan_out(*arguments):
             paths.append("native")
             return native.fan_out(*arguments)
 
         send = staticmethod(native.send)
 
-    def counting_loop(*arguments):  # type: ignore[no-untyped-def]
+    def counting_loop(*arguments):
         paths.append("python")
         return python_loop(*arguments)
 

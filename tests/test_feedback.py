@@ -11,7 +11,7 @@ from broadcast.web_keys import REGISTRY
 from tests.peers import publish, wait_for, watch
 
 
-def drop_every(n: int, ssrcs: set[int] | None = None):  # type: ignore[no-untyped-def]
+def drop_every(n: int, ssrcs: set[int] | None = None):
     """A drop rule losing the first copy of every n-th packet (of `ssrcs` only)."""
     dropped: set[int] = set()
 
@@ -86,7 +86,7 @@ async def test_a_lost_retransmission_is_sent_again_without_a_second_nack(server,
     await asyncio.gather(lossy.close(), clean.close(), publisher.close())
 
 
-def _transports(stream, *peers):  # type: ignore[no-untyped-def]
+def _transports(stream, *peers):
     """The server-side transports of these viewer peers, matched by session URL."""
     by_id = {v.id: v.transport for v in stream.viewers}
     return [by_id[peer.location.rsplit("/", 1)[1]] for peer in peers]
@@ -100,7 +100,7 @@ async def test_publisher_loss_is_nacked_upstream_and_repaired(server, http):
         transport = transceiver.sender.transport
         send = transport._send_rtp
 
-        async def lossy_send(data: bytes, send=send) -> None:  # type: ignore[no-untyped-def]
+        async def lossy_send(data: bytes, send=send) -> None:
             if data[1] & 0x7F not in range(72, 77) and rule(data):
                 return
             await send(data)
@@ -152,7 +152,7 @@ async def test_publisher_gets_receiver_reports_and_remb(server, http):
         sender = transceiver.sender
         handle = sender._handle_rtcp_packet
 
-        async def record(packet, handle=handle):  # type: ignore[no-untyped-def]
+        async def record(packet, handle=handle):
             seen.append(packet)
             await handle(packet)
 

@@ -81,7 +81,7 @@ class LiveServer:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
-    def run(self, coroutine):  # type: ignore[no-untyped-def]
+    def run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
 
     async def start(self) -> None:
@@ -144,7 +144,7 @@ def live() -> Iterator[LiveServer]:
 
 def request(
     url: str, body: bytes, method: str = "POST", content_type: str = "application/sdp"
-):  # type: ignore[no-untyped-def]
+):
     """Send one request; return (status, parsed JSON body or None)."""
     call = urllib.request.Request(
         url, data=body, method=method, headers={"Content-Type": content_type}

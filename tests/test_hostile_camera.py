@@ -25,6 +25,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
@@ -130,7 +131,7 @@ def response(
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def good_answer(request: Request) -> dict[str, object]:
+def good_answer(request: Request) -> dict[str, Any]:
     if request.method == "OPTIONS":
         return {"headers": {"Public": "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN"}}
     if request.method == "DESCRIBE":
@@ -258,12 +259,12 @@ async def garbage(conn: Connection, n: int) -> None:
         await conn.play_along(request, after="OPTIONS")
         await conn.send(b"HTTP/1.1 200 OK\r\n\x00\x01\x02 garbage " * 10)
         request = await conn.request()
-        await conn.answer(request, **good_answer(request))  # type: ignore[arg-type]
+        await conn.answer(request, **good_answer(request))
         return
     # $-framed junk before every answer, a good session, then a flood and garbage
     while True:
         await conn.send(junk_frames(300) + b"\r\n" * 50)
-        await conn.answer(request, **good_answer(request))  # type: ignore[arg-type]
+        await conn.answer(request, **good_answer(request))
         if request.method == "PLAY":
             break
         request = await conn.request()
@@ -288,7 +289,7 @@ async def endless_401(conn: Connection, n: int) -> None:
 
 async def trickle(conn: Connection, n: int) -> None:
     request = await conn.request()
-    for byte in response(request, **good_answer(request)):  # type: ignore[arg-type]
+    for byte in response(request, **good_answer(request)):
         await conn.send(bytes([byte]), pace_s=0.1)
 
 
@@ -299,7 +300,7 @@ async def close_mid_response(conn: Connection, n: int) -> None:
     elif n % 3 == 1:  # in the middle of the SDP
         await conn.play_along(await conn.request(), after="OPTIONS")
         request = await conn.request()
-        await conn.send(response(request, **good_answer(request))[:-40])  # type: ignore[arg-type]
+        await conn.send(response(request, **good_answer(request))[:-40])
     else:  # as soon as asked
         await conn.request()
     conn.writer.close()
@@ -311,7 +312,7 @@ async def wrong_cseq(conn: Connection, n: int) -> None:
         await conn.answer(
             request,
             cseq=[request.cseq + 1000, request.cseq - 1, 0, "x"][n % 4],
-            **good_answer(request),  # type: ignore[arg-type]
+            **good_answer(request),
         )
 
 
@@ -337,7 +338,7 @@ class Healthy:
 
 
 @pytest.fixture
-async def healthy(make_server, http, monkeypatch) -> AsyncIterator[Healthy]:  # type: ignore[no-untyped-def]
+async def healthy(make_server, http, monkeypatch) -> AsyncIterator[Healthy]:
     monkeypatch.setattr("broadcast.ingest.camera.RETRY_MIN_S", RETRY_MIN_S)
     monkeypatch.setattr("broadcast.ingest.camera.RETRY_MAX_S", RETRY_MAX_S)
     monkeypatch.setattr(rtsp, "REQUEST_TIMEOUT_S", REQUEST_TIMEOUT_S)
@@ -466,6 +467,7 @@ async def attack(
         url = f"rtsp://{credentials}127.0.0.1:{camera.port}/stream?channel=1"
         await add_camera(healthy, "cam", url)
         stream = healthy.server.app[REGISTRY].get("cam")
+        assert stream is not None
         await wait_for(
             lambda: len(camera.attempts) > attempts and stream.state == "reconnecting",
             timeout=30,
@@ -506,7 +508,7 @@ async def attack(
 
 
 @pytest.fixture
-def no_surprises(caplog):  # type: ignore[no-untyped-def]
+def no_surprises(caplog):
     """Every misbehaviour is named: no 'failed unexpectedly', no traceback, no secret."""
     caplog.set_level(logging.DEBUG)
     yield caplog

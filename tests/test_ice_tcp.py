@@ -137,7 +137,7 @@ class Viewer:
         prefix = f"{side} a=candidate:"
         return [line.split()[1:] for line in self.lines if line.startswith(prefix)]
 
-    async def read_until(self, done, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    async def read_until(self, done, timeout: float) -> bool:
         """Collect lines until `done()` or `timeout` s (or CLIENT exits); `done()`."""
         deadline, stdout = time.monotonic() + timeout, self.process.stdout
         assert stdout is not None
@@ -156,7 +156,7 @@ class Viewer:
 
 
 @contextlib.asynccontextmanager
-async def viewer(url: str, answer_tcp: str, lifetime: float):  # type: ignore[no-untyped-def]
+async def viewer(url: str, answer_tcp: str, lifetime: float):
     """Run CLIENT against WHEP `url`; killed on exit, and by itself after `lifetime` s.
 
     `answer_tcp` is `keep`, or `drop` to take the answer's TCP candidates out.
@@ -191,7 +191,7 @@ def need_gstreamer() -> None:
         pytest.skip(reason)
 
 
-async def live_stream(server, http, stream_id: str):  # type: ignore[no-untyped-def]
+async def live_stream(server, http, stream_id: str):
     """An aiortc publisher (VP8 + Opus, what CLIENT asks for) on `stream_id`."""
     publisher = await publish(http, str(server.make_url(f"/whip/{stream_id}")))
     await publisher.wait_connected()

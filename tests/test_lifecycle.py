@@ -15,11 +15,11 @@ from broadcast.web_keys import MEDIA, REGISTRY, WORKERS
 from tests.peers import publish, wait_for, watch
 
 
-def video_packets(viewer, stream):  # type: ignore[no-untyped-def]
+def video_packets(viewer, stream):
     return viewer.received.packets.get(stream.tracks["video"].ssrc, [])
 
 
-async def live(server, http, stream_id: str):  # type: ignore[no-untyped-def]
+async def live(server, http, stream_id: str):
     """A connected publisher of `stream_id` and one connected viewer of it."""
     publisher = await publish(http, str(server.make_url(f"/whip/{stream_id}")))
     await publisher.wait_connected()
@@ -28,7 +28,7 @@ async def live(server, http, stream_id: str):  # type: ignore[no-untyped-def]
     return publisher, viewer
 
 
-async def dropped(server, http, stream_id: str):  # type: ignore[no-untyped-def]
+async def dropped(server, http, stream_id: str):
     """A publisher of `stream_id` that connected, then dropped: the stream waits."""
     url = str(server.make_url(f"/whip/{stream_id}"))
     first = await publish(http, url)

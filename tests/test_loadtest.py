@@ -41,7 +41,8 @@ async def test_every_viewer_of_a_live_stream_gets_media_and_a_keyframe(
     assert result.integrity_failures == 0
     assert result.loss_percent == 0
     assert result.deleted == 3
-    assert not server.app[REGISTRY].get("live").viewers
+    stream = server.app[REGISTRY].get("live")
+    assert stream is not None and not stream.viewers
     await publisher.close()
 
 

@@ -60,7 +60,7 @@ async def test_a_tampered_fingerprint_fails_the_session_and_no_media_flows(
     await asyncio.gather(pc.close(), publisher.close())
 
 
-def _vanish(peer) -> None:  # type: ignore[no-untyped-def]
+def _vanish(peer) -> None:
     """Make a peer go silent without a goodbye (a laptop lid, a dead phone)."""
     for transceiver in peer.pc.getTransceivers():
         connection = transceiver.receiver.transport.transport._connection
@@ -91,7 +91,7 @@ async def test_a_viewer_that_vanishes_is_reaped_and_everything_it_held_freed(
     await publisher.close()
 
 
-def _client_connection(peer) -> aioice.Connection:  # type: ignore[no-untyped-def]
+def _client_connection(peer) -> aioice.Connection:
     return peer.pc.getTransceivers()[0].receiver.transport.transport._connection
 
 
@@ -113,7 +113,7 @@ async def test_injected_handshakes_during_50_joins_reach_no_session(
     seen_by_sessions: set[tuple[str, int]] = set()
     deliver = SessionPort.datagram_received
 
-    def record(port, data, addr):  # type: ignore[no-untyped-def]
+    def record(port, data, addr):
         seen_by_sessions.add((addr[0], addr[1]))
         deliver(port, data, addr)
 
@@ -172,7 +172,7 @@ async def test_replayed_and_tampered_srtp_from_the_peer_is_dropped(server, http)
     forwarded: list[int] = []
     forward = track.forward
 
-    def record(packet):  # type: ignore[no-untyped-def]
+    def record(packet):
         forwarded.append(packet.sequence_number)
         forward(packet)
 
@@ -181,7 +181,7 @@ async def test_replayed_and_tampered_srtp_from_the_peer_is_dropped(server, http)
     captured: list[bytes] = []
     sendto = pair.protocol.transport.sendto
 
-    def capture(data, addr):  # type: ignore[no-untyped-def]
+    def capture(data, addr):
         if 127 < data[0] < 192 and not 192 <= data[1] <= 223:  # RTP, not RTCP
             captured.append(bytes(data))
         sendto(data, addr)
@@ -233,7 +233,7 @@ FAST_CONSENT_SERVER = (
 WARM_UP_CYCLES, CYCLES, AT_ONCE = 50, 100, 10
 
 
-async def _server_state(http, base: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
+async def _server_state(http, base: str) -> dict[str, float]:
     async with http.get(f"{base}/metrics") as response:
         text = await response.text()
     wanted = (

@@ -75,7 +75,7 @@ def test_credentials_in_paths_queries_and_ipv6_hosts_are_redacted_too():
 def test_aac_tracks_with_bad_parameters_are_not_taken():
     from broadcast.ingest.camera import _is_aac
 
-    def aac(**fmtp: str):  # type: ignore[no-untyped-def]
+    def aac(**fmtp: str):
         text = "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/16000/1\r\n"
         params = ";".join(f"{k}={v}" for k, v in {"mode": "AAC-hbr", **fmtp}.items())
         return parse_sdp(text + f"a=fmtp:97 {params}\r\n")[0]

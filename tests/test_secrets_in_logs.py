@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import aiohttp
 import aiortc.rtcdtlstransport
+import pylibsrtp
 import pytest
 from aiohttp import web
 
@@ -79,8 +80,8 @@ def srtp_keys(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """The SRTP master key and salt of every DTLS-SRTP session aiortc sets up."""
     keys: list[bytes] = []
 
-    class RecordingPolicy(aiortc.rtcdtlstransport.Policy):  # type: ignore[misc]
-        def __init__(self, key: bytes | None = None, **kwargs: object) -> None:
+    class RecordingPolicy(pylibsrtp.Policy):
+        def __init__(self, key: bytes | None = None, **kwargs: int) -> None:
             if key:
                 keys.append(key)
             super().__init__(key=key, **kwargs)
@@ -324,7 +325,7 @@ async def _workload(
 async def _watch_with_bearer(http: aiohttp.ClientSession, url: str, token: str) -> Peer:
     original = http.post
 
-    def post(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def post(*args, **kwargs):
         kwargs["headers"] = {
             **kwargs.get("headers", {}),
             "Authorization": f"Bearer {token}",

@@ -37,7 +37,7 @@ a=setup:actpass\r
 """.format(fingerprint=":".join(["00", "11", "22", "33"] * 8))
 
 
-async def error_of(response) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+async def error_of(response) -> tuple[int, str, str]:
     assert response.content_type == "application/json"
     body = await response.json()
     assert body["message"] and "Traceback" not in body["message"]
@@ -230,7 +230,7 @@ async def test_a_candidate_trickled_as_component_0_is_the_rtp_one(server, http):
     async with http.post(server.make_url("/whip/zero"), data=bare, headers=SDP) as r:
         assert r.status == 201
         answer, location = await r.text(), r.headers["Location"]
-    ufrag = re.search(r"a=ice-ufrag:(\S+)", offer)[1]  # type: ignore[index]
+    ufrag = re.search(r"a=ice-ufrag:(\S+)", offer)[1]
     # A component we do not have (2: RTCP without rtcp-mux) at the same address goes
     # first: it must be dropped, not found by the checks from that address.
     fragment = f"a=ice-ufrag:{ufrag}\r\nm=audio 9 RTP/AVP 0\r\na=mid:0\r\n" + "".join(

@@ -31,7 +31,7 @@ def binding_request(username: str, password: str) -> stun.Message:
     return request
 
 
-def signed_check(session, password: str | None = None) -> bytes:  # type: ignore[no-untyped-def]
+def signed_check(session, password: str | None = None) -> bytes:
     """The check `session`'s viewer would send on ICE-TCP, signed with its password."""
     local = session.transport.local_ice
     username = f"{local.usernameFragment}:{session.remote_ufrag}"
@@ -43,7 +43,7 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.readexactly(length), 5)
 
 
-async def viewer_session(server, http):  # type: ignore[no-untyped-def]
+async def viewer_session(server, http):
     """A live stream with one (UDP) viewer; its server-side session."""
     publisher = await publish(http, str(server.make_url("/whip/t")), video=None)
     await publisher.wait_connected()

@@ -14,7 +14,7 @@ from broadcast.workers.channel import ControlChannel, RemoteError
 from broadcast.workers.pool import WorkerPool, WorkerProcess
 
 
-async def handle(method: str, arguments: dict) -> object:  # type: ignore[type-arg]
+async def handle(method: str, arguments: dict) -> object:
     if method == "echo":
         return arguments["value"]
     if method == "refuse":  # __init__ takes (code, message, headers): will not load
@@ -27,7 +27,7 @@ async def handle(method: str, arguments: dict) -> object:  # type: ignore[type-a
 
 
 @pytest.fixture
-async def channels():  # type: ignore[no-untyped-def]
+async def channels():
     (ours, packets), (theirs, their_packets) = channel.socket_pairs()
     lost: list[str] = []
     notices: list[object] = []

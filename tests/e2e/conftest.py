@@ -28,13 +28,13 @@ async def camera_chromium(directory: Path) -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
-async def chromium(tmp_path):  # type: ignore[no-untyped-def]
+async def chromium(tmp_path):
     async with camera_chromium(tmp_path) as browser:
         yield browser
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def module_chromium(tmp_path_factory):  # type: ignore[no-untyped-def]
+async def module_chromium(tmp_path_factory):
     """One browser for a whole module (its tests run in the module's event loop):
     starting Chromium costs about a second."""
     async with camera_chromium(tmp_path_factory.mktemp("camera")) as browser:

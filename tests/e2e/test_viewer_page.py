@@ -21,7 +21,7 @@ FIRST_FRAME_MAX_MS = 3000
 SERVER_FULL_RETRY_AFTER_S = 10
 
 
-async def open_viewer(chromium, link: str):  # type: ignore[no-untyped-def]
+async def open_viewer(chromium, link: str):
     """Open `link` in a fresh context; return the page and the requests it made."""
     page = await (await chromium.new_context()).new_page()
     requests: list[tuple[float, str, str, str]] = []
@@ -41,7 +41,7 @@ async def open_viewer(chromium, link: str):  # type: ignore[no-untyped-def]
     return page, requests
 
 
-async def plays_at_full_size(page, source: str) -> None:  # type: ignore[no-untyped-def]
+async def plays_at_full_size(page, source: str) -> None:
     await page.wait_for_function(
         f"({VIDEO_SIZE_JS})().join('x') === '{NATIVE[0]}x{NATIVE[1]}'", timeout=10000
     )

@@ -20,11 +20,11 @@ VIDEO_SIZE_JS = (
 )
 
 
-async def text_of(page, selector: str) -> str:  # type: ignore[no-untyped-def]
+async def text_of(page, selector: str) -> str:
     return (await page.text_content(selector)) or ""
 
 
-async def wait_text(page, selector: str, text: str, timeout_ms: float) -> None:  # type: ignore[no-untyped-def]
+async def wait_text(page, selector: str, text: str, timeout_ms: float) -> None:
     """Wait until `selector`'s text contains `text`; fail saying what the page shows."""
     try:
         await page.wait_for_function(

@@ -9,6 +9,7 @@ several datagrams: `frames()` splits it on 2-byte big-endian length prefixes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import struct
 import tempfile
@@ -57,7 +58,12 @@ from broadcast.media.upstream import BandwidthEstimate, UpstreamTrack
 from broadcast.media.viewer_track import ViewerTrack
 from broadcast.publisher import Publisher
 from broadcast.signaling import whep, whip
-from broadcast.signaling.sdp import build_answer, describe_codecs, parse_offer
+from broadcast.signaling.sdp import (
+    MediaAnswer,
+    build_answer,
+    describe_codecs,
+    parse_offer,
+)
 from broadcast.viewer import Viewer
 
 from .harness import seed_files
@@ -100,7 +106,13 @@ ANSWER_FINGERPRINTS = [RTCDtlsFingerprint("sha-256", ":".join(["AB"] * 32))]
 HINTS = {"x-google-start-bitrate": 4000, "x-google-max-bitrate": 6000}
 
 
-def _codec(mime: str, rate: int, pt: int, channels: int | None = None, **params: Any):
+def _codec(
+    mime: str,
+    rate: int,
+    pt: int,
+    channels: int | None = None,
+    **params: int | str | None,
+) -> RTCRtpCodecParameters:
     return RTCRtpCodecParameters(
         mimeType=mime,
         clockRate=rate,
@@ -118,7 +130,7 @@ def _stream(*codecs: RTCRtpCodecParameters) -> SimpleNamespace:
     return SimpleNamespace(id="fuzz", tracks=tracks)
 
 
-def _answer_parses(offer: Any, answers: list[whip.MediaAnswer]) -> None:
+def _answer_parses(offer: Any, answers: list[MediaAnswer]) -> None:
     text = build_answer(
         offer, answers, ANSWER_ICE, ANSWER_CANDIDATES, ANSWER_FINGERPRINTS, "fuzz"
     )
@@ -147,7 +159,7 @@ def check_sdp_offer(data: bytes) -> None:
     for existing in (
         _stream(_codec("video/VP8", 90000, 96), _codec("audio/opus", 48000, 111, 2)),
         _stream(
-            _codec("video/H264", 90000, 102, **{"packetization-mode": "1"}),
+            _codec("video/H264", 90000, 102, None, **{"packetization-mode": "1"}),
             _codec("audio/PCMU", 8000, 0),
         ),
     ):
@@ -267,7 +279,7 @@ def _publisher(transport: FakeTransport) -> tuple[Publisher, list[SourceTrack]]:
     ]
     stream = SimpleNamespace(id="fuzz", tracks={"video": video, "audio": audio})
     publisher = Publisher(
-        stream,  # type: ignore[arg-type]
+        stream,
         transport,  # type: ignore[arg-type]
         "remote",
         upstream,
@@ -581,14 +593,14 @@ async def _check_rtsp(data: bytes, transport: str) -> None:
     )
     # aiortsp's connection (or our subclass of it), parser and all, minus the socket.
     original = RTSPConnection.prepare
-    RTSPConnection.prepare = _scripted_prepare  # type: ignore[method-assign]
+    RTSPConnection.prepare = _scripted_prepare
     try:
         tracks = await session.describe()
         await session.play(tracks)
     except CameraError:
         pass
     finally:
-        RTSPConnection.prepare = original  # type: ignore[method-assign]
+        RTSPConnection.prepare = original
         await session.close()
 
 
@@ -608,7 +620,7 @@ def check_camera_sdp(data: bytes) -> None:
     _unsupported(tracks)
     camera = Camera(
         RtspCamera("fuzz", "rtsp://192.0.2.7/stream1"),
-        SimpleNamespace(tracks={}),  # type: ignore[arg-type]
+        SimpleNamespace(tracks={}),
     )
     for track in tracks:
         control_url("rtsp://192.0.2.7/stream1/", track.control)
@@ -642,7 +654,7 @@ def check_codec_payloads(data: bytes) -> None:
     max_payload = MAX_PAYLOADS[data[0] % len(MAX_PAYLOADS)]
     payloads = frames(data[1:])
     repacketizer = h264.H264Repacketizer(
-        ",".join(h264.base64.b64encode(p).decode() for p in payloads[:2]), max_payload
+        ",".join(base64.b64encode(p).decode() for p in payloads[:2]), max_payload
     )
     for index, payload in enumerate(payloads):
         keyframe_detect.vp8_starts_keyframe(payload)

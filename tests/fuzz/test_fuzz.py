@@ -27,7 +27,7 @@ def test_fuzz(target: str) -> None:
 @pytest.mark.parametrize(
     "path", corpus_files(), ids=lambda p: f"{p.parent.name}/{p.name[:12]}"
 )
-def test_corpus_replays(path) -> None:  # type: ignore[no-untyped-def]
+def test_corpus_replays(path) -> None:
     """Every input that once crashed a target passes through it cleanly now."""
     check = TARGETS[path.parent.name][0]
     check(path.read_bytes())
