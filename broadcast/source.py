@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # the ingest imports SourceUnavailable without the media stac
 class SourceUnavailable(Exception):
     """The source cannot give media now; the message is safe to show a viewer."""
 
+    code = "source_unavailable"  # what a viewer's 503 says, by kind of source
+
 
 class Source(Protocol):
     """A stream's media source, as the stream, the admin API and the signaling see it."""

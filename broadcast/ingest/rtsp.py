@@ -56,6 +56,8 @@ PacketHandler = Callable[[int, bytes], None]
 class CameraError(SourceUnavailable):
     """A camera failure; the message is safe to show (it never holds credentials)."""
 
+    code = "camera_unavailable"
+
 
 class CameraProtocolError(RTSPConnectionError):
     """The camera broke RTSP; the connection is dropped. The message is safe to show."""

@@ -162,7 +162,7 @@ async def _source_ready(stream: Stream) -> bool:
     except SourceUnavailable as error:
         if stream.state != ENDED:
             raise ServiceUnavailable(
-                "camera_unavailable", f"{error}.", {"Retry-After": "5"}
+                error.code, f"{error}.", {"Retry-After": "5"}
             ) from None
     if stream.state == ENDED:  # removed while we waited: it would never close us
         raise ServiceUnavailable(
