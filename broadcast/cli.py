@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from broadcast import __version__, tokens
 from broadcast.config import (
+    CLUSTER_ROLES,
     LOG_LEVELS,
     MAX_BITRATE_KBPS,
     MIN_BITRATE_KBPS,
@@ -21,7 +22,10 @@ from broadcast.config import (
     check_rtsp_url,
     check_stream_id,
     integer_in,
+    parse_node_id,
+    parse_node_url,
     parse_public_ip,
+    parse_redis_url,
     seconds_in,
 )
 from broadcast.config_xml import load_config
@@ -114,6 +118,30 @@ def _parser() -> argparse.ArgumentParser:
         f" (default {Config.max_bitrate_kbps})",
     )
     serve.add_argument("--log-level", choices=LOG_LEVELS)
+    serve.add_argument(
+        "--cluster",
+        type=_argument(parse_redis_url),
+        metavar="REDIS_URL",
+        help="join the cluster of this Redis: redis://[:PASSWORD@]HOST:6379/0",
+    )
+    serve.add_argument(
+        "--node-url",
+        type=_argument(parse_node_url),
+        metavar="URL",
+        help="where browsers reach this node, e.g. https://edge1.example.org:8443"
+        " (needed with --cluster)",
+    )
+    serve.add_argument(
+        "--node-id",
+        type=_argument(parse_node_id),
+        metavar="ID",
+        help="this node's name in the cluster (default: host name and HTTP port)",
+    )
+    serve.add_argument(
+        "--role",
+        choices=CLUSTER_ROLES,
+        help="origin: publishers only; edge: viewers only; both (the default)",
+    )
     check = commands.add_parser(
         "check-config",
         help="check a config file and exit 1 if it is wrong",
@@ -272,6 +300,10 @@ def _apply_flags(config: Config, args: argparse.Namespace) -> Config:
         "cameras": args.rtsp and tuple(args.rtsp),
         "max_bitrate_kbps": args.max_bitrate,
         "log_level": args.log_level,
+        "cluster_redis": args.cluster,
+        "node_url": args.node_url,
+        "node_id": args.node_id,
+        "cluster_role": args.role,
     }
     config = dataclasses.replace(
         config, **{name: value for name, value in changes.items() if value is not None}
@@ -349,6 +381,10 @@ def main(argv: list[str] | None = None) -> None:
         except ConfigError as error:
             _fail(str(error))
     config = _apply_flags(config, args)
+    if config.clustered and config.node_url is None:
+        _fail("broadcast: --cluster needs --node-url (where browsers reach this node)")
+    if not config.clustered and (args.node_url or args.node_id or args.role):
+        _fail("broadcast: --node-url, --node-id and --role go with --cluster")
     _configure_logging(config)
     for warning in warnings:
         logging.getLogger("broadcast.config").warning("%s", warning)

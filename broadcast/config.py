@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -21,6 +22,10 @@ RTSP_SCHEMES = ("rtsp", "rtsps")
 RTSP_TRANSPORTS = ("tcp", "udp")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("human", "json")
+# A cluster node's part: `origin` takes publishers and feeds edges, `edge` carries
+# viewers, `both` does both.
+CLUSTER_ROLES = ("both", "origin", "edge")
+NODE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # What a publisher may be asked to send, bounds for the bitrate settings.
 MIN_BITRATE_KBPS = 100
 MAX_BITRATE_KBPS = 100_000
@@ -158,6 +163,43 @@ def parse_origin(text: str) -> str:
     return text
 
 
+def parse_redis_url(text: str) -> str:
+    """Read a redis:// or rediss:// URL with a host (and maybe a password, a db)."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("must be a URL like redis://:PASSWORD@HOST:6379/0")
+    return text
+
+
+def parse_node_url(text: str) -> str:
+    """Read a node's base URL: http(s)://host[:port], no path; kept without a `/`."""
+    parts = urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.username
+    ):
+        raise ValueError("must be a URL like https://edge1.example.org:8443")
+    return text.rstrip("/")
+
+
+def parse_node_id(text: str) -> str:
+    """Read a node's name in its cluster."""
+    if not NODE_ID_RE.fullmatch(text):
+        raise ValueError("must be 1-64 letters, digits, '.', '_' or '-'")
+    return text
+
+
 def parse_secret(text: str) -> str:
     """Read a key or secret: any text but empty."""
     if not text:
@@ -272,6 +314,26 @@ class Config:
 
     # <rtsp id= url=/>
     cameras: tuple[RtspCamera, ...] = ()
+
+    # <cluster>: None (the default) is one server on its own, no Redis needed.
+    cluster_redis: str | None = None
+    # Where browsers reach this node (viewers are redirected there) and its name.
+    node_url: str | None = None
+    node_id: str | None = None  # None: the host name and HTTP port
+    cluster_role: str = "both"
+    # What an edge shows its origin; None: one shared through Redis by the first node.
+    cluster_secret: str | None = None
+    # An edge keeps pulling a stream this long after its last viewer leaves.
+    relay_linger_s: float = 30.0
+
+    @property
+    def clustered(self) -> bool:
+        return self.cluster_redis is not None
+
+    @property
+    def node_name(self) -> str:
+        """This node's id in its cluster."""
+        return self.node_id or f"{socket.gethostname()}-{self.port}"
 
     @property
     def ice_addresses(self) -> list[str]:

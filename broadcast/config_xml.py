@@ -21,6 +21,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.expatreader import DefusedExpatParser
 
 from broadcast.config import (
+    CLUSTER_ROLES,
     LOG_FORMATS,
     LOG_LEVELS,
     MAX_BITRATE_KBPS,
@@ -39,9 +40,12 @@ from broadcast.config import (
     parse_bool,
     parse_existing_file,
     parse_ip,
+    parse_node_id,
+    parse_node_url,
     parse_origin,
     parse_port_range,
     parse_public_ip,
+    parse_redis_url,
     parse_secret,
     seconds_in,
 )
@@ -181,7 +185,16 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "format": Setting("log_format", one_of(LOG_FORMATS)),
     },
     "metrics": {"enabled": Setting("metrics_enabled", parse_bool)},
+    "cluster": {
+        "redis": Setting("cluster_redis", parse_redis_url),
+        "node_url": Setting("node_url", parse_node_url),
+        "node_id": Setting("node_id", parse_node_id),
+        "role": Setting("cluster_role", one_of(CLUSTER_ROLES)),
+        "secret": Setting("cluster_secret", parse_secret),
+        "linger_seconds": Setting("relay_linger_s", seconds_in(0, 3600)),
+    },
 }
+CLUSTER_FIELDS = tuple(setting.field for setting in SETTINGS["cluster"].values())
 CAMERA_ATTRIBUTES: dict[str, Parse] = {
     "id": check_stream_id,
     "url": check_rtsp_url,
@@ -350,6 +363,12 @@ class _Reader:
         if config.https_port == config.port:
             raise self.error(
                 lines["https_port"], "<https_port> must differ from <http_port>"
+            )
+        cluster = [name for name in CLUSTER_FIELDS if name in lines]
+        if cluster and ("cluster_redis" not in lines or "node_url" not in lines):
+            missing = "<redis>" if "cluster_redis" not in lines else "<node_url>"
+            raise self.error(
+                lines[cluster[0]], f"<cluster> needs {missing} (see the example file)"
             )
         if config.private_viewing and not config.token_secret:
             raise self.error(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from broadcast.config import Config
 
@@ -51,6 +51,30 @@ PATTERNS = [
 ]
 
 
+# Some cameras take credentials in the path or query (`/user=admin&password=x`).
+SECRET_PARAMS = re.compile(
+    r"(?i)\b(user(?:name)?|pass(?:word|wd)?|pwd|auth|token)=[^&;/]*"
+)
+
+
+def redact_url(url: str) -> str:
+    """The URL without user, password or credential parameters: for logs and the API
+    (a camera's, a cluster's Redis)."""
+    parts = urlsplit(url)
+    path = SECRET_PARAMS.sub(r"\1=***", parts.path)
+    query = SECRET_PARAMS.sub(r"\1=***", parts.query)
+    return urlunsplit((parts.scheme, host_port(url), path, query, ""))
+
+
+def host_port(url: str) -> str:
+    """`host[:port]` of a URL, without its user and password."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    return f"{host}:{parts.port}" if parts.port else host
+
+
 def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
     """`text` with `secrets` and everything shaped like a secret blanked."""
     for secret in secrets:
@@ -64,9 +88,9 @@ def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
 def config_secrets(config: Config) -> tuple[str, ...]:
     """The secrets of `config` as they could be logged, longest first."""
     found = {*config.publish_keys, config.admin_key, config.token_secret}
-    found.add(config.turn_secret)
-    for camera in config.cameras:
-        password = urlsplit(camera.url).password
+    found.update((config.turn_secret, config.cluster_secret))
+    for url in (*(camera.url for camera in config.cameras), config.cluster_redis or ""):
+        password = urlsplit(url).password
         if password:
             found.update((password, unquote(password)))
     # A short value (a user name "admin") would blank ordinary words everywhere.

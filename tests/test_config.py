@@ -62,6 +62,12 @@ def test_example_optional_settings_load_when_uncommented(write: Any) -> None:
     assert config.https_port == 8443
     assert config.media_ports == (40000, 40100)
     assert [camera.id for camera in config.cameras] == ["gate", "yard"]
+    assert config.cluster_redis == "redis://:change-me@10.0.0.1:6379/0"
+    assert (config.node_url, config.node_id) == (
+        "https://edge1.example.org:8443",
+        "edge1",
+    )
+    assert (config.cluster_role, config.relay_linger_s) == ("edge", 30.0)
 
 
 def test_every_setting_is_read(write: Any) -> None:
@@ -582,3 +588,47 @@ def test_json_log_format_writes_one_object_per_line() -> None:
         "logger": "broadcast.x",
         "message": "hi you",
     }
+
+
+def test_a_cluster_needs_its_redis_and_the_node_url(write: Any) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(wrap("cluster", "<role>edge</role>")))
+    assert str(error.value) == (
+        "flashphoner.xml:3: <cluster> needs <redis> (see the example file)"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(write(wrap("cluster", "<redis>redis://10.0.0.1</redis>")))
+    assert "<cluster> needs <node_url>" in str(error.value)
+    for element, value in (
+        ("redis", "http://10.0.0.1:6379"),
+        ("node_url", "https://edge1.example.org/path"),
+        ("role", "relay"),
+        ("node_id", "has space"),
+    ):
+        with pytest.raises(ConfigError, match=f"<{element}> must be"):
+            load_config(write(wrap("cluster", f"<{element}>{value}</{element}>")))
+
+
+def test_cluster_flags_join_a_cluster_and_need_the_node_url(
+    served: list[Config], capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(
+        [
+            "serve",
+            "--cluster",
+            "redis://:pw@127.0.0.1:6379/0",
+            "--node-url",
+            "http://127.0.0.1:9000/",
+            "--role",
+            "edge",
+        ]
+    )
+    (config,) = served
+    assert config.cluster_redis == "redis://:pw@127.0.0.1:6379/0"
+    assert (config.node_url, config.cluster_role) == ("http://127.0.0.1:9000", "edge")
+    with pytest.raises(SystemExit):
+        main(["serve", "--cluster", "redis://127.0.0.1"])
+    assert "--cluster needs --node-url" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--role", "edge"])
+    assert "go with --cluster" in capsys.readouterr().err

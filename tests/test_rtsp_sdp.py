@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from broadcast.ingest.camera import _unsupported
-from broadcast.ingest.rtsp import control_url, parse_sdp, redact
+from broadcast.ingest.rtsp import control_url, parse_sdp
+from broadcast.redact import redact_url as redact
 
 CAMERA_SDP = """v=0\r
 o=- 1 1 IN IP4 192.0.2.7\r

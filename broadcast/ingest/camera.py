@@ -12,10 +12,11 @@ from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from broadcast.config import RtspCamera
-from broadcast.ingest.rtsp import CameraError, CameraTrack, RtspSession, redact
+from broadcast.ingest.rtsp import CameraError, CameraTrack, RtspSession
 from broadcast.media.h264 import H264Repacketizer, parse_sprop_parameter_sets
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.transcode import OPUS_FRAME_SAMPLES, OPUS_RATE, AacToOpus
+from broadcast.redact import redact_url
 from broadcast.source import SourceOwner
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class Camera:
     def __init__(self, camera: RtspCamera, stream: SourceOwner) -> None:
         self.config = camera
         self.id = camera.id
-        self.pull_url: str | None = redact(camera.url)
+        self.pull_url: str | None = redact_url(camera.url)
         self.stream = stream
         self.always_on = camera.options.always_on
         self.problem: str | None = None

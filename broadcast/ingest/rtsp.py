@@ -2,7 +2,7 @@
 
 aiortsp gives us the connection (auth, interleaved channels) and the RTP transports; its
 session classes set up one media only, so the session dialogue is ours. Camera URLs carry
-credentials: they go to aiortsp and nowhere else — every message here uses `redact()`.
+credentials: they go to aiortsp and nowhere else — every message here uses `redact_url()`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from aiortsp.rtsp.parser import HTTPLikeMsg, RTSPMessage
 from aiortsp.transport import TCPTransport, UDPTransport
 from dpkt.rtp import RTP
 
+from broadcast.redact import host_port, redact_url
 from broadcast.source import SourceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -76,32 +76,10 @@ class CameraTrack:
     control: str | None = None
 
 
-# Some cameras take credentials in the path or query (`/user=admin&password=x`).
-SECRET_PARAMS = re.compile(
-    r"(?i)\b(user(?:name)?|pass(?:word|wd)?|pwd|auth|token)=[^&;/]*"
-)
-
-
-def redact(url: str) -> str:
-    """The URL without user, password or credential parameters: for logs and the API."""
-    parts = urlsplit(url)
-    path = SECRET_PARAMS.sub(r"\1=***", parts.path)
-    query = SECRET_PARAMS.sub(r"\1=***", parts.query)
-    return urlunsplit((parts.scheme, _host_port(url), path, query, ""))
-
-
 def request_url(url: str) -> str:
     """The URL we send in requests: without user and password, path and query intact."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, _host_port(url), parts.path, parts.query, ""))
-
-
-def _host_port(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"  # IPv6
-    return f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, host_port(url), parts.path, parts.query, ""))
 
 
 def parse_sdp(text: str) -> list[CameraTrack]:
@@ -283,7 +261,7 @@ class RtspSession:
 
     def __init__(self, url: str, transport: str, on_packet: PacketHandler) -> None:
         self._url = url
-        self.name = redact(url)
+        self.name = redact_url(url)
         self._request_url = request_url(url)
         self._transport_kind = transport
         self._on_packet = on_packet
