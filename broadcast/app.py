@@ -10,6 +10,8 @@ from aiohttp import web
 
 from broadcast.api import admin
 from broadcast.api.metrics import METRICS, Metrics, metrics, watch_loop_lag
+from broadcast.cluster.membership import Membership
+from broadcast.cluster.node_state import local_state, share_audiences
 from broadcast.config import Config
 from broadcast.media.host import MediaHost
 from broadcast.memory import trim_after_sessions_end
@@ -22,13 +24,18 @@ from broadcast.signaling.session import delete_session, options, patch_session
 from broadcast.signaling.whep import post_whep
 from broadcast.signaling.whip import post_whip
 from broadcast.signaling.ws import WEBSOCKETS, close_websockets, websocket
-from broadcast.web_keys import MEDIA, REGISTRY, WORKERS
+from broadcast.web_keys import CLUSTER, MEDIA, REGISTRY, WORKERS
 from broadcast.workers.pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while this process serves; a node cut off from its cluster's Redis still
+    serves what it carries, and says so."""
+    cluster = request.app.get(CLUSTER)
+    if cluster is not None and not cluster.redis_up:
+        return web.Response(text="ok (cluster: redis down)")
     return web.Response(text="ok")
 
 
@@ -67,12 +74,27 @@ def create_app(config: Config) -> web.Application:
     add_routes(app)
     admin.add_routes(app)
     app[METRICS] = Metrics(app[REGISTRY], app[MEDIA], app[WORKERS])
-    app[ADMISSION] = Admission(app[REGISTRY], lambda: app[METRICS].loop_lag_s)
+    if config.clustered:
+        app[CLUSTER] = Membership(config, lambda: local_state(app[REGISTRY]))
+        app[CLUSTER].on_heartbeat = lambda: share_audiences(app[REGISTRY], app[CLUSTER])
+    app[ADMISSION] = Admission(
+        app[REGISTRY], lambda: app[METRICS].loop_lag_s, app.get(CLUSTER)
+    )
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(watch_loop_lag)
     app.cleanup_ctx.append(trim_after_sessions_end)
     app.cleanup_ctx.append(_run_media)
+    if config.clustered:
+        app.cleanup_ctx.append(_run_cluster)
     return app
+
+
+async def _run_cluster(app: web.Application) -> AsyncIterator[None]:
+    """Join the cluster once media runs (our streams are claimed at the first
+    heartbeat); leave before the media stops, so no viewer is sent here meanwhile."""
+    await app[CLUSTER].start()
+    yield
+    await app[CLUSTER].stop()
 
 
 async def _run_media(app: web.Application) -> AsyncIterator[None]:

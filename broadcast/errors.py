@@ -19,12 +19,26 @@ class ClientError(Exception):
         self.headers = headers or {}
 
 
+class TemporaryRedirect(ClientError):
+    """Not a refusal: another node of the cluster serves this request (RFC 9725 §4.5);
+    the client repeats it, body and all, at `Location`."""
+
+    status = 307
+
+    def __init__(self, location: str, message: str) -> None:
+        super().__init__("redirected", message, {"Location": location})
+
+
 class BadRequest(ClientError):
     status = 400
 
 
 class Unauthorized(ClientError):
     status = 401
+
+
+class Forbidden(ClientError):
+    status = 403
 
 
 class NotFound(ClientError):

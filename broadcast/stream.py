@@ -40,6 +40,10 @@ class Stream:
         self.problem: str | None = None
         self.tracks: dict[str, SourceTrack] = {}
         self.viewers: set[ViewerSession] = set()
+        # In a cluster, its viewers on the other nodes, by node (from their heartbeats),
+        # and the edges pulling it from here: fed like viewers, counted by their nodes.
+        self.viewers_elsewhere: dict[str, int] = {}
+        self.relays: set[ViewerSession] = set()
         self._reconnect_grace_s = reconnect_grace_s
         self._grace_timer: asyncio.TimerHandle | None = None
         self._on_end = on_end
@@ -134,10 +138,31 @@ class Stream:
             self.viewers.discard(viewer)
             self._viewers_changed()
 
+    @property
+    def audience(self) -> int:
+        """Its viewers here and, in a cluster, on every other node."""
+        return len(self.viewers) + sum(self.viewers_elsewhere.values())
+
+    def set_viewers_elsewhere(self, counts: dict[str, int]) -> None:
+        """The other nodes' counts changed: pages hear the cluster-wide number."""
+        before = self.audience
+        self.viewers_elsewhere = counts
+        if self.audience != before:
+            self._events.publish(viewers_event(self.id, self.audience))
+
+    def add_relay(self, relay: ViewerSession) -> None:
+        self.relays.add(relay)
+        self._viewers_changed()
+
+    def remove_relay(self, relay: ViewerSession) -> None:
+        if relay in self.relays:
+            self.relays.discard(relay)
+            self._viewers_changed()
+
     def _viewers_changed(self) -> None:
-        self._events.publish(viewers_event(self.id, len(self.viewers)))
-        if self.source is not None:
-            self.source.viewers_changed(len(self.viewers))
+        self._events.publish(viewers_event(self.id, self.audience))
+        if self.source is not None:  # an edge's pull keeps an on-demand camera on
+            self.source.viewers_changed(len(self.viewers) + len(self.relays))
 
     def counters(self) -> dict[str, int]:
         counts = {"plis_sent": sum(t.keyframes.sent for t in self.tracks.values())}
@@ -154,7 +179,9 @@ class Stream:
             self._grace_timer.cancel()
             self._grace_timer = None
         self._on_end(self)
-        closing = [v.close("stream ended", "stream_ended") for v in self.viewers]
+        closing = [
+            v.close("stream ended", "stream_ended") for v in self.viewers | self.relays
+        ]
         if self.source is not None:
             closing.append(self.source.close("stream ended", "stream_ended"))
         await asyncio.gather(*closing)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from broadcast.cluster.membership import Membership
 from broadcast.media.host import MediaHost
 from broadcast.registry import StreamRegistry
 from broadcast.workers.pool import WorkerPool
@@ -11,3 +12,5 @@ from broadcast.workers.pool import WorkerPool
 REGISTRY = web.AppKey("registry", StreamRegistry)
 MEDIA = web.AppKey("media", MediaHost)
 WORKERS = web.AppKey("workers", WorkerPool)
+# Only in a cluster (`config.clustered`): `app.get(CLUSTER)` is None otherwise.
+CLUSTER = web.AppKey("cluster", Membership)

@@ -20,8 +20,16 @@ def _kbps(bits_per_second: int) -> int:
     return round(bits_per_second / 1000)
 
 
-def stream_summary(stream: Stream) -> dict[str, Any]:
+def stream_summary(stream: Stream, node: str | None = None) -> dict[str, Any]:
+    """A stream as the API shows it; in a cluster (`node`: this node's id) its
+    viewers are counted over every node, and `viewers_by_node` splits them."""
     source = stream.source
+    by_node = {}
+    if node is not None:
+        by_node["viewers_by_node"] = {
+            node: len(stream.viewers),
+            **stream.viewers_elsewhere,
+        }
     return {
         "id": stream.id,
         "state": stream.state,
@@ -31,9 +39,15 @@ def stream_summary(stream: Stream) -> dict[str, Any]:
         "codecs": [t.codec.mimeType for t in stream.tracks.values()],
         "resolution": _resolution(stream),
         "bitrate_in_kbps": _kbps(source.bitrate_in_bps) if source else 0,
-        "viewers": len(stream.viewers),
+        "viewers": stream.audience,
+        **by_node,
         "uptime_s": round(time.monotonic() - stream.created_at, 1),
     }
+
+
+def _node(request: web.Request) -> str | None:
+    config = request.app[REGISTRY].config
+    return config.node_name if config.clustered else None
 
 
 def _resolution(stream: Stream) -> str | None:
@@ -71,7 +85,8 @@ async def list_streams(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     check_admin_key(request, registry.config)
     streams = sorted(registry.streams.values(), key=lambda s: s.id)
-    return web.json_response({"streams": [stream_summary(s) for s in streams]})
+    summaries = [stream_summary(s, _node(request)) for s in streams]
+    return web.json_response({"streams": summaries})
 
 
 async def show_stream(request: web.Request) -> web.Response:
@@ -79,7 +94,7 @@ async def show_stream(request: web.Request) -> web.Response:
     viewers = sorted(stream.viewers, key=lambda v: v.started_at)
     return web.json_response(
         {
-            **stream_summary(stream),
+            **stream_summary(stream, _node(request)),
             "viewer_sessions": [viewer_summary(v) for v in viewers],
         }
     )

@@ -218,7 +218,11 @@ class Viewer:
                 ) as response:
                     body = await response.text()
                     if response.status == 201:
-                        self.location = urljoin(self.url, response.headers["Location"])
+                        # After a cluster's 307 the session lives on the edge that
+                        # answered: its relative Location resolves against that URL.
+                        self.location = urljoin(
+                            str(response.url), response.headers["Location"]
+                        )
                         return aiortc_sdp.SessionDescription.parse(body)
                     retry_after = response.headers.get("Retry-After", "")
             except (aiohttp.ClientError, OSError) as error:

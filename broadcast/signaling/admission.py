@@ -14,14 +14,24 @@ A refusal is a domain error (`errors.py`) that the HTTP layer answers.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from aiohttp import web
 
 from broadcast.auth import check_publish_key, may_view, view_token
-from broadcast.errors import ClientError, Conflict, NotFound, ServiceUnavailable
+from broadcast.cluster.membership import Membership
+from broadcast.cluster.placement import place_publisher, place_viewer
+from broadcast.errors import (
+    ClientError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    TemporaryRedirect,
+)
 from broadcast.limits import SessionRateLimit, check_event_loop, client_address
 from broadcast.registry import StreamRegistry, check_stream_id, new_stream_id
 from broadcast.session import Session
@@ -31,6 +41,10 @@ from broadcast.source import SourceUnavailable
 from broadcast.stream import ENDED, Stream
 
 S = TypeVar("S", bound=Stream | None)
+
+# An edge pulling a stream from its owner names itself, and proves it is one of ours.
+RELAY_HEADER = "Broadcast-Relay"
+SECRET_HEADER = "Broadcast-Cluster-Secret"
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,7 @@ class Admitted(Generic[S]):
     offer: Offer
     stream: S  # the watched stream; a publisher's, if it already exists
     rate: SessionRateLimit = field(repr=False)
+    relay: bool = False  # an edge of our cluster pulling the stream: not a viewer
 
     def follow(self, session: Session) -> None:
         """Charge the client for `session` if it never connects."""
@@ -51,11 +66,19 @@ class Admitted(Generic[S]):
 class Admission:
     """The one place that says yes or no to a new session, and counts what it cost."""
 
-    def __init__(self, registry: StreamRegistry, loop_lag_s: Callable[[], float]):
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        loop_lag_s: Callable[[], float],
+        cluster: Membership | None = None,
+    ):
         self.registry = registry
         self.config = registry.config
         self.rate = SessionRateLimit(self.config.sessions_per_client_per_minute)
         self._loop_lag_s = loop_lag_s
+        self.cluster = cluster
+        # Makes the stream an edge pulls from `url` (its owner's): set by the app.
+        self.start_relay: Callable[[str, str], Awaitable[Stream]] | None = None
 
     @contextlib.asynccontextmanager
     async def publish(
@@ -80,6 +103,10 @@ class Admission:
             )
         if existing is None:
             self._check_room_for_stream()
+        if self.cluster is not None:
+            placement = await place_publisher(self.cluster, stream_id)
+            if placement.redirect_to is not None:
+                raise _redirect(placement.redirect_to, request, "publisher")
         self.rate.check_connecting(client)
         yield Admitted(client, stream_id, offer, existing, self.rate)
 
@@ -92,6 +119,11 @@ class Admission:
         connects costs nothing.
         """
         client = client_address(request)
+        relay = self._is_relay(request)
+        if relay:
+            async with self._relay(request, client) as admitted:
+                yield admitted
+            return
         self.rate.check(client)
         try:
             stream_id = check_stream_id(request.match_info["stream_id"])
@@ -101,6 +133,8 @@ class Admission:
             # apart.
             allowed = may_view(self.config, stream_id, view_token(request))
             stream = self.registry.get(stream_id)
+            if allowed and self.cluster is not None:
+                stream = await self._place(request, stream_id, stream)
             if stream is None or not allowed:
                 raise NotFound(
                     "stream_not_found", f"There is no stream '{stream_id}' (yet)."
@@ -112,7 +146,7 @@ class Admission:
                 self._check_room_for_viewer(stream)
             self.rate.check_connecting(client)
             yield Admitted(client, stream_id, offer, stream, self.rate)
-        except ServiceUnavailable:
+        except (ServiceUnavailable, TemporaryRedirect):
             raise  # our state, not the client's doing
         except ClientError:
             self.rate.charge(client)
@@ -128,6 +162,64 @@ class Admission:
         offer = await self._offer(request)
         self.rate.check_connecting(client)
         yield Admitted(client, name, offer, None, self.rate)
+
+    async def _place(
+        self, request: web.Request, stream_id: str, stream: Stream | None
+    ) -> Stream | None:
+        """In a cluster: this node's viewer (the stream pulled here first if need
+        be), or a 307 to the node that takes it."""
+        assert self.cluster is not None
+        placement = await place_viewer(
+            self.cluster, stream_id, stream is not None, self._has_room(stream)
+        )
+        if placement is None:
+            return None
+        if placement.redirect_to is not None:
+            raise _redirect(placement.redirect_to, request, "viewer")
+        if placement.pull_from is not None and self.start_relay is not None:
+            return await self.start_relay(stream_id, placement.pull_from)
+        return stream
+
+    def _is_relay(self, request: web.Request) -> bool:
+        return RELAY_HEADER in request.headers
+
+    @contextlib.asynccontextmanager
+    async def _relay(
+        self, request: web.Request, client: str
+    ) -> AsyncIterator[Admitted[Stream]]:
+        """An edge of our cluster pulls a stream it has viewers for: the cluster's
+        secret admits it, without view tokens or viewer limits, never redirected."""
+        secret = self.cluster.secret if self.cluster is not None else None
+        presented = request.headers.get(SECRET_HEADER, "")
+        if secret is None or not hmac.compare_digest(
+            presented.encode(), secret.encode()
+        ):
+            self.rate.charge(client)
+            raise Forbidden(
+                "bad_cluster_secret",
+                "A relay must present this cluster's secret (Broadcast-Cluster-Secret).",
+            )
+        stream_id = check_stream_id(request.match_info["stream_id"])
+        offer = await self._offer(request)
+        stream = self.registry.get(stream_id)
+        if stream is None or (
+            stream.source is not None and stream.source.kind == "relay"
+        ):
+            # Not published here (a relay's stream is not pulled again: no loops).
+            raise NotFound("stream_not_found", f"Stream '{stream_id}' is not here.")
+        await _source_ready(stream)  # an on-demand camera starts for its edges too
+        yield Admitted(client, stream_id, offer, stream, self.rate, relay=True)
+
+    def _has_room(self, stream: Stream | None) -> bool:
+        try:
+            if stream is not None:
+                self._check_room_for_viewer(stream)
+            total = self.config.max_viewers_total
+            if total and self.registry.viewer_count() >= total:
+                return False
+        except ServiceUnavailable:
+            return False
+        return True
 
     async def _offer(self, request: web.Request) -> Offer:
         return parse_offer(
@@ -171,6 +263,14 @@ async def _source_ready(stream: Stream) -> bool:
             {"Retry-After": "1"},
         )
     return True
+
+
+def _redirect(node_url: str, request: web.Request, who: str) -> TemporaryRedirect:
+    """Send the client to the same path (its token and all) on another node."""
+    return TemporaryRedirect(
+        node_url + request.path_qs,
+        f"This {who} is served by another node of the cluster: {node_url}.",
+    )
 
 
 def _full(message: str) -> ServiceUnavailable:

@@ -41,7 +41,10 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
         )
 
     on_join = request.app[METRICS].join_seconds.observe
-    worker = request.app[WORKERS].choose(request.app[REGISTRY].viewer_count())
+    # An edge's pull is one session in this process, and not in the audience.
+    worker = None
+    if not admitted.relay:
+        worker = request.app[WORKERS].choose(request.app[REGISTRY].viewer_count())
     if worker is not None:
         remote = RemoteTransport(worker)
 
@@ -74,6 +77,10 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
             stream_id,
             on_join=on_join,
         )
+        if admitted.relay:
+            stream.add_relay(viewer)
+            viewer.on_close.append(lambda _: stream.remove_relay(viewer))
+            return viewer
         return _counted(stream, viewer)
 
     return await answer_session(request, admitted, answers, make_viewer, "whep")

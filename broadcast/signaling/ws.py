@@ -100,7 +100,7 @@ def _handle(
         subscriptions[stream_id] = registry.events.listen(stream_id, deliver)
         stream = registry.get(stream_id)
         deliver(state_event(stream_id, stream.state if stream else OFFLINE))
-        deliver(viewers_event(stream_id, len(stream.viewers) if stream else 0))
+        deliver(viewers_event(stream_id, stream.audience if stream else 0))
     elif request.get("type") == "quality":
         _take_quality_report(app, stream_id, request)
     elif request.get("type") == "unsubscribe":

@@ -99,9 +99,12 @@ export async function negotiate(pc, url, key, {trickle = false, servers = null} 
       response.status, code, message, retryAfterSeconds(response.headers.get('Retry-After')));
   }
   await pc.setRemoteDescription({type: 'answer', sdp: body});
-  const session = new URL(response.headers.get('Location'), url).href;
+  // In a cluster a node may redirect us (307) to an edge: the session lives where the
+  // request ended, so its relative Location resolves against that URL.
+  const answeredBy = response.url || url;
+  const session = new URL(response.headers.get('Location'), answeredBy).href;
   if (trickle) trickleTheRest(pc, session, offer, key);
-  return {session, watch: alternateLink(response.headers.get('Link'), url)};
+  return {session, watch: alternateLink(response.headers.get('Link'), answeredBy)};
 }
 
 /** Once gathering ends, PATCH the candidates the offer lacked and end-of-candidates. */

@@ -1,0 +1,342 @@
+"""This node's place in the cluster, kept in Redis: who is alive, who owns which stream.
+
+Every `HEARTBEAT_S` a node writes what it is and carries (`NodeInfo`) under a key that
+expires after `EXPIRY_S`, so a node that stops writing (killed, cut off) is gone from
+the cluster within that time; it also refreshes the ownership keys of the streams it
+publishes, which expire alike. Nothing else is kept in Redis: when Redis comes back
+empty, each node writes its heartbeat and claims its live streams again.
+
+Redis going away never stops media or local joins: every call here gives up within
+`REDIS_TIMEOUT_S`, answers from what it knew, and says so in `redis_up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from broadcast.config import Config
+from broadcast.loadtest.server_usage import process_cpu_s
+from broadcast.redact import redact_url
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2.0
+# Three missed heartbeats: a node this quiet is gone, and its streams are free.
+EXPIRY_S = 6
+REDIS_TIMEOUT_S = 1.0
+PREFIX = "broadcast:"
+# Refresh our ownership of a stream, or take it again if the key is gone (Redis came
+# back empty); another node's stays theirs. Returns the owner's id.
+CLAIM_SCRIPT = """
+local owner = redis.call('GET', KEYS[1])
+if owner == false or owner == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+    return ARGV[1]
+end
+return owner
+"""
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node as its last heartbeat described it."""
+
+    id: str
+    url: str
+    role: str
+    viewers: int = 0
+    capacity: int = 0  # viewers it takes at most (<limits>); 0: unlimited
+    cpu: float = 0.0  # share of one core its processes used over the last interval
+    bitrate_out_bps: int = 0
+    streams: dict[str, int] = field(default_factory=dict)  # its viewers per stream
+    relays: tuple[str, ...] = ()  # the streams it pulls from their owner
+    written_at: float = 0.0  # Unix time of the heartbeat
+
+    @property
+    def carries_viewers(self) -> bool:
+        return self.role != "origin"
+
+    @property
+    def full(self) -> bool:
+        return bool(self.capacity) and self.viewers >= self.capacity
+
+    @property
+    def load(self) -> float:
+        """How busy, 0-1 and beyond: the larger of its CPU and its viewers' share of
+        its capacity (per core: a node's workers spread over its cores)."""
+        share = self.viewers / self.capacity if self.capacity else 0.0
+        return max(self.cpu / (os.cpu_count() or 1), share)
+
+    def carries(self, stream_id: str) -> bool:
+        return stream_id in self.streams
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> NodeInfo:
+        data = json.loads(text)
+        data["relays"] = tuple(data.get("relays", ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """What this node carries now, for its heartbeat."""
+
+    streams: dict[str, int]  # local viewers per stream carried here
+    owned: tuple[str, ...]  # those published here (WHIP, cameras): ours in Redis
+    relays: tuple[str, ...]  # those pulled from their owner
+    bitrate_out_bps: int
+
+
+class Membership:
+    """This node in the cluster: `start()` joins, `stop()` leaves."""
+
+    def __init__(self, config: Config, local: Callable[[], LocalState]) -> None:
+        assert config.cluster_redis is not None and config.node_url is not None
+        self.node_id = config.node_name
+        self.node_url = config.node_url
+        self.role = config.cluster_role
+        self.capacity = config.max_viewers_total
+        self.redis_url = redact_url(config.cluster_redis)
+        self.secret: str | None = config.cluster_secret
+        self._shares_secret = config.cluster_secret is None  # kept in Redis
+        self.redis_up = False
+        self.nodes: dict[str, NodeInfo] = {}  # the others, from their heartbeats
+        self.claimed: set[str] = set()  # streams this node owns
+        self._conflicts: set[str] = set()  # ours here, but owned elsewhere: told once
+        self._local = local
+        self._redis = redis.Redis.from_url(
+            config.cluster_redis,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+        )
+        self._task: asyncio.Task[None] | None = None
+        # Called after each heartbeat that read the other nodes.
+        self.on_heartbeat: Callable[[], None] = lambda: None
+        self._cpu = (process_cpu_s(os.getpid()), time.monotonic())
+        self.heartbeats = 0
+        self.failures = 0
+
+    def __repr__(self) -> str:
+        return f"Membership({self.node_id} via {self.redis_url})"
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join: the first heartbeat now (a node is usable at once), then every 2 s."""
+        await self.heartbeat()
+        if not self.redis_up:
+            logger.warning(
+                "cluster: Redis %s is not reachable; serving locally until it is",
+                self.redis_url,
+            )
+        self._task = asyncio.create_task(self._beat())
+
+    async def stop(self) -> None:
+        """Leave: the node and its streams are gone from the cluster at once."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with self._talking("leave"):
+            for stream_id in list(self.claimed):
+                await self._redis.eval(
+                    RELEASE_SCRIPT, 1, _owner_key(stream_id), self.node_id
+                )
+            await self._redis.delete(_node_key(self.node_id))
+        await self._redis.aclose()
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await self.heartbeat()
+            except Exception:  # a bug here must not end the heartbeats
+                logger.exception("cluster: heartbeat failed")
+
+    # --- what the rest of the server asks ----------------------------------------------
+
+    async def heartbeat(self) -> None:
+        """Write who we are and what we carry, keep our streams, read the others."""
+        state = self._local()
+        me = self.describe(state)
+        with self._talking("heartbeat"):
+            if self._shares_secret:
+                # The first node's, kept by whoever knows it if Redis comes back empty.
+                offer = self.secret or secrets.token_hex(16)
+                await self._redis.set(PREFIX + "secret", offer, nx=True)
+                value = await self._redis.get(PREFIX + "secret")
+                self.secret = _text(value) if value is not None else None
+            await self._redis.set(_node_key(self.node_id), me.to_json(), ex=EXPIRY_S)
+            # Ours while we carry them; taken again if Redis came back empty.
+            for stream_id in self.claimed - set(state.owned):
+                await self._redis.eval(
+                    RELEASE_SCRIPT, 1, _owner_key(stream_id), self.node_id
+                )
+            self.claimed = set(state.owned)
+            for stream_id in sorted(self.claimed):
+                owner = await self._redis.eval(
+                    CLAIM_SCRIPT, 1, _owner_key(stream_id), self.node_id, EXPIRY_S
+                )
+                if _text(owner) != self.node_id:
+                    self.claimed.discard(stream_id)
+                    if stream_id in self._conflicts:
+                        continue
+                    self._conflicts.add(stream_id)
+                    logger.error(
+                        "cluster: stream %s is now owned by node %s; "
+                        "two publishers use the same stream id",
+                        stream_id,
+                        _text(owner),
+                    )
+            self.nodes = await self._read_nodes()
+            self.heartbeats += 1
+        self.on_heartbeat()
+
+    async def claim(self, stream_id: str) -> NodeInfo | None:
+        """Own `stream_id` (a publisher or a camera starts here): None if it is ours
+        now, or if Redis cannot tell (claimed at the next heartbeat instead); else the
+        node that owns it."""
+        owner: object = self.node_id
+        with self._talking("claim"):
+            owner = await self._redis.eval(
+                CLAIM_SCRIPT, 1, _owner_key(stream_id), self.node_id, EXPIRY_S
+            )
+        if _text(owner) == self.node_id:
+            self.claimed.add(stream_id)
+            return None
+        return self.nodes.get(_text(owner)) or NodeInfo(_text(owner), "", "unknown")
+
+    async def release(self, stream_id: str) -> None:
+        """The stream ended here: another node may take it at once."""
+        self.claimed.discard(stream_id)
+        with self._talking("release"):
+            await self._redis.eval(
+                RELEASE_SCRIPT, 1, _owner_key(stream_id), self.node_id
+            )
+
+    async def owner(self, stream_id: str) -> NodeInfo | None:
+        """The live node that owns `stream_id`, if any (and Redis answers)."""
+        if stream_id in self.claimed:
+            return self.describe(self._local())
+        with self._talking("owner"):
+            owner = await self._redis.get(_owner_key(stream_id))
+            if owner is not None:
+                return self.nodes.get(_text(owner)) or await self._read_node(
+                    _text(owner)
+                )
+        return None
+
+    def pick_edge(self, stream_id: str, exclude: str | None = None) -> NodeInfo | None:
+        """The node a viewer of `stream_id` should go to: a live one that carries
+        viewers and has room, preferring one that carries the stream already (no new
+        pull from the origin), then the least loaded."""
+        candidates = [
+            node
+            for node in self.nodes.values()
+            if node.carries_viewers and not node.full and node.id != exclude
+        ]
+        if not candidates:
+            return None
+        return min(
+            candidates,
+            key=lambda n: (not n.carries(stream_id), round(n.load, 2), n.viewers, n.id),
+        )
+
+    def viewers_elsewhere(self, stream_id: str) -> dict[str, int]:
+        """Viewers of `stream_id` on the other nodes, by node (≤ HEARTBEAT_S old)."""
+        return {
+            node.id: node.streams[stream_id]
+            for node in self.nodes.values()
+            if node.streams.get(stream_id)
+        }
+
+    def describe(self, state: LocalState) -> NodeInfo:
+        now = time.monotonic()
+        cpu_s = process_cpu_s(os.getpid())
+        cpu = (cpu_s - self._cpu[0]) / max(now - self._cpu[1], 0.001)
+        if now - self._cpu[1] >= HEARTBEAT_S / 2:
+            self._cpu = (cpu_s, now)
+        return NodeInfo(
+            id=self.node_id,
+            url=self.node_url,
+            role=self.role,
+            viewers=sum(state.streams.values()),
+            capacity=self.capacity,
+            cpu=round(cpu, 3),
+            bitrate_out_bps=state.bitrate_out_bps,
+            streams=state.streams,
+            relays=state.relays,
+            written_at=time.time(),
+        )
+
+    # --- Redis -----------------------------------------------------------------------
+
+    async def _read_nodes(self) -> dict[str, NodeInfo]:
+        keys = [key async for key in self._redis.scan_iter(match=PREFIX + "node:*")]
+        values = await self._redis.mget(keys) if keys else []
+        nodes = {}
+        for value in values:
+            if value is not None:
+                node = NodeInfo.from_json(value)
+                if node.id != self.node_id:
+                    nodes[node.id] = node
+        return nodes
+
+    async def _read_node(self, node_id: str) -> NodeInfo | None:
+        value = await self._redis.get(_node_key(node_id))
+        return NodeInfo.from_json(value) if value is not None else None
+
+    @contextlib.contextmanager
+    def _talking(self, what: str) -> Iterator[None]:
+        """Run Redis calls: a failure marks Redis down (logged once per outage), and
+        the first success after marks it up again."""
+        try:
+            yield
+        except (RedisError, OSError, TimeoutError) as error:
+            self.failures += 1
+            if self.redis_up:
+                logger.warning(
+                    "cluster: Redis %s is down (%s failed: %s); serving what this "
+                    "node carries, retrying every %g s",
+                    self.redis_url,
+                    what,
+                    type(error).__name__,
+                    HEARTBEAT_S,
+                )
+            self.redis_up = False
+            self.nodes = {}  # nobody is known to be alive
+        else:
+            if not self.redis_up:
+                if self.heartbeats or what != "heartbeat":
+                    logger.info("cluster: Redis %s is back", self.redis_url)
+                self.redis_up = True
+
+
+def _node_key(node_id: str) -> str:
+    return f"{PREFIX}node:{node_id}"
+
+
+def _owner_key(stream_id: str) -> str:
+    return f"{PREFIX}owner:{stream_id}"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,33 @@
+"""Between this node's registry and its cluster membership: what the heartbeat says we
+carry, and the other nodes' viewer counts handed to our streams."""
+
+from __future__ import annotations
+
+from broadcast.cluster.membership import LocalState, Membership
+from broadcast.registry import StreamRegistry
+
+# The kind of source that pulls a stream from its owner (ingest/origin_pull.py).
+RELAY = "relay"
+
+
+def local_state(registry: StreamRegistry) -> LocalState:
+    """The streams carried here, their viewers, which we own and which we relay."""
+    streams = {s.id: len(s.viewers) for s in registry.streams.values()}
+    relays = tuple(
+        s.id
+        for s in registry.streams.values()
+        if s.source is not None and s.source.kind == RELAY
+    )
+    bitrate = sum(
+        viewer.bitrate_out_bps
+        for stream in registry.streams.values()
+        for viewer in stream.viewers
+    )
+    owned = tuple(stream_id for stream_id in streams if stream_id not in relays)
+    return LocalState(streams, owned, relays, bitrate)
+
+
+def share_audiences(registry: StreamRegistry, cluster: Membership) -> None:
+    """Each stream learns its viewers on the other nodes (pages show the sum)."""
+    for stream in registry.streams.values():
+        stream.set_viewers_elsewhere(cluster.viewers_elsewhere(stream.id))
