@@ -11,7 +11,7 @@ from aiohttp import web
 from broadcast.api import admin
 from broadcast.api.metrics import METRICS, Metrics, metrics, watch_loop_lag
 from broadcast.cluster.membership import Membership
-from broadcast.cluster.node_state import local_state, share_audiences
+from broadcast.cluster.node_state import local_state, share_audiences, start_relay
 from broadcast.config import Config
 from broadcast.media.host import MediaHost
 from broadcast.memory import trim_after_sessions_end
@@ -80,6 +80,10 @@ def create_app(config: Config) -> web.Application:
     app[ADMISSION] = Admission(
         app[REGISTRY], lambda: app[METRICS].loop_lag_s, app.get(CLUSTER)
     )
+    if config.clustered:
+        app[ADMISSION].start_relay = lambda stream_id: start_relay(
+            app[REGISTRY], app[MEDIA], app[CLUSTER], stream_id
+        )
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(watch_loop_lag)
     app.cleanup_ctx.append(trim_after_sessions_end)

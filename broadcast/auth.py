@@ -8,11 +8,7 @@ from aiohttp import web
 
 from broadcast import tokens
 from broadcast.config import Config
-from broadcast.errors import ClientError, Unauthorized
-
-
-class Forbidden(ClientError):
-    status = 403
+from broadcast.errors import Forbidden, Unauthorized
 
 
 def bearer_token(request: web.Request) -> str | None:

@@ -7,6 +7,7 @@ import logging
 import secrets
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from broadcast.stream import Stream
 
 if TYPE_CHECKING:
     from broadcast.session import Session
+    from broadcast.source import Source
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,17 @@ class StreamRegistry:
         stream.attach(source)
         if camera.options.always_on:
             source.start()
+        return stream
+
+    def add_pulled(
+        self, stream_id: str, make_source: Callable[[Stream], Source]
+    ) -> Stream:
+        """The stream `stream_id` fed by a source pulled from elsewhere (an edge's pull
+        from its origin), made unless it exists already."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            stream = self.get_or_create(stream_id)
+            stream.attach(make_source(stream))
         return stream
 
     def get_or_create(self, stream_id: str) -> Stream:

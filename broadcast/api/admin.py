@@ -8,12 +8,13 @@ from typing import Any
 from aiohttp import web
 
 from broadcast.auth import check_admin_key
+from broadcast.cluster.node_state import local_state
 from broadcast.config import RtspCamera, RtspOptions
 from broadcast.errors import BadRequest, NotFound
 from broadcast.registry import check_stream_id
 from broadcast.stream import Stream
 from broadcast.viewer import ViewerSession
-from broadcast.web_keys import REGISTRY
+from broadcast.web_keys import CLUSTER, REGISTRY
 
 
 def _kbps(bits_per_second: int) -> int:
@@ -150,7 +151,43 @@ async def remove_camera(request: web.Request) -> web.Response:
     return web.json_response({"removed": stream.id})
 
 
+async def show_cluster(request: web.Request) -> web.Response:
+    """`GET /api/cluster`: the nodes this one knows alive (itself first), their roles,
+    load, heartbeat age and the streams each carries; Redis up or down (its URL
+    without password)."""
+    registry = request.app[REGISTRY]
+    check_admin_key(request, registry.config)
+    cluster = request.app.get(CLUSTER)
+    if cluster is None:
+        raise NotFound("not_clustered", "This server is not in a cluster (--cluster).")
+    now = time.time()
+    me = cluster.describe(local_state(registry))
+    nodes = [
+        {
+            "id": node.id,
+            "url": node.url,
+            "role": node.role,
+            "viewers": node.viewers,
+            "capacity": node.capacity,
+            "cpu_percent": round(100 * node.cpu, 1),
+            "bitrate_out_kbps": _kbps(node.bitrate_out_bps),
+            "heartbeat_age_s": round(max(now - node.written_at, 0.0), 1),
+            "streams": node.streams,
+            "relays": list(node.relays),
+        }
+        for node in [me, *sorted(cluster.nodes.values(), key=lambda n: n.id)]
+    ]
+    return web.json_response(
+        {
+            "node": cluster.node_id,
+            "redis": {"url": cluster.redis_url, "up": cluster.redis_up},
+            "nodes": nodes,
+        }
+    )
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/cluster", show_cluster)
     app.router.add_get("/api/streams", list_streams)
     app.router.add_get("/api/streams/{stream_id}", show_stream)
     app.router.add_delete("/api/streams/{stream_id}", stop_stream)

@@ -4,7 +4,11 @@ carry, and the other nodes' viewer counts handed to our streams."""
 from __future__ import annotations
 
 from broadcast.cluster.membership import LocalState, Membership
+from broadcast.config import Config
+from broadcast.ingest.origin_pull import OriginPull
+from broadcast.media.host import MediaHost
 from broadcast.registry import StreamRegistry
+from broadcast.stream import Stream
 
 # The kind of source that pulls a stream from its owner (ingest/origin_pull.py).
 RELAY = "relay"
@@ -31,3 +35,28 @@ def share_audiences(registry: StreamRegistry, cluster: Membership) -> None:
     """Each stream learns its viewers on the other nodes (pages show the sum)."""
     for stream in registry.streams.values():
         stream.set_viewers_elsewhere(cluster.viewers_elsewhere(stream.id))
+
+
+def start_relay(
+    registry: StreamRegistry, media: MediaHost, cluster: Membership, stream_id: str
+) -> Stream:
+    """The stream, pulled here from the node that publishes it (found again at each
+    attempt: a publisher may come back on another node)."""
+    config: Config = registry.config
+
+    async def locate() -> str | None:
+        owner = await cluster.owner(stream_id)
+        return owner.url if owner is not None and owner.url else None
+
+    return registry.add_pulled(
+        stream_id,
+        lambda stream: OriginPull(
+            stream,
+            media,
+            locate,
+            cluster.node_id,
+            lambda: cluster.secret,
+            config.relay_linger_s,
+            config.publisher_timeout_s,
+        ),
+    )

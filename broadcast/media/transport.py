@@ -204,15 +204,18 @@ class SecureTransport:
         remote_fingerprints: Sequence[RTCDtlsFingerprint],
         candidates_complete: bool,
         dtls_role: str,
+        offerer: bool = False,
     ) -> None:
-        """Start ICE then DTLS in the background, as the answerer.
+        """Start ICE then DTLS in the background, as the answerer (or, for an edge
+        pulling from its origin, the `offerer`).
 
         `dtls_role` is ours, as answered (`server` for `a=setup:passive`).
         """
         if self.closed:
             return
-        # The answerer is ICE-controlled unless the offerer is ICE-lite (RFC 8445 §6.1.1).
-        self._connection.ice_controlling = bool(remote_ice.iceLite)
+        # The offerer controls ICE, and the answerer is controlled unless the offerer
+        # is ICE-lite (RFC 8445 §6.1.1).
+        self._connection.ice_controlling = offerer or bool(remote_ice.iceLite)
         self._ice._role_set = True
         self._dtls._set_role(dtls_role)
         connecting = self._connect(

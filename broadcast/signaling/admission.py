@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -77,8 +77,8 @@ class Admission:
         self.rate = SessionRateLimit(self.config.sessions_per_client_per_minute)
         self._loop_lag_s = loop_lag_s
         self.cluster = cluster
-        # Makes the stream an edge pulls from `url` (its owner's): set by the app.
-        self.start_relay: Callable[[str, str], Awaitable[Stream]] | None = None
+        # Makes the stream an edge pulls from its owner: set by the app.
+        self.start_relay: Callable[[str], Stream] | None = None
 
     @contextlib.asynccontextmanager
     async def publish(
@@ -177,7 +177,7 @@ class Admission:
         if placement.redirect_to is not None:
             raise _redirect(placement.redirect_to, request, "viewer")
         if placement.pull_from is not None and self.start_relay is not None:
-            return await self.start_relay(stream_id, placement.pull_from)
+            return self.start_relay(stream_id)
         return stream
 
     def _is_relay(self, request: web.Request) -> bool:

@@ -250,6 +250,86 @@ def build_answer(
     return str(description)
 
 
+# What an edge offers its origin: every codec we forward, by kind (the origin answers
+# its stream's), with the feedback the origin answers.
+PullCodec = tuple[str, int, int | None, int, dict[str, str]]
+PULL_CODECS: dict[str, list[PullCodec]] = {
+    "audio": [
+        ("opus", 48000, 2, 111, {}),
+        ("PCMA", 8000, None, 8, {}),
+        ("PCMU", 8000, None, 0, {}),
+    ],
+    "video": [
+        ("VP8", 90000, None, 96, {}),
+        *(
+            (
+                "H264",
+                90000,
+                None,
+                102 + index,
+                {
+                    "packetization-mode": "1",
+                    "profile-level-id": profile,
+                    "level-asymmetry-allowed": "1",
+                },
+            )
+            for index, profile in enumerate(("42e01f", "42001f", "4d001f", "640c1f"))
+        ),
+    ],
+}
+
+
+def build_offer(
+    ice: RTCIceParameters,
+    candidates: list[RTCIceCandidate],
+    fingerprints: list[RTCDtlsFingerprint],
+    kinds: tuple[str, ...] = ("video", "audio"),
+) -> str:
+    """An edge's offer to pull a stream from its origin: receive-only, BUNDLEd,
+    rtcp-mux, full candidates, DTLS `actpass`."""
+    description = aiortc_sdp.SessionDescription()
+    description.origin = f"- {secrets.randbits(62)} 1 IN IP4 0.0.0.0"
+    description.msid_semantic.append(
+        aiortc_sdp.GroupDescription(semantic="WMS", items=["*"])
+    )
+    description.type = "offer"
+    bundle = aiortc_sdp.GroupDescription(semantic="BUNDLE", items=[])
+    feedback = [
+        RTCRtcpFeedback(type=t, parameter=p)
+        for t, p in sorted(VIEWER_FEEDBACK, key=str)
+    ]
+    for index, kind in enumerate(kinds):
+        codecs = [
+            RTCRtpCodecParameters(
+                mimeType=f"{kind}/{name}",
+                clockRate=rate,
+                channels=channels,
+                payloadType=payload_type,
+                rtcpFeedback=feedback if kind == "video" else [],
+                parameters=dict(parameters),
+            )
+            for name, rate, channels, payload_type, parameters in PULL_CODECS[kind]
+        ]
+        media = aiortc_sdp.MediaDescription(
+            kind=kind,
+            port=candidates[0].port if candidates else 9,
+            profile="UDP/TLS/RTP/SAVPF",
+            fmt=[c.payloadType for c in codecs],
+        )
+        media.host = candidates[0].ip if candidates else "0.0.0.0"
+        media.direction = "recvonly"
+        media.rtp = RTCRtpParameters(codecs=codecs, muxId=str(index))
+        media.rtcp_port, media.rtcp_host, media.rtcp_mux = 9, "0.0.0.0", True
+        media.ice = ice
+        media.dtls = RTCDtlsParameters(fingerprints=fingerprints, role="auto")
+        media.ice_candidates = candidates
+        media.ice_candidates_complete = True
+        bundle.items.append(str(index))
+        description.media.append(media)
+    description.group.append(bundle)
+    return str(description)
+
+
 def _placeholder(offered: aiortc_sdp.MediaDescription) -> list[RTCRtpCodecParameters]:
     """One offered codec, to answer an m-line `inactive` rather than reject it."""
     if offered.kind not in ("audio", "video"):
