@@ -73,10 +73,10 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(close_websockets)
     add_routes(app)
     admin.add_routes(app)
-    app[METRICS] = Metrics(app[REGISTRY], app[MEDIA], app[WORKERS])
     if config.clustered:
         app[CLUSTER] = Membership(config, lambda: local_state(app[REGISTRY]))
         app[CLUSTER].on_heartbeat = lambda: share_audiences(app[REGISTRY], app[CLUSTER])
+    app[METRICS] = Metrics(app[REGISTRY], app[MEDIA], app[WORKERS], app.get(CLUSTER))
     app[ADMISSION] = Admission(
         app[REGISTRY], lambda: app[METRICS].loop_lag_s, app.get(CLUSTER)
     )

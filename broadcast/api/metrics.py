@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from broadcast.api.quality import ViewerQuality
 from broadcast.auth import check_admin_key
+from broadcast.cluster.membership import Membership
 from broadcast.media.host import MediaHost
 from broadcast.registry import StreamRegistry
 from broadcast.stream import ENDED, LIVE, RECONNECTING, WAITING
@@ -52,11 +53,16 @@ class Metrics:
     """The Prometheus registry of one server (no module-level state)."""
 
     def __init__(
-        self, registry: StreamRegistry, media: MediaHost, workers: WorkerPool
+        self,
+        registry: StreamRegistry,
+        media: MediaHost,
+        workers: WorkerPool,
+        cluster: Membership | None = None,
     ) -> None:
         self.registry = registry
         self.media = media
         self.workers = workers
+        self.cluster = cluster
         self.prometheus = CollectorRegistry()
         self.join_seconds = Histogram(
             "broadcast_join_to_keyframe_seconds",
@@ -108,6 +114,8 @@ class _ServerCollector(Collector):
             ),
         )
         yield from _processes(self._metrics)
+        if self._metrics.cluster is not None:
+            yield from _cluster(self._metrics.cluster)
         started = CounterMetricFamily(
             "broadcast_sessions_started", "Sessions created", labels=["kind"]
         )
@@ -157,6 +165,33 @@ def _processes(metrics: Metrics) -> Iterator[Metric]:
         lag.add_metric([str(worker.index)], worker.loop_lag_s)
     yield viewers
     yield lag
+
+
+def _cluster(cluster: Membership) -> Iterator[Metric]:
+    """The cluster as this node sees it: Redis, the live nodes and their viewers."""
+    yield GaugeMetricFamily(
+        "broadcast_cluster_redis_up",
+        "1 while this node reaches the cluster's Redis",
+        value=int(cluster.redis_up),
+    )
+    yield GaugeMetricFamily(
+        "broadcast_cluster_nodes",
+        "Live nodes of the cluster this node knows, itself included",
+        value=1 + len(cluster.nodes),
+    )
+    viewers = GaugeMetricFamily(
+        "broadcast_cluster_node_viewers",
+        "Viewers each live node carries, from its last heartbeat",
+        labels=["node", "role"],
+    )
+    for node in cluster.nodes.values():
+        viewers.add_metric([node.id, node.role], node.viewers)
+    yield viewers
+    yield CounterMetricFamily(
+        "broadcast_cluster_redis_failures",
+        "Calls to the cluster's Redis that failed or timed out",
+        value=cluster.failures,
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
