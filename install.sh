@@ -18,6 +18,13 @@ readonly USAGE="usage: install.sh [options]
   --cert FILE --key FILE
                      a PEM certificate (chain) and its key, copied to /etc/broadcast/tls
                      (default: a self-signed certificate for the IP or domain)
+  --cluster URL      join a cluster: its Redis, redis://[:PASSWORD@]HOST:6379/0
+  --role ROLE        with --cluster: both (default), origin or edge
+  --node-url URL     with --cluster: this node's URL as browsers reach it
+                     (default: https://DOMAIN-or-IP:HTTPS-PORT)
+  --node-id ID       with --cluster: this node's name in the cluster (default: its host)
+  --cluster-secret S with --cluster: the secret edges pull with (default: shared
+                     through Redis; set the same one on every node to fix it)
   --uninstall        remove the service, the app and the user; keep config and logs
   --purge            with --uninstall: remove /etc/broadcast and /var/log/broadcast too
   --python PATH      Python >= 3.11 for the venv (default: /usr/bin/python3, or 3.11)
@@ -29,6 +36,7 @@ readonly USAGE="usage: install.sh [options]
 
 ip="" yes=0 http_port=8080 https_port=8443 domain="" cert="" key=""
 uninstall=0 purge=0 python="" pip_args="" root="" no_systemd=0
+cluster="" role="" node_url="" node_id="" cluster_secret=""
 
 die() {
     echo "install.sh: $*" >&2
@@ -48,6 +56,11 @@ while [[ $# -gt 0 ]]; do
         --domain) need_value "$@"; domain=$2; shift ;;
         --cert) need_value "$@"; cert=$2; shift ;;
         --key) need_value "$@"; key=$2; shift ;;
+        --cluster) need_value "$@"; cluster=$2; shift ;;
+        --role) need_value "$@"; role=$2; shift ;;
+        --node-url) need_value "$@"; node_url=$2; shift ;;
+        --node-id) need_value "$@"; node_id=$2; shift ;;
+        --cluster-secret) need_value "$@"; cluster_secret=$2; shift ;;
         --uninstall) uninstall=1 ;;
         --purge) purge=1 ;;
         --python) need_value "$@"; python=$2; shift ;;
@@ -138,6 +151,18 @@ if [[ -n $cert || -n $key ]]; then
     [[ -n $cert && -n $key ]] || die "--cert and --key go together"
     [[ -r $cert ]] || die "cannot read --cert $cert"
     [[ -r $key ]] || die "cannot read --key $key"
+fi
+if [[ -n $cluster ]]; then
+    [[ $cluster =~ ^rediss?://[^[:space:]]+$ ]] \
+        || die "--cluster must be a redis:// or rediss:// URL, got \"${cluster%%@*}...\""
+    [[ -z $role || $role =~ ^(both|origin|edge)$ ]] \
+        || die "--role must be both, origin or edge, got \"$role\""
+    [[ -z $node_url || $node_url =~ ^https?://[^/[:space:]]+/?$ ]] \
+        || die "--node-url must be http(s)://HOST[:PORT], got \"$node_url\""
+    [[ -z $node_id || $node_id =~ ^[A-Za-z0-9_.-]{1,64}$ ]] \
+        || die "--node-id must be 1-64 letters, digits, '.', '_' or '-', got \"$node_id\""
+elif [[ -n $role$node_url$node_id$cluster_secret ]]; then
+    die "--role, --node-url, --node-id and --cluster-secret go with --cluster URL"
 fi
 if [[ -z $root && $EUID -ne 0 ]]; then
     die "run it as root: sudo $0 $*"
@@ -392,8 +417,34 @@ random_key() {
     openssl rand -hex 16
 }
 
+xml_text() {  # escape a value for an XML element
+    local text=${1//&/&amp;}
+    text=${text//</&lt;}
+    echo "${text//>/&gt;}"
+}
+
+cluster_section() {  # the <cluster> element of a new config, or nothing
+    [[ -n $cluster ]] || return 0
+    local url=$node_url host=${domain:-$ip}
+    [[ $host == *:* ]] && host="[$host]"
+    [[ -n $url ]] || url="https://$host:$https_port"
+    echo "  <cluster>"
+    echo "    <!-- the cluster's Redis (its password stays in this file, never in logs) -->"
+    echo "    <redis>$(xml_text "$cluster")</redis>"
+    echo "    <!-- where browsers reach this node: viewers are redirected here -->"
+    echo "    <node_url>$(xml_text "$url")</node_url>"
+    [[ -z $node_id ]] || echo "    <node_id>$node_id</node_id>"
+    echo "    <role>${role:-both}</role>"
+    [[ -z $cluster_secret ]] || echo "    <secret>$(xml_text "$cluster_secret")</secret>"
+    echo "  </cluster>"
+}
+
 if (( config_kept )); then
     echo "==> kept the existing config $CONFIG (not changed; edit it to change settings)"
+    if [[ -n $cluster ]]; then
+        echo "note: --cluster applies to a new config only; add <cluster> to $CONFIG" \
+            "(see $CONF_DIR/flashphoner.xml.example)"
+    fi
 else
     begin "writing the config $CONFIG" "check that $CONF_DIR is writable"
     umask_before=$(umask)
@@ -416,6 +467,7 @@ else
     <tls_certificate>tls/cert.pem</tls_certificate>
     <tls_key>tls/key.pem</tls_key>
   </server>
+$(cluster_section)
   <auth>
     <!-- presenters publish with this key: https://HOST:$https_port/?key=KEY -->
     <publish_key>$(random_key)</publish_key>
@@ -519,6 +571,10 @@ cat <<EOF
   logs:       journalctl -u broadcast -f    and    $LOG_DIR/broadcast.log
   status:     systemctl status broadcast    (alias: service webcallserver status)
 EOF
+if [[ -n $(config_value redis) ]]; then
+    echo "  cluster:    node $(config_value node_url), role $(config_value role)" \
+        "(GET /api/cluster lists the nodes)"
+fi
 if ! systemd; then
     echo
     echo "  not started (--no-systemd); run it with:"

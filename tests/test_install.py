@@ -329,6 +329,46 @@ def test_uninstall_keeps_the_config_and_purge_removes_it(install: Install) -> No
     assert not (install.root / "var/log/broadcast").exists()
 
 
+@pytest.mark.timeout(600)
+def test_install_as_a_cluster_edge_writes_the_cluster_settings(
+    install: Install,
+) -> None:
+    """After the purge above: a fresh install that joins a cluster as an edge."""
+    redis = "redis://:redis-pass-word-7@10.0.0.1:6379/0"
+    node_url = f"https://127.0.0.1:{install.https_port}"
+    output = _succeeded(
+        install.run("--cluster", redis, "--role", "edge", "--node-id", "edge-7")
+    )
+    assert install.value("redis") == redis
+    assert install.value("node_url") == node_url  # the default: this server's URL
+    assert (install.value("node_id"), install.value("role")) == ("edge-7", "edge")
+    assert f"cluster:    node {node_url}, role edge" in output
+    assert "redis-pass-word-7" not in output
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--role", "edge"], "go with --cluster URL"),
+        (["--cluster", "http://10.0.0.1"], "must be a redis:// or rediss:// URL"),
+        (["--cluster", "redis://h", "--role", "relay"], "--role must be both"),
+        (["--cluster", "redis://h", "--node-url", "ftp://x"], "--node-url must be"),
+    ],
+)
+def test_install_sh_checks_the_cluster_options_first(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        ["bash", str(INSTALL_SH), "--root", str(tmp_path), "--no-systemd", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "opt").exists()
+
+
 def test_install_sh_fails_with_what_to_do(tmp_path: Path) -> None:
     result = subprocess.run(
         [
