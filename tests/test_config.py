@@ -634,3 +634,12 @@ def test_cluster_flags_join_a_cluster_and_need_the_node_url(
     with pytest.raises(SystemExit):
         main(["serve", "--role", "edge"])
     assert "go with --cluster" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["origin.xml", "edge.xml"])
+def test_the_cluster_examples_pass_check_config(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = EXAMPLE.parent / "deploy" / "cluster" / name
+    main(["check-config", str(path)])
+    assert capsys.readouterr().out == f"{path}: ok\n"

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
+
+from tests.peers import publish, wait_for, watch
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -114,3 +119,68 @@ def test_every_command_describes_itself_in_its_help(command: str) -> None:
         f"`broadcast {command} --help` has no description:\n{result.stdout}"
     )
     assert shlex.split(usage)[1:3] == ["broadcast", command]
+
+
+def cluster_commands() -> str:
+    """The ```sh block of README.md's "Cluster" section."""
+    section = README.split("\n## Cluster\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"^```sh\n(.*?)\n```$", section, re.M | re.S)
+    return block
+
+
+async def test_the_cluster_section_runs_as_written() -> None:
+    """Its commands, as they are, start Redis, an origin and two edges; a viewer who
+    opens the origin's link plays from an edge."""
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        cluster_commands() + "\nwait",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its background jobs are one process group
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            for port in (8080, 8090, 8100):
+                await wait_for_health(http, f"http://127.0.0.1:{port}/healthz", process)
+            publisher = await publish(http, "http://127.0.0.1:8080/whip/readme")
+            await publisher.wait_connected()
+            viewer = None
+            for _ in range(50):  # until the origin has heard both edges' heartbeats
+                try:
+                    viewer = await watch(http, "http://127.0.0.1:8080/whep/readme")
+                    break
+                except AssertionError:
+                    await asyncio.sleep(0.1)
+            assert viewer is not None, "no node took the viewer"
+            assert viewer.answered_by.startswith(
+                ("http://127.0.0.1:8090/", "http://127.0.0.1:8100/")
+            )
+            await viewer.wait_connected()
+            await wait_for(lambda: viewer.frames.get("video"), 15, "no picture")
+            await asyncio.gather(viewer.close(), publisher.close())
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        except TimeoutError:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
+async def wait_for_health(
+    http: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process
+) -> None:
+    for _ in range(150):
+        if process.returncode is not None:
+            assert process.stderr is not None
+            raise AssertionError((await process.stderr.read()).decode())
+        try:
+            async with http.get(url) as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered")
