@@ -174,6 +174,15 @@ async def test_viewers_of_the_origin_are_spread_over_the_edges(cluster: Cluster)
                 assert time.monotonic() < deadline, event
         stream = await stream_info(http, cluster.origin, "live")
         assert stream["viewers"] == 10, stream
+        # Past the whole cluster's capacity (5 per edge): try again later.
+        async with http.post(
+            f"{cluster.origin.url}/whep/live",
+            data=await recvonly_offer(),
+            headers={"Content-Type": "application/sdp"},
+        ) as response:
+            body = await response.json()
+        assert response.status == 503 and body["error"] == "cluster_full", body
+        assert response.headers["Retry-After"] == "10"
         assert stream["viewers_by_node"] == {"origin": 0, "edge1": 5, "edge2": 5}
         # One upstream session per edge, not per viewer.
         async with http.get(f"{cluster.origin.url}/api/cluster", headers=ADMIN) as r:

@@ -131,6 +131,7 @@ class Membership:
         # Called after each heartbeat that read the other nodes.
         self.on_heartbeat: Callable[[], None] = lambda: None
         self._cpu = (process_cpu_s(os.getpid()), time.monotonic())
+        self.cpu_share = 0.0
         self.heartbeats = 0
         self.failures = 0
 
@@ -176,6 +177,7 @@ class Membership:
     async def heartbeat(self) -> None:
         """Write who we are and what we carry, keep our streams, read the others."""
         state = self._local()
+        self._measure_cpu()
         me = self.describe(state)
         with self._talking("heartbeat"):
             if self._shares_secret:
@@ -268,19 +270,21 @@ class Membership:
             if node.streams.get(stream_id)
         }
 
+    def _measure_cpu(self) -> None:
+        """CPU share of this node's processes since the last heartbeat."""
+        cpu_s, now = process_cpu_s(os.getpid()), time.monotonic()
+        before, then = self._cpu
+        self.cpu_share = round((cpu_s - before) / max(now - then, 0.001), 3)
+        self._cpu = (cpu_s, now)
+
     def describe(self, state: LocalState) -> NodeInfo:
-        now = time.monotonic()
-        cpu_s = process_cpu_s(os.getpid())
-        cpu = (cpu_s - self._cpu[0]) / max(now - self._cpu[1], 0.001)
-        if now - self._cpu[1] >= HEARTBEAT_S / 2:
-            self._cpu = (cpu_s, now)
         return NodeInfo(
             id=self.node_id,
             url=self.node_url,
             role=self.role,
             viewers=sum(state.streams.values()),
             capacity=self.capacity,
-            cpu=round(cpu, 3),
+            cpu=self.cpu_share,
             bitrate_out_bps=state.bitrate_out_bps,
             streams=state.streams,
             relays=state.relays,
