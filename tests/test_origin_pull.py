@@ -1,0 +1,207 @@
+"""The edge's pull (ingest/origin_pull.py) between two servers in this process, on a
+real Redis: what the process-level cluster tests do not look at closely. The relay is
+admitted only with the cluster's secret, is not one of the origin's viewers, carries
+audio as well as video, merges its viewers' keyframe requests into one upstream PLI and
+lets go of the origin `linger_seconds` after its last viewer leaves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
+
+from broadcast.app import create_app
+from broadcast.config import Config
+from broadcast.ingest.origin_pull import RELAY_HEADER, SECRET_HEADER
+from broadcast.stream import Stream
+from broadcast.web_keys import CLUSTER, REGISTRY
+from tests.cluster_redis import start_redis
+from tests.peers import Peer, publish, recvonly_offer, wait_for, watch
+from tests.test_server import free_port
+
+SECRET = "test-cluster-secret-7"
+RtcpHandler = Callable[[Any], Coroutine[Any, Any, None]]  # aiortc: a union of packets
+STREAM = "live"
+
+
+@dataclass
+class Pair:
+    origin: TestServer
+    edge: TestServer
+
+    def stream(self, server: TestServer) -> Stream | None:
+        stream: Stream | None = server.app[REGISTRY].get(STREAM)
+        return stream
+
+
+async def start_node(
+    redis_url: str, name: str, role: str, **config: object
+) -> TestServer:
+    """A node of the cluster: its URL must be known before its app is built."""
+    port = free_port()
+    app = create_app(
+        Config(
+            host="127.0.0.1",
+            media_port=0,
+            workers=1,
+            cluster_redis=redis_url,
+            node_url=f"http://127.0.0.1:{port}",
+            node_id=name,
+            cluster_role=role,
+            cluster_secret=SECRET,
+            **config,  # type: ignore[arg-type]
+        )
+    )
+    server = TestServer(app, host="127.0.0.1", port=port)
+    await server.start_server()
+    return server
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """An origin and an edge (its pull lingers 1 s), on a Redis of their own."""
+    redis = await start_redis(tmp_path)
+    servers: list[TestServer] = []
+    try:
+        servers.append(await start_node(redis.url, "origin", "origin"))
+        servers.append(await start_node(redis.url, "edge", "edge", relay_linger_s=1.0))
+        yield Pair(*servers)
+    finally:
+        for server in servers:
+            await server.close()
+        await redis.stop()
+
+
+async def published(pair: Pair, http: aiohttp.ClientSession) -> Peer:
+    """A publisher on the origin, its stream's owner known to the edge."""
+    publisher = await publish(http, str(pair.origin.make_url(f"/whip/{STREAM}")))
+    await publisher.wait_connected()
+    edge = pair.edge.app[CLUSTER]
+    for _ in range(100):
+        if await edge.owner(STREAM) is not None:
+            return publisher
+        await asyncio.sleep(0.1)
+    raise AssertionError("the edge never learnt who owns the stream")
+
+
+def count_plis(peer: Peer) -> list[RtcpPsfbPacket]:
+    """The PLIs the publisher's video sender receives, as they come."""
+    plis: list[RtcpPsfbPacket] = []
+    for transceiver in peer.pc.getTransceivers():
+        if transceiver.kind == "video":
+            sender = transceiver.sender
+            sender._handle_rtcp_packet = _tap(sender._handle_rtcp_packet, plis)  # type: ignore[assignment]
+    return plis
+
+
+def _tap(handle: RtcpHandler, plis: list[RtcpPsfbPacket]) -> RtcpHandler:
+    async def record(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI:
+            plis.append(packet)
+        await handle(packet)
+
+    return record
+
+
+async def test_a_relay_needs_the_cluster_secret(
+    pair: Pair, http: aiohttp.ClientSession
+):
+    publisher = await published(pair, http)
+    url = str(pair.origin.make_url(f"/whep/{STREAM}"))
+    answers = []
+    for secret in ("wrong-secret", None, SECRET):
+        headers = {"Content-Type": "application/sdp", RELAY_HEADER: "edge"}
+        if secret is not None:
+            headers[SECRET_HEADER] = secret
+        async with http.post(url, data=await recvonly_offer(), headers=headers) as r:
+            body = await r.json() if r.status == 403 else {}
+            answers.append((r.status, body.get("error")))
+            if r.status == 201:
+                async with http.delete(
+                    str(pair.origin.make_url(r.headers["Location"]))
+                ) as gone:
+                    assert gone.status in (200, 204)
+    assert answers == [
+        (403, "bad_cluster_secret"),
+        (403, "bad_cluster_secret"),
+        (201, None),
+    ]
+    await publisher.close()
+
+
+async def test_the_edge_carries_video_and_audio_and_is_no_viewer_of_the_origin(
+    pair: Pair, http: aiohttp.ClientSession
+):
+    publisher = await published(pair, http)
+    viewer = await watch(http, str(pair.edge.make_url(f"/whep/{STREAM}")))
+    await viewer.wait_connected()
+    await wait_for(
+        lambda: (
+            len(viewer.frames.get("video", [])) > 10
+            and len(viewer.frames.get("audio", [])) > 10
+        ),
+        message=f"frames via the edge: { {k: len(v) for k, v in viewer.frames.items()} }",
+    )
+    origin_stream, edge_stream = pair.stream(pair.origin), pair.stream(pair.edge)
+    assert origin_stream is not None and edge_stream is not None
+    assert edge_stream.source is not None and edge_stream.source.kind == "relay"
+    assert (len(origin_stream.viewers), len(origin_stream.relays)) == (0, 1)
+    assert len(edge_stream.viewers) == 1
+    # The origin's heartbeat carries no viewer of its own: the edge's one is the edge's.
+    await wait_for(
+        lambda: pair.origin.app[CLUSTER].viewers_elsewhere(STREAM) == {"edge": 1}
+    )
+    async with http.get(str(pair.origin.make_url("/metrics"))) as response:
+        metrics = await response.text()
+    assert "broadcast_viewers 0.0" in metrics.splitlines()
+    await asyncio.gather(viewer.close(), publisher.close())
+
+
+async def test_joins_on_the_edge_reach_the_publisher_as_one_pli(
+    pair: Pair, http: aiohttp.ClientSession
+):
+    publisher = await published(pair, http)
+    plis = count_plis(publisher)
+    url = str(pair.edge.make_url(f"/whep/{STREAM}"))
+    first = await watch(http, url, ("video",))
+    await first.wait_connected()
+    await wait_for(lambda: len(first.frames.get("video", [])) > 10)
+    await asyncio.sleep(1.5)  # past the merge window of the first join's PLI
+    edge_stream = pair.stream(pair.edge)
+    assert edge_stream is not None
+    keyframes = edge_stream.tracks["video"].keyframes
+    before, asked_before = len(plis), keyframes.sent
+    viewers = await asyncio.gather(*(watch(http, url, ("video",)) for _ in range(6)))
+    await asyncio.gather(*(v.wait_connected() for v in viewers))
+    await wait_for(lambda: all(v.frames.get("video") for v in viewers))
+    # Six joins within a fraction of a second: one PLI upstream, one more a second on,
+    # merged by the edge itself (the origin's throttle would hide it not doing so).
+    assert 1 <= keyframes.sent - asked_before <= 2, "PLIs from the edge"
+    assert 1 <= len(plis) - before <= 2, f"PLIs at the publisher: {len(plis) - before}"
+    await asyncio.gather(*(v.close() for v in [first, *viewers]), publisher.close())
+
+
+async def test_the_pull_lingers_then_lets_go_of_the_origin(
+    pair: Pair, http: aiohttp.ClientSession
+):
+    publisher = await published(pair, http)
+    viewer = await watch(http, str(pair.edge.make_url(f"/whep/{STREAM}")), ("video",))
+    await viewer.wait_connected()
+    await wait_for(lambda: bool(viewer.frames.get("video")))
+    origin_stream = pair.stream(pair.origin)
+    assert origin_stream is not None and len(origin_stream.relays) == 1
+    async with http.delete(str(pair.edge.make_url(viewer.location))) as response:
+        assert response.status in (200, 204)
+    await asyncio.sleep(0.5)  # within the linger: the pull stays
+    assert pair.stream(pair.edge) is not None and len(origin_stream.relays) == 1
+    # After it: the edge's stream ends and its upstream session is gone from the origin.
+    await wait_for(lambda: pair.stream(pair.edge) is None, timeout=5)
+    await wait_for(lambda: not origin_stream.relays, timeout=5)
+    await asyncio.gather(viewer.close(), publisher.close())
