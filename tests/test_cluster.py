@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+import redis.asyncio as redis
 
 from tests.cluster_nodes import ADMIN, Node, start_node
 from tests.cluster_redis import RedisServer, start_redis
@@ -326,6 +327,12 @@ async def test_without_redis_every_node_keeps_serving_and_rejoins_after(
             for node in cluster.nodes:
                 await wait_for_text(http, f"{node.url}/healthz", "ok", exact=True)
                 await wait_until_known(http, node, ["origin", edge.name])
+            # The origin claimed its live stream again in the Redis that came back.
+            client = redis.Redis.from_url(cluster.redis.url)
+            try:
+                assert await client.get("broadcast:owner:r") == b"origin"
+            finally:
+                await client.aclose()
             # The origin's stream is its own again: a new viewer is placed as before.
             fresh = await watch(http, f"{cluster.origin.url}/whep/r", kinds=("video",))
             assert cluster.node_of(fresh.answered_by) is edge
