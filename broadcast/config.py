@@ -42,14 +42,19 @@ def check_stream_id(text: str) -> str:
     return text
 
 
-def check_rtsp_url(text: str) -> str:
-    """Return `text` if it is an rtsp:// or rtsps:// URL with a host, else raise ValueError."""
+def _has_host(text: str, schemes: tuple[str, ...]) -> bool:
+    """Whether `text` is a URL of one of `schemes` with a host and a valid port."""
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in RTSP_SCHEMES or not parts.hostname:
+        return False
+    return parts.scheme in schemes and bool(parts.hostname)
+
+
+def check_rtsp_url(text: str) -> str:
+    """Return `text` if it is an rtsp:// or rtsps:// URL with a host, else raise ValueError."""
+    if not _has_host(text, RTSP_SCHEMES):
         raise ValueError("must be an rtsp:// or rtsps:// URL with a host")
     return text
 
@@ -165,12 +170,7 @@ def parse_origin(text: str) -> str:
 
 def parse_redis_url(text: str) -> str:
     """Read a redis:// or rediss:// URL with a host (and maybe a password, a db)."""
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("redis", "rediss") or not parts.hostname:
+    if not _has_host(text, ("redis", "rediss")):
         raise ValueError("must be a URL like redis://:PASSWORD@HOST:6379/0")
     return text
 
@@ -178,13 +178,8 @@ def parse_redis_url(text: str) -> str:
 def parse_node_url(text: str) -> str:
     """Read a node's base URL: http(s)://host[:port], no path; kept without a `/`."""
     parts = urlsplit(text)
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        parts = parts._replace(netloc="")
     if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
+        not _has_host(text, ("http", "https"))
         or parts.path not in ("", "/")
         or parts.query
         or parts.username

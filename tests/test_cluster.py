@@ -23,7 +23,7 @@ import redis.asyncio as redis
 
 from tests.cluster_nodes import ADMIN, Node, start_node
 from tests.cluster_redis import RedisServer, start_redis
-from tests.peers import Viewer, publish, recvonly_offer, wait_for, watch
+from tests.peers import Peer, Viewer, publish, recvonly_offer, wait_for, watch
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -126,6 +126,18 @@ async def redirected_to(http: aiohttp.ClientSession, url: str) -> str:
     ) as response:
         assert response.status == 307, await response.text()
         return response.headers["Location"]
+
+
+async def live_via_an_edge(cluster: Cluster, stream: str) -> tuple[Peer, Viewer]:
+    """A publisher on the origin, and a viewer who came through it, playing."""
+    publisher = await publish(cluster.http, f"{cluster.origin.url}/whip/{stream}")
+    await publisher.wait_connected()
+    viewer = await watch(
+        cluster.http, f"{cluster.origin.url}/whep/{stream}", kinds=("video",)
+    )
+    await viewer.wait_connected()
+    await pictures(viewer)
+    return publisher, viewer
 
 
 async def no_viewers_left(cluster: Cluster) -> None:
@@ -270,11 +282,7 @@ async def test_an_edge_killed_is_gone_within_its_expiry_and_viewers_go_elsewhere
 ):
     async with running_cluster(tmp_path, 2) as cluster:
         http = cluster.http
-        publisher = await publish(http, f"{cluster.origin.url}/whip/k")
-        await publisher.wait_connected()
-        viewer = await watch(http, f"{cluster.origin.url}/whep/k", kinds=("video",))
-        await viewer.wait_connected()
-        await pictures(viewer)
+        publisher, viewer = await live_via_an_edge(cluster, "k")
         dead = cluster.node_of(viewer.answered_by)
         live = next(edge for edge in cluster.edges if edge is not dead)
         dead.kill()
@@ -301,11 +309,7 @@ async def test_without_redis_every_node_keeps_serving_and_rejoins_after(
     async with running_cluster(tmp_path, 1) as cluster:
         http = cluster.http
         (edge,) = cluster.edges
-        publisher = await publish(http, f"{cluster.origin.url}/whip/r")
-        await publisher.wait_connected()
-        viewer = await watch(http, f"{cluster.origin.url}/whep/r", kinds=("video",))
-        await viewer.wait_connected()
-        await pictures(viewer)
+        publisher, viewer = await live_via_an_edge(cluster, "r")
         for outage in ("hung", "stopped"):
             if outage == "hung":
                 cluster.redis.pause()
@@ -365,11 +369,7 @@ async def test_when_the_origin_dies_edge_viewers_wait_and_resume_on_a_new_one(
     async with running_cluster(tmp_path, 1) as cluster:
         http = cluster.http
         (edge,) = cluster.edges
-        publisher = await publish(http, f"{cluster.origin.url}/whip/o")
-        await publisher.wait_connected()
-        viewer = await watch(http, f"{cluster.origin.url}/whep/o", kinds=("video",))
-        await viewer.wait_connected()
-        await pictures(viewer)
+        publisher, viewer = await live_via_an_edge(cluster, "o")
         async with http.ws_connect(f"{edge.url}/ws") as ws:
             await ws.send_json({"type": "subscribe", "stream": "o"})
             cluster.origin.kill()

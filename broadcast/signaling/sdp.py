@@ -211,12 +211,7 @@ def build_answer(
     cname: str,
 ) -> str:
     """Our SDP answer: BUNDLEd, rtcp-mux, full candidates."""
-    description = aiortc_sdp.SessionDescription()
-    description.origin = f"- {secrets.randbits(62)} 1 IN IP4 0.0.0.0"
-    description.msid_semantic.append(
-        aiortc_sdp.GroupDescription(semantic="WMS", items=["*"])
-    )
-    description.type = "answer"
+    description = _description("answer")
     bundle = aiortc_sdp.GroupDescription(semantic="BUNDLE", items=[])
     for answer in answers:
         offered = answer.offered
@@ -287,12 +282,7 @@ def build_offer(
 ) -> str:
     """An edge's offer to pull a stream from its origin: receive-only, BUNDLEd,
     rtcp-mux, full candidates, DTLS `actpass`."""
-    description = aiortc_sdp.SessionDescription()
-    description.origin = f"- {secrets.randbits(62)} 1 IN IP4 0.0.0.0"
-    description.msid_semantic.append(
-        aiortc_sdp.GroupDescription(semantic="WMS", items=["*"])
-    )
-    description.type = "offer"
+    description = _description("offer")
     bundle = aiortc_sdp.GroupDescription(semantic="BUNDLE", items=[])
     feedback = [
         RTCRtcpFeedback(type=t, parameter=p)
@@ -328,6 +318,17 @@ def build_offer(
         description.media.append(media)
     description.group.append(bundle)
     return str(description)
+
+
+def _description(kind: str) -> aiortc_sdp.SessionDescription:
+    """An empty offer or answer of ours (its m-lines follow)."""
+    description = aiortc_sdp.SessionDescription()
+    description.origin = f"- {secrets.randbits(62)} 1 IN IP4 0.0.0.0"
+    description.msid_semantic.append(
+        aiortc_sdp.GroupDescription(semantic="WMS", items=["*"])
+    )
+    description.type = kind
+    return description
 
 
 def _placeholder(offered: aiortc_sdp.MediaDescription) -> list[RTCRtpCodecParameters]:
