@@ -38,6 +38,15 @@ SMOKE_RUNS = {
         ["--trials", "1", "--seconds", "1", "--codecs", "H264"],
         r"H264 at 5 % loss: lossy viewer decoded [\d.]+ % of a clean viewer's frames",
     ),
+    # Two edges (one is killed); 1 and 2 viewers via the origin.
+    "cluster.py": (
+        "--edges 2 --viewers 1,2 --duration 1 --settle 0 --clip-s 2 --decoders 1"
+        " --redirects 10 --kills 1".split(),
+        r"origin CPU per edge: -?[\d.]+ % of a core(.|\n)*"
+        r"origin CPU per joined viewer: -?[\d.]+ % of a core(.|\n)*"
+        r"first decoded frame p50 \d+ ms(.|\n)*"
+        r"re-route after SIGKILL: p50 [\d.]+ s",
+    ),
     "page_open.py": (
         ["--openings", "1"],
         r"browser presenter: page open -> first frame p50 \d+ ms(.|\n)*"
