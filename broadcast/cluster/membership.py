@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -35,6 +36,9 @@ HEARTBEAT_S = 2.0
 # The others are read twice as often as we write: a dead node drops out of our view at
 # most this long after its key expired (SIGKILL to gone: 7.0 s with 2 s reads, now ~5-6).
 READ_S = 1.0
+# A node whose heartbeat has not changed for this long is taken for dead before its key
+# expires: no viewer is sent to a killed edge while Redis still holds its last words.
+STALE_S = 3.5
 # Three missed heartbeats: a node this quiet is gone, and its streams are free.
 EXPIRY_S = 6
 REDIS_TIMEOUT_S = 1.0
@@ -122,6 +126,11 @@ class Membership:
         self._shares_secret = config.cluster_secret is None  # kept in Redis
         self.redis_up = False
         self.nodes: dict[str, NodeInfo] = {}  # the others, from their heartbeats
+        # When each node's current heartbeat was first read here (our clock, not theirs).
+        self._heard: dict[str, tuple[float, float]] = {}
+        # Viewers we sent to each node since its last heartbeat: a burst of joins is
+        # spread by what we know we sent, not only by figures up to 2 s old.
+        self._sent: Counter[str] = Counter()
         self.claimed: set[str] = set()  # streams this node owns
         self._conflicts: set[str] = set()  # ours here, but owned elsewhere: told once
         self._local = local
@@ -263,18 +272,35 @@ class Membership:
     def pick_edge(self, stream_id: str, exclude: str | None = None) -> NodeInfo | None:
         """The node a viewer of `stream_id` should go to: a live one that carries
         viewers and has room, preferring one that carries the stream already (no new
-        pull from the origin), then the least loaded."""
+        pull from the origin), then the least loaded.
+        The viewer is counted as sent there until the node's next heartbeat."""
         candidates = [
             node
             for node in self.nodes.values()
-            if node.carries_viewers and not node.full and node.id != exclude
+            if node.carries_viewers and node.id != exclude and not self._full(node)
         ]
         if not candidates:
             return None
-        return min(
+        chosen = min(
             candidates,
-            key=lambda n: (not n.carries(stream_id), round(n.load, 2), n.viewers, n.id),
+            key=lambda n: (
+                not n.carries(stream_id),
+                round(max(n.load, self._share(n)), 2),
+                n.viewers + self._sent[n.id],
+                n.id,
+            ),
         )
+        self._sent[chosen.id] += 1
+        return chosen
+
+    def _share(self, node: NodeInfo) -> float:
+        """Its viewers' share of its capacity, with those we sent since it wrote."""
+        if not node.capacity:
+            return 0.0
+        return (node.viewers + self._sent[node.id]) / node.capacity
+
+    def _full(self, node: NodeInfo) -> bool:
+        return bool(node.capacity) and self._share(node) >= 1
 
     def viewers_elsewhere(self, stream_id: str) -> dict[str, int]:
         """Viewers of `stream_id` on the other nodes, by node (≤ HEARTBEAT_S old)."""
@@ -310,12 +336,23 @@ class Membership:
     async def _read_nodes(self) -> dict[str, NodeInfo]:
         keys = [key async for key in self._redis.scan_iter(match=PREFIX + "node:*")]
         values = await self._redis.mget(keys) if keys else []
-        nodes = {}
+        now = time.monotonic()
+        nodes, seen = {}, set()
         for value in values:
-            if value is not None:
-                node = NodeInfo.from_json(value)
-                if node.id != self.node_id:
-                    nodes[node.id] = node
+            if value is None:
+                continue
+            node = NodeInfo.from_json(value)
+            if node.id == self.node_id:
+                continue
+            seen.add(node.id)
+            heard = self._heard.get(node.id)
+            if heard is None or heard[0] != node.written_at:
+                heard = self._heard[node.id] = (node.written_at, now)
+                self._sent.pop(node.id, None)  # its figures count them now
+            if now - heard[1] <= STALE_S:
+                nodes[node.id] = node
+        for gone in set(self._heard) - seen:
+            del self._heard[gone]
         return nodes
 
     async def _read_node(self, node_id: str) -> NodeInfo | None:
