@@ -39,6 +39,8 @@ READ_S = 1.0
 # A node whose heartbeat has not changed for this long is taken for dead before its key
 # expires: no viewer is sent to a killed edge while Redis still holds its last words.
 STALE_S = 3.5
+# A node using this share of its cores is avoided while others are not.
+HOT_CPU_SHARE = 0.8
 # Three missed heartbeats: a node this quiet is gone, and its streams are free.
 EXPIRY_S = 6
 REDIS_TIMEOUT_S = 1.0
@@ -69,6 +71,7 @@ class NodeInfo:
     viewers: int = 0
     capacity: int = 0  # viewers it takes at most (<limits>); 0: unlimited
     cpu: float = 0.0  # share of one core its processes used over the last interval
+    cores: int = 1  # the cores it may run on
     bitrate_out_bps: int = 0
     streams: dict[str, int] = field(default_factory=dict)  # its viewers per stream
     relays: tuple[str, ...] = ()  # the streams it pulls from their owner
@@ -87,7 +90,12 @@ class NodeInfo:
         """How busy, 0-1 and beyond: the larger of its CPU and its viewers' share of
         its capacity (per core: a node's workers spread over its cores)."""
         share = self.viewers / self.capacity if self.capacity else 0.0
-        return max(self.cpu / (os.cpu_count() or 1), share)
+        return max(self.cpu / self.cores, share)
+
+    @property
+    def hot(self) -> bool:
+        """Its CPU nears what its cores give: avoided while others are not."""
+        return self.cpu / self.cores >= HOT_CPU_SHARE
 
     def carries(self, stream_id: str) -> bool:
         return stream_id in self.streams
@@ -285,7 +293,11 @@ class Membership:
             candidates,
             key=lambda n: (
                 not n.carries(stream_id),
-                round(max(n.load, self._share(n)), 2),
+                # A node's port fills before its CPU (deploy/README.md): CPU
+                # counts once it runs hot, else the share of its room, else the
+                # fewest viewers (ours sent since included: a burst spreads).
+                n.hot,
+                round(self._share(n), 2),
                 n.viewers + self._sent[n.id],
                 n.id,
             ),
@@ -325,6 +337,7 @@ class Membership:
             viewers=sum(state.streams.values()),
             capacity=self.capacity,
             cpu=self.cpu_share,
+            cores=len(os.sched_getaffinity(0)) or 1,
             bitrate_out_bps=state.bitrate_out_bps,
             streams=state.streams,
             relays=state.relays,
