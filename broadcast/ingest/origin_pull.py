@@ -89,6 +89,7 @@ class OriginPull:
         self._lost = asyncio.Event()  # the current upstream session ended
         self._task: asyncio.Task[None] | None = None
         self._linger: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Future[None] | None = None
         self._ended_counts: Counter[str] = Counter()
         self._closed = False
 
@@ -132,9 +133,12 @@ class OriginPull:
             self._linger = None
         if count == 0 and not self._closed:
             self._linger = asyncio.get_running_loop().call_later(
-                self._linger_s,
-                lambda: asyncio.ensure_future(self.close("no viewers", "idle")),
+                self._linger_s, self._let_go
             )
+
+    def _let_go(self) -> None:
+        # Held here: the loop keeps only a weak reference to a task.
+        self._closing = asyncio.ensure_future(self.close("no viewers", "idle"))
 
     def source_counters(self) -> dict[str, int]:
         counts = Counter(self._ended_counts)
@@ -217,6 +221,7 @@ class OriginPull:
             )
         except BaseException:
             await transport.close()
+            await self._hang_up()  # an answer we could not use: end it there too
             raise
         self._session = session
         self._lost.clear()
