@@ -11,6 +11,7 @@ from broadcast.auth import check_admin_key
 from broadcast.cluster.node_state import local_state
 from broadcast.config import RtspCamera, RtspOptions
 from broadcast.errors import BadRequest, NotFound
+from broadcast.recording.snapshot import SNAPSHOTS, Snapshots, parse_width
 from broadcast.registry import check_stream_id
 from broadcast.stream import Stream
 from broadcast.viewer import ViewerSession
@@ -107,6 +108,16 @@ async def stop_stream(request: web.Request) -> web.Response:
     return web.json_response({"stopped": stream.id})
 
 
+async def snapshot(request: web.Request) -> web.Response:
+    """`GET /api/streams/<id>/snapshot.jpg?width=`: the stream's latest keyframe."""
+    stream = _stream(request)
+    width = parse_width(request.query.get("width"))
+    jpeg = await request.app[SNAPSHOTS].jpeg(stream, width)
+    return web.Response(
+        body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"}
+    )
+
+
 async def kick_viewer(request: web.Request) -> web.Response:
     stream = _stream(request)
     viewer_id = request.match_info["viewer_id"]
@@ -187,10 +198,12 @@ async def show_cluster(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[SNAPSHOTS] = Snapshots()
     app.router.add_get("/api/cluster", show_cluster)
     app.router.add_get("/api/streams", list_streams)
     app.router.add_get("/api/streams/{stream_id}", show_stream)
     app.router.add_delete("/api/streams/{stream_id}", stop_stream)
+    app.router.add_get("/api/streams/{stream_id}/snapshot.jpg", snapshot)
     app.router.add_delete("/api/streams/{stream_id}/viewers/{viewer_id}", kick_viewer)
     app.router.add_post("/api/cameras", add_camera)
     app.router.add_delete("/api/cameras/{stream_id}", remove_camera)
