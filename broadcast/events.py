@@ -18,6 +18,7 @@ class StreamEvents:
 
     def __init__(self) -> None:
         self._listeners: dict[str, set[Listener]] = {}
+        self._all: set[Listener] = set()
 
     def listen(self, stream_id: str, listener: Listener) -> Callable[[], None]:
         """Call `listener(event)` for events of `stream_id`; returns the way to stop."""
@@ -32,8 +33,15 @@ class StreamEvents:
 
         return stop
 
+    def listen_all(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(event)` for every stream's events (recording, the console)."""
+        self._all.add(listener)
+        return lambda: self._all.discard(listener)
+
     def publish(self, event: Event) -> None:
         for listener in list(self._listeners.get(event["stream"], ())):
+            listener(event)
+        for listener in list(self._all):
             listener(event)
 
 
