@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from broadcast.api import admin
+from broadcast.api import admin, recordings
 from broadcast.api.metrics import METRICS, Metrics, metrics, watch_loop_lag
 from broadcast.cluster.membership import Membership
 from broadcast.cluster.node_state import local_state, share_audiences, start_relay
@@ -16,6 +16,7 @@ from broadcast.config import Config
 from broadcast.media.host import MediaHost
 from broadcast.memory import trim_after_sessions_end
 from broadcast.pages import add_routes
+from broadcast.recording.recordings import RECORDINGS, Recordings
 from broadcast.registry import StreamRegistry
 from broadcast.signaling.admission import ADMISSION, Admission
 from broadcast.signaling.check import post_check
@@ -73,6 +74,8 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(close_websockets)
     add_routes(app)
     admin.add_routes(app)
+    app[RECORDINGS] = Recordings(config, app[REGISTRY].events, app[REGISTRY].get)
+    recordings.add_routes(app)
     if config.clustered:
         app[CLUSTER] = Membership(config, lambda: local_state(app[REGISTRY]))
         app[CLUSTER].on_heartbeat = lambda: share_audiences(app[REGISTRY], app[CLUSTER])
@@ -109,11 +112,13 @@ async def _run_media(app: web.Application) -> AsyncIterator[None]:
     registry, media, workers = app[REGISTRY], app[MEDIA], app[WORKERS]
     await media.open()
     await workers.start(registry.config)
+    app[RECORDINGS].start_pruning()
     for camera in registry.config.cameras:
         registry.add_camera(camera)
     yield
     try:
         await registry.close()
+        await app[RECORDINGS].close()  # the files of the streams just ended
     finally:  # whatever a session did on its way out, ports and processes go
         try:
             media.close()

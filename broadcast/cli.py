@@ -22,6 +22,7 @@ from broadcast.config import (
     check_rtsp_url,
     check_stream_id,
     integer_in,
+    parse_directory,
     parse_node_id,
     parse_node_url,
     parse_public_ip,
@@ -141,6 +142,18 @@ def _parser() -> argparse.ArgumentParser:
         "--role",
         choices=CLUSTER_ROLES,
         help="origin: publishers only; edge: viewers only; both (the default)",
+    )
+    serve.add_argument(
+        "--record",
+        action="store_true",
+        help="record every stream from its first packet (<recording><auto>)",
+    )
+    serve.add_argument(
+        "--recording-dir",
+        type=_argument(parse_directory),
+        metavar="DIR",
+        help="where recordings go (default: recordings/ beside the config file,"
+        " else in the current directory)",
     )
     check = commands.add_parser(
         "check-config",
@@ -304,6 +317,8 @@ def _apply_flags(config: Config, args: argparse.Namespace) -> Config:
         "node_url": args.node_url,
         "node_id": args.node_id,
         "cluster_role": args.role,
+        "record_all": args.record or None,
+        "recording_dir": args.recording_dir,
     }
     config = dataclasses.replace(
         config, **{name: value for name, value in changes.items() if value is not None}

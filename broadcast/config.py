@@ -88,6 +88,19 @@ def seconds_in(low: float, high: float) -> Parse:
     return parse
 
 
+def number_in(low: float, high: float, unit: str) -> Parse:
+    """Make a parser of numbers (decimals allowed) from `low` to `high`."""
+
+    def parse(text: str) -> float:
+        if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9})?", text) or not (
+            low <= float(text) <= high
+        ):
+            raise ValueError(f"must be {low:g}-{high:g} {unit}")
+        return float(text)
+
+    return parse
+
+
 def one_of(choices: tuple[str, ...]) -> Parse:
     """Make a parser of one of `choices`, ignoring case."""
 
@@ -209,6 +222,18 @@ def parse_existing_file(path: str) -> str:
     return path
 
 
+def parse_directory(path: str) -> str:
+    """Read a directory we may write to; it is made at first use if it is missing."""
+    existing = path
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not path or not os.path.isdir(existing or "."):
+        raise ValueError("must be a directory (or a path one can be made at)")
+    if not os.access(existing or ".", os.W_OK):
+        raise ValueError(f"must be writable: {existing} is not")
+    return path
+
+
 @dataclass(frozen=True)
 class RtspOptions:
     """How a camera is pulled."""
@@ -218,6 +243,13 @@ class RtspOptions:
     always_on: bool = False
     # RTP over the RTSP TCP connection passes NAT and firewalls; UDP has less delay.
     transport: str = "tcp"
+    # Record it from its first packet (it is then pulled from start, like always_on).
+    record: bool = False
+
+    @property
+    def keep_on(self) -> bool:
+        """Pulled from start and never let go."""
+        return self.always_on or self.record
 
     def __post_init__(self) -> None:
         if self.transport not in RTSP_TRANSPORTS:
@@ -309,6 +341,16 @@ class Config:
 
     # <rtsp id= url=/>
     cameras: tuple[RtspCamera, ...] = ()
+
+    # <recording>: files go to `recording_dir` (a config file's default: `recordings/`
+    # beside it); `record_all` records every stream from its first packet.
+    recording_dir: str = "recordings"
+    record_all: bool = False
+    # A new file at the first keyframe after this long (0: one file per broadcast).
+    recording_max_file_minutes: float = 60.0
+    # Oldest files are deleted past these (0: no limit).
+    recording_max_total_gb: float = 0.0
+    recording_keep_days: float = 0.0
 
     # <cluster>: None (the default) is one server on its own, no Redis needed.
     cluster_redis: str | None = None

@@ -36,8 +36,10 @@ from broadcast.config import (
     check_stream_id,
     ice_url,
     integer_in,
+    number_in,
     one_of,
     parse_bool,
+    parse_directory,
     parse_existing_file,
     parse_ip,
     parse_node_id,
@@ -193,6 +195,19 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "secret": Setting("cluster_secret", parse_secret),
         "linger_seconds": Setting("relay_linger_s", seconds_in(0, 3600)),
     },
+    "recording": {
+        "dir": Setting("recording_dir", parse_directory, path=True),
+        "auto": Setting("record_all", parse_bool),
+        "max_file_minutes": Setting(
+            "recording_max_file_minutes", number_in(0, 10_000, "minutes (0: no limit)")
+        ),
+        "max_total_gb": Setting(
+            "recording_max_total_gb", number_in(0, 1_000_000, "GB (0: no limit)")
+        ),
+        "keep_days": Setting(
+            "recording_keep_days", number_in(0, 100_000, "days (0: forever)")
+        ),
+    },
 }
 CLUSTER_FIELDS = tuple(setting.field for setting in SETTINGS["cluster"].values())
 CAMERA_ATTRIBUTES: dict[str, Parse] = {
@@ -200,6 +215,7 @@ CAMERA_ATTRIBUTES: dict[str, Parse] = {
     "url": check_rtsp_url,
     "always_on": parse_bool,
     "transport": one_of(RTSP_TRANSPORTS),
+    "record": parse_bool,
 }
 
 
@@ -242,6 +258,9 @@ class _Reader:
                 self.unknown(element, None)
         if cameras:
             self.values["cameras"] = tuple(cameras.values())
+        self.values.setdefault(
+            "recording_dir", os.path.join(self.directory, Config.recording_dir)
+        )
         for name, value in self.values.items():
             if isinstance(value, list):
                 self.values[name] = tuple(value)
@@ -314,6 +333,7 @@ class _Reader:
         options = RtspOptions(
             always_on=bool(values.get("always_on", RtspOptions.always_on)),
             transport=str(values.get("transport", RtspOptions.transport)),
+            record=bool(values.get("record", RtspOptions.record)),
         )
         return RtspCamera(camera_id, str(values["url"]), options)
 

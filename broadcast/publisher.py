@@ -36,6 +36,7 @@ class Publisher(Session):
     """The upstream side of a stream: routes its RTP to source tracks, gives feedback."""
 
     kind = "whip"
+    record_from_start = False
     pull_url: str | None = None
     # A presenter may drop and come back as a new session; the stream waits a while.
     permanent = False

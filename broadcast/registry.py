@@ -86,7 +86,7 @@ class StreamRegistry:
         stream = self.get_or_create(camera.id)
         source = Camera(camera, stream)
         stream.attach(source)
-        if camera.options.always_on:
+        if camera.options.keep_on:
             source.start()
         return stream
 

@@ -31,6 +31,9 @@ class Source(Protocol):
     # Where a pulled source pulls from (credentials redacted); None for a pushed one.
     pull_url: str | None
     bitrate_in_bps: int
+    # Recorded from its first packet whatever the server's default (a camera with
+    # record="true").
+    record_from_start: bool
 
     @property
     def permanent(self) -> bool:

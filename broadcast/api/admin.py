@@ -11,6 +11,7 @@ from broadcast.auth import check_admin_key
 from broadcast.cluster.node_state import local_state
 from broadcast.config import RtspCamera, RtspOptions
 from broadcast.errors import BadRequest, NotFound
+from broadcast.recording.recordings import RECORDINGS, Recordings
 from broadcast.recording.snapshot import SNAPSHOTS, Snapshots, parse_width
 from broadcast.registry import check_stream_id
 from broadcast.stream import Stream
@@ -22,7 +23,9 @@ def _kbps(bits_per_second: int) -> int:
     return round(bits_per_second / 1000)
 
 
-def stream_summary(stream: Stream, node: str | None = None) -> dict[str, Any]:
+def stream_summary(
+    stream: Stream, recordings: Recordings, node: str | None = None
+) -> dict[str, Any]:
     """A stream as the API shows it; in a cluster (`node`: this node's id) its
     viewers are counted over every node, and `viewers_by_node` splits them."""
     source = stream.source
@@ -44,6 +47,7 @@ def stream_summary(stream: Stream, node: str | None = None) -> dict[str, Any]:
         "viewers": stream.audience,
         **by_node,
         "uptime_s": round(time.monotonic() - stream.created_at, 1),
+        "recording": recordings.summary(stream.id),
     }
 
 
@@ -73,7 +77,8 @@ def viewer_summary(viewer: ViewerSession) -> dict[str, Any]:
     }
 
 
-def _stream(request: web.Request) -> Stream:
+def admin_stream(request: web.Request) -> Stream:
+    """The stream a `/api/streams/<id>/...` request names, for the admin key only."""
     registry = request.app[REGISTRY]
     check_admin_key(request, registry.config)
     stream_id = check_stream_id(request.match_info["stream_id"])
@@ -87,30 +92,32 @@ async def list_streams(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     check_admin_key(request, registry.config)
     streams = sorted(registry.streams.values(), key=lambda s: s.id)
-    summaries = [stream_summary(s, _node(request)) for s in streams]
+    summaries = [
+        stream_summary(s, request.app[RECORDINGS], _node(request)) for s in streams
+    ]
     return web.json_response({"streams": summaries})
 
 
 async def show_stream(request: web.Request) -> web.Response:
-    stream = _stream(request)
+    stream = admin_stream(request)
     viewers = sorted(stream.viewers, key=lambda v: v.started_at)
     return web.json_response(
         {
-            **stream_summary(stream, _node(request)),
+            **stream_summary(stream, request.app[RECORDINGS], _node(request)),
             "viewer_sessions": [viewer_summary(v) for v in viewers],
         }
     )
 
 
 async def stop_stream(request: web.Request) -> web.Response:
-    stream = _stream(request)
+    stream = admin_stream(request)
     await stream.close()
     return web.json_response({"stopped": stream.id})
 
 
 async def snapshot(request: web.Request) -> web.Response:
     """`GET /api/streams/<id>/snapshot.jpg?width=`: the stream's latest keyframe."""
-    stream = _stream(request)
+    stream = admin_stream(request)
     width = parse_width(request.query.get("width"))
     jpeg = await request.app[SNAPSHOTS].jpeg(stream, width)
     return web.Response(
@@ -119,7 +126,7 @@ async def snapshot(request: web.Request) -> web.Response:
 
 
 async def kick_viewer(request: web.Request) -> web.Response:
-    stream = _stream(request)
+    stream = admin_stream(request)
     viewer_id = request.match_info["viewer_id"]
     viewer = next((v for v in stream.viewers if v.id == viewer_id), None)
     if viewer is None:
@@ -129,7 +136,8 @@ async def kick_viewer(request: web.Request) -> web.Response:
 
 
 async def add_camera(request: web.Request) -> web.Response:
-    """Pull a camera as a new stream: `{"id", "url", "always_on"?, "transport"?}`."""
+    """Pull a camera as a new stream:
+    `{"id", "url", "always_on"?, "transport"?, "record"?}`."""
     registry = request.app[REGISTRY]
     check_admin_key(request, registry.config)
     try:
@@ -140,22 +148,27 @@ async def add_camera(request: web.Request) -> web.Response:
             RtspOptions(
                 always_on=bool(body.get("always_on", False)),
                 transport=str(body.get("transport", "tcp")),
+                record=bool(body.get("record", False)),
             ),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise BadRequest(
             "bad_camera",
             'Send JSON {"id": "gate", "url": "rtsp://...", "always_on": false, '
-            f'"transport": "tcp"}}: {error}',
+            f'"transport": "tcp", "record": false}}: {error}',
         ) from None
     stream = registry.add_camera(camera)
     return web.json_response(
-        {**stream_summary(stream), "watch": f"/watch/{stream.id}"}, status=201
+        {
+            **stream_summary(stream, request.app[RECORDINGS]),
+            "watch": f"/watch/{stream.id}",
+        },
+        status=201,
     )
 
 
 async def remove_camera(request: web.Request) -> web.Response:
-    stream = _stream(request)
+    stream = admin_stream(request)
     if stream.source is None or stream.source.kind != "rtsp":
         raise NotFound("camera_not_found", f"Stream '{stream.id}' is not a camera.")
     await stream.close()

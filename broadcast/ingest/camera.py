@@ -49,7 +49,8 @@ class Camera:
         self.id = camera.id
         self.pull_url: str | None = redact_url(camera.url)
         self.stream = stream
-        self.always_on = camera.options.always_on
+        self.always_on = camera.options.keep_on
+        self.record_from_start = camera.options.record
         self.problem: str | None = None
         self.bitrate_in_bps = 0
         self._ready = asyncio.Event()

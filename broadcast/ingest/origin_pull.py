@@ -56,6 +56,7 @@ class OriginPull:
     """A stream's source on an edge: its origin's stream, pulled over WHEP."""
 
     kind = "relay"
+    record_from_start = False
     # The stream lives while the pull does: it retries by itself, and ends the stream
     # once nobody has watched for `linger_s`.
     permanent = True

@@ -136,6 +136,11 @@ class SourceTrack:
         """Whether its source can send a keyframe when asked (a camera cannot)."""
         return self._can_answer_pli
 
+    @property
+    def gop_arrived_at(self) -> float:
+        """When the cached GOP's keyframe came (monotonic seconds; -1: none yet)."""
+        return self._gop_arrived_at
+
     def __repr__(self) -> str:
         return f"SourceTrack({self.kind} {self.codec.mimeType})"
 
