@@ -79,7 +79,9 @@ def create_app(config: Config) -> web.Application:
     if config.clustered:
         app[CLUSTER] = Membership(config, lambda: local_state(app[REGISTRY]))
         app[CLUSTER].on_heartbeat = lambda: share_audiences(app[REGISTRY], app[CLUSTER])
-    app[METRICS] = Metrics(app[REGISTRY], app[MEDIA], app[WORKERS], app.get(CLUSTER))
+    app[METRICS] = Metrics(
+        app[REGISTRY], app[MEDIA], app[WORKERS], app[RECORDINGS], app.get(CLUSTER)
+    )
     app[ADMISSION] = Admission(
         app[REGISTRY], lambda: app[METRICS].loop_lag_s, app.get(CLUSTER)
     )

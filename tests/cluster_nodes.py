@@ -1,7 +1,8 @@
-"""Cluster nodes for the tests: real `broadcast serve` processes on 127.0.0.1.
+"""Server processes for the tests: real `broadcast serve` processes on 127.0.0.1.
 
 Each node is a process of its own with its own HTTP and media ports, joined to the
-test's Redis, as origin and edges are on separate machines.
+test's Redis (as origin and edges are on separate machines), or alone: a server a test
+may SIGKILL, or start inside a namespace of its own (`prefix`).
 """
 
 from __future__ import annotations
@@ -54,14 +55,16 @@ class Node:
 
 async def start_node(
     directory: Path,
-    redis_url: str,
+    redis_url: str | None,
     name: str,
-    role: str,
+    role: str = "both",
     *,
     workers: int = 1,
     settings: str = "",
+    prefix: tuple[str, ...] = (),
 ) -> Node:
-    """Start a node and wait until it answers `/healthz`."""
+    """Start a node (a cluster's when `redis_url` is given) and wait until it answers
+    `/healthz`; `prefix` runs it through a command (`unshare -m ...`)."""
     http_port, media_port = free_port(), free_port()
     config = directory / f"{name}.xml"
     config.write_text(
@@ -73,22 +76,21 @@ async def start_node(
     )
     log = directory / f"{name}.log"
     url = f"http://127.0.0.1:{http_port}"
+    cluster = (
+        ("--cluster", redis_url, "--node-url", url, "--node-id", name, "--role", role)
+        if redis_url is not None
+        else ()
+    )
     with log.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
+            *prefix,
             sys.executable,
             "-m",
             "broadcast",
             "serve",
             "--config",
             str(config),
-            "--cluster",
-            redis_url,
-            "--node-url",
-            url,
-            "--node-id",
-            name,
-            "--role",
-            role,
+            *cluster,
             stdout=output,
             stderr=output,
         )

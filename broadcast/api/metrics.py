@@ -27,6 +27,8 @@ from broadcast.api.quality import ViewerQuality
 from broadcast.auth import check_admin_key
 from broadcast.cluster.membership import Membership
 from broadcast.media.host import MediaHost
+from broadcast.recording.recorder import RECORDING
+from broadcast.recording.recordings import Recordings
 from broadcast.registry import StreamRegistry
 from broadcast.stream import ENDED, LIVE, RECONNECTING, WAITING
 from broadcast.web_keys import REGISTRY
@@ -57,11 +59,13 @@ class Metrics:
         registry: StreamRegistry,
         media: MediaHost,
         workers: WorkerPool,
+        recordings: Recordings,
         cluster: Membership | None = None,
     ) -> None:
         self.registry = registry
         self.media = media
         self.workers = workers
+        self.recordings = recordings
         self.cluster = cluster
         self.prometheus = CollectorRegistry()
         self.join_seconds = Histogram(
@@ -116,6 +120,7 @@ class _ServerCollector(Collector):
         yield from _processes(self._metrics)
         if self._metrics.cluster is not None:
             yield from _cluster(self._metrics.cluster)
+        yield from _recordings(self._metrics.recordings)
         started = CounterMetricFamily(
             "broadcast_sessions_started", "Sessions created", labels=["kind"]
         )
@@ -165,6 +170,27 @@ def _processes(metrics: Metrics) -> Iterator[Metric]:
         lag.add_metric([str(worker.index)], worker.loop_lag_s)
     yield viewers
     yield lag
+
+
+def _recordings(recordings: Recordings) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "broadcast_recordings_active",
+        "Streams being recorded",
+        value=sum(r.state == RECORDING for r in recordings.recorders.values()),
+    )
+    files = CounterMetricFamily(
+        "broadcast_recording_files",
+        "Recording files started, finished, failed (disk full, too slow) and pruned",
+        labels=["event"],
+    )
+    for event in ("started", "finished", "failed", "pruned"):
+        files.add_metric([event], recordings.counts[event])
+    yield files
+    yield CounterMetricFamily(
+        "broadcast_recording_frames_dropped",
+        "Frames left out of recordings because packets of them never came",
+        value=recordings.dropped_frames,
+    )
 
 
 def _cluster(cluster: Membership) -> Iterator[Metric]:

@@ -110,10 +110,18 @@ class Recordings:
         self._written: dict[str, FileInfo] = {}
         self._probed: dict[str, tuple[tuple[int, float], FileInfo]] = {}
         self.counts: Counter[str] = Counter()  # started, finished, failed, pruned
+        self._dropped_before = 0  # by recorders gone
         self._stop_listening = events.listen_all(self._on_event)
         self._pruner: asyncio.Task[None] | None = None
         # Stopped recorders finishing their files (waited for at shutdown).
         self._finishing: set[asyncio.Future[None]] = set()
+
+    @property
+    def dropped_frames(self) -> int:
+        """Frames left out of files (a lost packet), by every recorder since start."""
+        return self._dropped_before + sum(
+            r.dropped_frames for r in self.recorders.values()
+        )
 
     def start_pruning(self) -> None:
         self._pruner = asyncio.get_running_loop().create_task(self._prune_forever())
@@ -140,6 +148,8 @@ class Recordings:
             self._config.recording_max_file_minutes * 60,
             self._recorder_changed,
         )
+        if stream.id in self.recorders:
+            self._dropped_before += self.recorders[stream.id].dropped_frames
         self.recorders[stream.id] = recorder
         recorder.attach(stream.tracks)
         logger.info("%r started, into %s", recorder, self.directory)
@@ -171,6 +181,7 @@ class Recordings:
         if event["state"] == ENDED:
             if recorder is not None:
                 del self.recorders[event["stream"]]
+                self._dropped_before += recorder.dropped_frames
                 if recorder.state == RECORDING:
                     self._stop(recorder)
         elif event["state"] == LIVE and stream is not None:
