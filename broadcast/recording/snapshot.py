@@ -16,29 +16,22 @@ from typing import Literal
 
 import av
 from aiohttp import web
-from aiortc.codecs.h264 import H264PayloadDescriptor
-from aiortc.codecs.vpx import VpxPayloadDescriptor
 from av.video.reformatter import ColorRange
 
 from broadcast.errors import BadRequest, NotFound
-from broadcast.media.source_track import RTP_PADDING_BIT, SourceTrack
+from broadcast.media.source_track import SourceTrack
+from broadcast.recording.frames import DEPACKETIZERS, rtp_payload, rtp_seq
 from broadcast.stream import Stream
 
 SNAPSHOT_INTERVAL_S = 1.0
 MIN_WIDTH, MAX_WIDTH = 16, 3840
 # JPEGs kept per keyframe, one per width asked: thumbnails and a full size or two.
 MAX_WIDTHS_KEPT = 4
-_RTP_HEADER_BYTES = 12  # our rewritten packets carry no CSRC and no extension
 
-# The payload descriptor (RFC 6184, RFC 7741) and the FFmpeg decoder of each codec.
-_CODECS: dict[
-    str,
-    tuple[
-        type[H264PayloadDescriptor] | type[VpxPayloadDescriptor], Literal["h264", "vp8"]
-    ],
-] = {
-    "video/h264": (H264PayloadDescriptor, "h264"),
-    "video/vp8": (VpxPayloadDescriptor, "vp8"),
+# The FFmpeg decoder of each codec a snapshot is made of.
+_DECODERS: dict[str, Literal["h264", "vp8"]] = {
+    "video/h264": "h264",
+    "video/vp8": "vp8",
 }
 
 
@@ -57,30 +50,25 @@ def parse_width(raw: str | None) -> int | None:
 def keyframe_packets(gop: list[bytes]) -> list[bytes]:
     """The packets of the GOP's first frame (its keyframe), in sequence order and
     each once: a late or retransmitted packet is not where it belongs in the GOP."""
-    first_seq = int.from_bytes(gop[0][2:4], "big")
+    first_seq = rtp_seq(gop[0])
     by_offset = {
-        (int.from_bytes(packet[2:4], "big") - first_seq) & 0xFFFF: packet
+        (rtp_seq(packet) - first_seq) & 0xFFFF: packet
         for packet in gop
         if packet[4:8] == gop[0][4:8]
     }
     return [by_offset[offset] for offset in sorted(by_offset)]
 
 
-def _payload(packet: bytes) -> bytes:
-    end = len(packet) - packet[-1] if packet[0] & RTP_PADDING_BIT else len(packet)
-    return packet[_RTP_HEADER_BYTES:end]
-
-
 def decode_keyframe(mime_type: str, gop: list[bytes]) -> av.VideoFrame | None:
     """The GOP's keyframe as a picture; None for another codec or a keyframe that
     does not decode (a packet of it lost)."""
-    found = _CODECS.get(mime_type.lower())
-    if found is None or not gop:
+    decoder = _DECODERS.get(mime_type.lower())
+    if decoder is None or not gop:
         return None
-    descriptor, decoder = found
+    depacketize = DEPACKETIZERS[mime_type.lower()]
     try:
         frame = b"".join(
-            descriptor.parse(_payload(packet))[1] for packet in keyframe_packets(gop)
+            depacketize(rtp_payload(packet)) for packet in keyframe_packets(gop)
         )
         codec = av.CodecContext.create(decoder, "r")
         pictures = codec.decode(av.Packet(frame)) + codec.decode(None)
