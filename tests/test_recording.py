@@ -5,14 +5,17 @@ with range requests and deleted; names from requests never leave the directory."
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 
 import av
 import pytest
 
+from broadcast.config import RtspCamera, RtspOptions
 from broadcast.recording.recordings import RECORDINGS
 from broadcast.web_keys import REGISTRY
+from tests.camera_sim import start_camera
 from tests.peers import HEIGHT, WIDTH, publish, wait_for
 
 ADMIN = {"Authorization": "Bearer adm1n"}
@@ -114,3 +117,89 @@ async def test_record_a_whip_stream(make_server, http, tmp_path, codec, extensio
         "stopped",
     ]
     await publisher.pc.close()
+
+
+def recorded_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in (".mp4", ".webm"))
+
+
+async def test_a_publisher_reconnect_continues_the_same_file_with_its_gap(
+    make_server, http, tmp_path
+):
+    """`record_all` records from the first packet; the outage is in the file as a gap
+    of its length, not squeezed out, and the file goes on."""
+    server = await make_server(
+        record_all=True, reconnect_grace_s=10, recording_dir=str(tmp_path)
+    )
+    url = str(server.make_url("/whip/re"))
+    first = await publish(http, url)
+    await wait_for(lambda: bool(recorded_files(tmp_path)), timeout=15)
+    await asyncio.sleep(3)
+    stream = server.app[REGISTRY].get("re")
+    await first.close()
+    await wait_for(lambda: stream.state == "reconnecting", message=stream.state)
+    gone_at = time.monotonic()
+    await asyncio.sleep(2)
+    second = await publish(http, url)
+    await wait_for(lambda: stream.state == "live", timeout=15)
+    outage_s = time.monotonic() - gone_at
+    await asyncio.sleep(3)
+    await second.close()
+    await stream.close()
+    await server.app[RECORDINGS].close()
+    (path,) = recorded_files(tmp_path)
+    with av.open(str(path)) as container:
+        times = [
+            float(packet.pts * packet.time_base)
+            for packet in container.demux(video=0)
+            if packet.pts is not None
+        ]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert max(gaps) >= outage_s - 0.5, (max(gaps), outage_s)
+    assert times[-1] - times[0] >= 3 + outage_s + 2
+
+
+async def test_files_roll_at_a_keyframe_after_max_file_minutes(
+    make_server, http, tmp_path
+):
+    server = await make_server(
+        admin_key="adm1n",
+        recording_dir=str(tmp_path),
+        recording_max_file_minutes=0.05,  # 3 s
+    )
+    publisher = await publish(http, str(server.make_url("/whip/s")), video="video/H264")
+    await wait_for(lambda: bool(video_gop(server, "s")), timeout=15)
+    assert (await api(http, server, "POST", "/api/streams/s/recording"))[0] == 201
+    await wait_for(lambda: len(recorded_files(tmp_path)) >= 3, timeout=20)
+    status, _ = await api(http, server, "DELETE", "/api/streams/s/recording")
+    assert status == 200
+    files = recorded_files(tmp_path)
+    for path in files[:-1]:  # each starts at a keyframe and holds about 3 s
+        found = read_file(path)
+        assert found["keyframe_first"] and found["size"] == (WIDTH, HEIGHT)
+        assert 2.9 <= found["duration"] <= 3 + 4, found  # aiortc: a keyframe ~3 s
+    await publisher.close()
+
+
+async def test_a_camera_with_record_true_is_recorded_from_start(make_server, tmp_path):
+    """H.264 and AAC from a GStreamer RTSP camera: the file has the camera's size and
+    its sound (as the Opus viewers get)."""
+    async with start_camera(audio="aac", width=640, height=360) as camera:
+        server = await make_server(
+            admin_key="adm1n",
+            recording_dir=str(tmp_path),
+            cameras=(RtspCamera("cam", camera.url, RtspOptions(record=True)),),
+        )
+        await wait_for(lambda: bool(recorded_files(tmp_path)), timeout=20)
+        started = time.monotonic()
+        await asyncio.sleep(10)
+        stream = server.app[REGISTRY].get("cam")
+        await stream.close()
+        recorded_s = time.monotonic() - started
+        await server.app[RECORDINGS].close()
+    (path,) = recorded_files(tmp_path)
+    assert path.suffix == ".mp4"
+    found = read_file(path)
+    assert found["size"] == (640, 360)
+    assert found["audio"] >= 9 * 40 and found["monotonic"] and found["keyframe_first"]
+    assert abs(found["duration"] - recorded_s) <= 1.0 + 1.0, (found, recorded_s)
