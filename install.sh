@@ -27,6 +27,7 @@ readonly USAGE="usage: install.sh [options]
                      through Redis; set the same one on every node to fix it)
   --uninstall        remove the service, the app and the user; keep config and logs
   --purge            with --uninstall: remove /etc/broadcast and /var/log/broadcast too
+                     (recordings in /var/lib/broadcast/recordings are always kept)
   --python PATH      Python >= 3.11 for the venv (default: /usr/bin/python3, or 3.11)
   --pip-args ARGS    extra pip arguments, e.g. \"--no-index --find-links /srv/wheels\"
                      to install offline from a wheelhouse
@@ -84,6 +85,7 @@ readonly CONF_DIR="$root/etc/broadcast"
 readonly CONFIG="$CONF_DIR/flashphoner.xml"
 readonly TLS_DIR="$CONF_DIR/tls"
 readonly LOG_DIR="$root/var/log/broadcast"
+readonly RECORDINGS_DIR="$root/var/lib/broadcast/recordings"
 readonly UNIT="$root/etc/systemd/system/broadcast.service"
 readonly LOGROTATE="$root/etc/logrotate.d/broadcast"
 readonly SERVICE_USER=broadcast
@@ -238,10 +240,12 @@ if (( uninstall )); then
     if (( purge )); then
         begin "removing $CONF_DIR and $LOG_DIR" "remove them by hand"
         rm -rf "$CONF_DIR" "$LOG_DIR"
-        echo "broadcast is uninstalled; its config and logs are removed."
+        echo "broadcast is uninstalled; its config and logs are removed." \
+            "Kept: the recordings in $RECORDINGS_DIR."
     else
         echo "broadcast is uninstalled. Kept: $CONF_DIR (config, keys, certificate) and" \
-            "$LOG_DIR; remove them with: install.sh --uninstall --purge"
+            "$LOG_DIR; remove them with: install.sh --uninstall --purge. Kept too:" \
+            "the recordings in $RECORDINGS_DIR."
     fi
     exit 0
 fi
@@ -345,11 +349,12 @@ if systemd; then
 fi
 
 begin "creating the directories" "check that the disk is writable and not full"
-mkdir -p "$APP_DIR" "$CONF_DIR" "$TLS_DIR" "$LOG_DIR" "${UNIT%/*}" "${LOGROTATE%/*}"
-chmod 0750 "$CONF_DIR" "$TLS_DIR" "$LOG_DIR"
+mkdir -p "$APP_DIR" "$CONF_DIR" "$TLS_DIR" "$LOG_DIR" "$RECORDINGS_DIR" "${UNIT%/*}" \
+    "${LOGROTATE%/*}"
+chmod 0750 "$CONF_DIR" "$TLS_DIR" "$LOG_DIR" "$RECORDINGS_DIR"
 if systemd; then
     chown "root:$SERVICE_USER" "$CONF_DIR" "$TLS_DIR"
-    chown "$SERVICE_USER:$SERVICE_USER" "$LOG_DIR"
+    chown "$SERVICE_USER:$SERVICE_USER" "$LOG_DIR" "$RECORDINGS_DIR"
 fi
 
 # --- the app --------------------------------------------------------------------------
@@ -445,6 +450,10 @@ if (( config_kept )); then
         echo "note: --cluster applies to a new config only; add <cluster> to $CONFIG" \
             "(see $CONF_DIR/flashphoner.xml.example)"
     fi
+    if [[ -z $(config_value dir) ]]; then
+        echo "note: recordings need a writable directory; add" \
+            "<recording><dir>$RECORDINGS_DIR</dir></recording> to $CONFIG"
+    fi
 else
     begin "writing the config $CONFIG" "check that $CONF_DIR is writable"
     umask_before=$(umask)
@@ -474,6 +483,11 @@ $(cluster_section)
     <!-- /api and /metrics: Authorization: Bearer KEY -->
     <admin_key>$(random_key)</admin_key>
   </auth>
+  <recording>
+    <!-- POST /api/streams/ID/recording (or the console at /admin) records a stream;
+         <auto>true</auto> records every stream. -->
+    <dir>$RECORDINGS_DIR</dir>
+  </recording>
 </flashphoner>
 EOF
     umask "$umask_before"
@@ -509,6 +523,7 @@ port_http=$(config_value http_port)
 port_https=$(config_value https_port)
 publish_key=$(config_value publish_key)
 admin_key=$(config_value admin_key)
+recordings_dir=$(config_value dir)
 if [[ -n $port_https ]]; then
     base_url="https://$host:$port_https"
 else
@@ -568,6 +583,8 @@ cat <<EOF
   config:     $CONFIG
   ports:      $(firewall_rules | paste -sd ' ')   (open them in any firewall in front of this server)
   certificate: $certificate_note
+  console:    $base_url/admin   (the admin key signs in)
+  recordings: ${recordings_dir:-$CONF_DIR/recordings (not writable under systemd: set <recording><dir>)}
   logs:       journalctl -u broadcast -f    and    $LOG_DIR/broadcast.log
   status:     systemctl status broadcast    (alias: service webcallserver status)
 EOF

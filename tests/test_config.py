@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import re
@@ -40,7 +42,9 @@ def wrap(group: str, inner: str) -> str:
 def test_example_file_loads_to_the_defaults_without_warnings() -> None:
     config, warnings = load_config(str(EXAMPLE))
     assert warnings == []
-    assert config == Config()
+    # A config file's recordings go beside it, not to the current directory.
+    beside = str(EXAMPLE.parent / "recordings")
+    assert config == dataclasses.replace(Config(), recording_dir=beside)
 
 
 def test_example_file_passes_check_config(capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,12 +60,17 @@ def test_example_optional_settings_load_when_uncommented(write: Any) -> None:
         r">/etc/letsencrypt/live/example.org/fullchain.pem<", ">cert.pem<", text
     )
     text = re.sub(r">/etc/letsencrypt/live/example.org/privkey.pem<", ">key.pem<", text)
+    text = text.replace(">/var/lib/broadcast/recordings<", ">rec<")
     config, warnings = load_config(write(text))
     assert warnings == []
     assert config.public_ip == "203.0.113.10"
     assert config.https_port == 8443
     assert config.media_ports == (40000, 40100)
-    assert [camera.id for camera in config.cameras] == ["gate", "yard"]
+    assert [camera.id for camera in config.cameras] == ["gate", "yard", "door"]
+    assert config.cameras[2].options.record and config.cameras[2].options.keep_on
+    assert config.recording_dir == str(Path("rec").resolve())
+    assert config.record_all and config.recording_max_file_minutes == 60
+    assert (config.recording_max_total_gb, config.recording_keep_days) == (100, 30)
     assert config.cluster_redis == "redis://:change-me@10.0.0.1:6379/0"
     assert (config.node_url, config.node_id) == (
         "https://edge1.example.org:8443",
@@ -119,7 +128,14 @@ def test_every_setting_is_read(write: Any) -> None:
   <metrics><enabled>no</enabled></metrics>
   <rtsp id="gate" url="rtsp://user:pass@192.0.2.7/stream1"/>
   <rtsp id="yard_2" url="rtsps://cam.example.org:322/live" always_on="0"
-        transport="udp"/>
+        transport="udp" record="yes"/>
+  <recording>
+    <dir>rec/talks</dir>
+    <auto>true</auto>
+    <max_file_minutes>0.5</max_file_minutes>
+    <max_total_gb>2.5</max_total_gb>
+    <keep_days>7</keep_days>
+  </recording>
 </flashphoner>
 """
         )
@@ -156,9 +172,14 @@ def test_every_setting_is_read(write: Any) -> None:
             RtspCamera(
                 "yard_2",
                 "rtsps://cam.example.org:322/live",
-                RtspOptions(always_on=False, transport="udp"),
+                RtspOptions(always_on=False, transport="udp", record=True),
             ),
         ),
+        recording_dir=str(Path("rec/talks").resolve()),
+        record_all=True,
+        recording_max_file_minutes=0.5,
+        recording_max_total_gb=2.5,
+        recording_keep_days=7.0,
     )
     assert config.ice_addresses == ["127.0.0.1"]
 
@@ -267,6 +288,21 @@ BAD_VALUES = [
         "metrics",
         "<enabled>maybe</enabled>",
         '<enabled> must be true or false, got "maybe"',
+    ),
+    (
+        "recording",
+        "<max_total_gb>-1</max_total_gb>",
+        '<max_total_gb> must be 0-1e+06 GB (0: no limit), got "-1"',
+    ),
+    (
+        "recording",
+        "<keep_days>a week</keep_days>",
+        '<keep_days> must be 0-100000 days (0: forever), got "a week"',
+    ),
+    (
+        "recording",
+        "<dir>flashphoner.xml/rec</dir>",
+        "<dir> must be a directory (or a path one can be made at)",
     ),
 ]
 

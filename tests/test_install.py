@@ -221,6 +221,9 @@ def test_install_writes_a_valid_config_certificate_unit_and_logrotate(
     logrotate = (install.root / "etc/logrotate.d/broadcast").read_text()
     assert "/var/log/broadcast/*.log" in logrotate
     assert (install.root / "var/log/broadcast").is_dir()
+    recordings = install.root / "var/lib/broadcast/recordings"
+    assert recordings.is_dir() and install.value("dir") == str(recordings)
+    assert "StateDirectory=broadcast" in unit
     key = install.value("publish_key")
     assert f"https://127.0.0.1:{install.https_port}/?key={key}" in install.first_output
     assert install.value("admin_key") in install.first_output
@@ -327,6 +330,7 @@ def test_uninstall_keeps_the_config_and_purge_removes_it(install: Install) -> No
     _succeeded(install.run("--uninstall", "--purge"))
     assert not (install.root / "etc/broadcast").exists()
     assert not (install.root / "var/log/broadcast").exists()
+    assert (install.root / "var/lib/broadcast/recordings").is_dir()  # people's talks
 
 
 @pytest.mark.timeout(600)
