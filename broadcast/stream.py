@@ -44,6 +44,8 @@ class Stream:
         # and the edges pulling it from here: fed like viewers, counted by their nodes.
         self.viewers_elsewhere: dict[str, int] = {}
         self.relays: set[ViewerSession] = set()
+        # Being recorded: an on-demand camera stays on for it as for a viewer.
+        self.recorded = False
         self._reconnect_grace_s = reconnect_grace_s
         self._grace_timer: asyncio.TimerHandle | None = None
         self._on_end = on_end
@@ -159,10 +161,17 @@ class Stream:
             self.relays.discard(relay)
             self._viewers_changed()
 
+    def set_recorded(self, recorded: bool) -> None:
+        if recorded != self.recorded:
+            self.recorded = recorded
+            self._viewers_changed()
+
     def _viewers_changed(self) -> None:
         self._events.publish(viewers_event(self.id, self.audience))
-        if self.source is not None:  # an edge's pull keeps an on-demand camera on
-            self.source.viewers_changed(len(self.viewers) + len(self.relays))
+        if self.source is not None:  # an edge's pull or a recording keeps a camera on
+            self.source.viewers_changed(
+                len(self.viewers) + len(self.relays) + self.recorded
+            )
 
     def counters(self) -> dict[str, int]:
         counts = {"plis_sent": sum(t.keyframes.sent for t in self.tracks.values())}

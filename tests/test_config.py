@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import json
 import logging
 import re
@@ -44,7 +42,7 @@ def test_example_file_loads_to_the_defaults_without_warnings() -> None:
     assert warnings == []
     # A config file's recordings go beside it, not to the current directory.
     beside = str(EXAMPLE.parent / "recordings")
-    assert config == dataclasses.replace(Config(), recording_dir=beside)
+    assert config == replace(Config(), recording_dir=beside)
 
 
 def test_example_file_passes_check_config(capsys: pytest.CaptureFixture[str]) -> None:

@@ -203,3 +203,23 @@ async def test_a_camera_with_record_true_is_recorded_from_start(make_server, tmp
     assert found["size"] == (640, 360)
     assert found["audio"] >= 9 * 40 and found["monotonic"] and found["keyframe_first"]
     assert abs(found["duration"] - recorded_s) <= 1.0 + 1.0, (found, recorded_s)
+
+
+async def test_recording_an_on_demand_camera_pulls_it_without_viewers(
+    make_server, http, tmp_path
+):
+    async with start_camera() as camera:
+        server = await make_server(
+            admin_key="adm1n",
+            recording_dir=str(tmp_path),
+            cameras=(RtspCamera("cam", camera.url),),
+        )
+        stream = server.app[REGISTRY].get("cam")
+        assert stream.state == "waiting" and not stream.tracks  # nobody watches
+        status, body = await api(http, server, "POST", "/api/streams/cam/recording")
+        assert status == 201, body
+        await wait_for(lambda: bool(recorded_files(tmp_path)), timeout=20)
+        await asyncio.sleep(2)
+        status, body = await api(http, server, "DELETE", "/api/streams/cam/recording")
+        assert status == 200 and body["duration"] >= 1.5, body
+        assert not stream.recorded

@@ -63,6 +63,7 @@ class Camera:
         self._bytes = 0
         self._failed_packets = 0
         self._closed = False
+        self._audience = 0  # viewers, edges pulling it, a recording
 
     def __repr__(self) -> str:
         return f"Camera({self.config.id} {self.pull_url})"
@@ -75,7 +76,7 @@ class Camera:
             return
         self._task = asyncio.create_task(self._run())
         # Started for a viewer who may never arrive (its offer fails): let go in time.
-        self.viewers_changed(len(self.stream.viewers))
+        self.viewers_changed(self._audience)
 
     async def wait_ready(self) -> None:
         """Start if needed and wait until the camera plays; fail at its first failure."""
@@ -100,11 +101,15 @@ class Camera:
             )
 
     def viewers_changed(self, count: int) -> None:
-        """Let an on-demand camera go a while after its last viewer."""
+        """Pull while anyone needs the picture (viewers, an edge, a recording); let an
+        on-demand camera go a while after the last."""
+        self._audience = count
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        if count == 0 and not self.always_on and not self._closed:
+        if count > 0:
+            self.start()  # for a recording: viewers started it already
+        elif count == 0 and not self.always_on and not self._closed:
             self._idle_timer = asyncio.get_running_loop().call_later(
                 IDLE_TIMEOUT_S, lambda: asyncio.create_task(self._stop_idle())
             )
@@ -132,7 +137,7 @@ class Camera:
     # --- the pull loop -------------------------------------------------------
 
     async def _stop_idle(self) -> None:
-        if self.stream.viewers or self._task is None:
+        if self._audience or self._task is None:
             return
         logger.info("%r idle: disconnecting", self)
         await self._stop()

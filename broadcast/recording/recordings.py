@@ -152,6 +152,7 @@ class Recordings:
             self._dropped_before += self.recorders[stream.id].dropped_frames
         self.recorders[stream.id] = recorder
         recorder.attach(stream.tracks)
+        stream.set_recorded(True)
         logger.info("%r started, into %s", recorder, self.directory)
         return recorder
 
@@ -168,10 +169,21 @@ class Recordings:
     def _stop(self, recorder: Recorder) -> None:
         recorder.stop()
         recorder.state = "stopped"
+        self._let_go(recorder)
         logger.info("%r stopped", recorder)
         finishing = asyncio.ensure_future(recorder.stopped())
         self._finishing.add(finishing)
         finishing.add_done_callback(self._finishing.discard)
+
+    def _let_go(self, recorder: Recorder) -> None:
+        """A stream no longer recorded lets an on-demand camera go again."""
+        stream = self._find_stream(recorder.stream_id)
+        if (
+            stream is not None
+            and stream.state != ENDED
+            and self.recorders.get(stream.id) in (recorder, None)
+        ):
+            stream.set_recorded(False)
 
     def _on_event(self, event: Event) -> None:
         if event["type"] != "state":
@@ -214,6 +226,7 @@ class Recordings:
             if name is not None:
                 self._states[name] = FAILED
             self.counts["failed"] += 1
+            self._let_go(recorder)
         if file is not None:
             self._written[file.path.name] = self._info_of(file)
         if change == "finished" and recorder.state == FAILED:
