@@ -574,6 +574,16 @@ def test_serve_flags_override_the_config_file(write: Any, served: list[Config]) 
     assert lists.host == "127.0.0.1"
 
 
+def test_serve_record_flags(write: Any, served: list[Config]) -> None:
+    path = write("<flashphoner/>")
+    main(["serve", "--config", path])
+    main(["serve", "--config", path, "--record", "--recording-dir", "talks"])
+    plain, recording = served
+    assert not plain.record_all
+    assert plain.recording_dir == str(Path(path).resolve().parent / "recordings")
+    assert recording.record_all and recording.recording_dir == "talks"
+
+
 def test_serve_with_a_missing_config_file_exits_1_with_one_line(
     served: list[Config], capsys: pytest.CaptureFixture[str]
 ) -> None:
