@@ -42,6 +42,7 @@ class MovingPicture(MediaStreamTrack):
         super().__init__()
         self._start: float | None = None
         self._pts = 0
+        self.size = (WIDTH, HEIGHT)  # a test may change it mid-stream
 
     async def recv(self) -> av.VideoFrame:
         if self._start is None:
@@ -52,8 +53,9 @@ class MovingPicture(MediaStreamTrack):
             await asyncio.sleep(max(wait, 0))
         # Modulo first: uint16 + 65,536 overflows (numpy 2) at frame 65,536, 36 min in.
         shift = self._pts // 3000 % 256
-        row = (numpy.arange(WIDTH, dtype=numpy.uint16) + shift) % 256
-        image = numpy.broadcast_to(row.astype(numpy.uint8), (HEIGHT, WIDTH))
+        width, height = self.size
+        row = (numpy.arange(width, dtype=numpy.uint16) + shift) % 256
+        image = numpy.broadcast_to(row.astype(numpy.uint8), (height, width))
         rgb = numpy.stack([image, image[:, ::-1], numpy.full_like(image, 128)], axis=2)
         frame = av.VideoFrame.from_ndarray(numpy.ascontiguousarray(rgb), format="rgb24")
         frame.pts = self._pts

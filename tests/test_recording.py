@@ -223,3 +223,24 @@ async def test_recording_an_on_demand_camera_pulls_it_without_viewers(
         status, body = await api(http, server, "DELETE", "/api/streams/cam/recording")
         assert status == 200 and body["duration"] >= 1.5, body
         assert not stream.recorded
+
+
+@pytest.mark.parametrize("codec", ["video/VP8", "video/H264"])
+async def test_a_change_of_picture_size_stays_in_the_same_file(
+    make_server, http, tmp_path, codec
+):
+    """Browsers change their size with their network: one file, every frame decodes."""
+    server = await make_server(admin_key="adm1n", recording_dir=str(tmp_path))
+    publisher = await publish(http, str(server.make_url("/whip/s")), video=codec)
+    await wait_for(lambda: bool(video_gop(server, "s")), timeout=15)
+    assert (await api(http, server, "POST", "/api/streams/s/recording"))[0] == 201
+    await asyncio.sleep(2)
+    publisher.tracks[0].size = (WIDTH // 2, HEIGHT // 2)
+    await asyncio.sleep(3)
+    assert (await api(http, server, "DELETE", "/api/streams/s/recording"))[0] == 200
+    (path,) = recorded_files(tmp_path)
+    with av.open(str(path)) as container:
+        sizes = [(frame.width, frame.height) for frame in container.decode(video=0)]
+    assert sizes[0] == (WIDTH, HEIGHT) and sizes[-1] == (WIDTH // 2, HEIGHT // 2)
+    assert len(sizes) >= 4 * 20
+    await publisher.close()

@@ -45,7 +45,8 @@ def file_name(stream_id: str, started: datetime, extension: str, taken: Path) ->
 
 class Recorder:
     """Records one stream into `directory`, rolling to a new file at a keyframe after
-    `max_file_s` (0: never) or when the picture size changes.
+    `max_file_s` (0: never). A change of picture size stays in the file (a browser
+    adapts its size to its network all the time; the keyframe carries the new size).
 
     Lives in the event loop; its thread only writes. `on_change(recorder, event, file)`
     is called in the loop for each file started or finished, and once when it fails.
@@ -179,7 +180,7 @@ class Recorder:
             self._write(kind, frame)
 
     def _write(self, kind: str, frame: Frame) -> None:
-        if kind == "video" and frame.keyframe and self._should_roll(frame):
+        if kind == "video" and frame.keyframe and self._should_roll():
             self._finish()
         if self.file is None:
             if not self._may_open_at(kind, frame):
@@ -197,13 +198,13 @@ class Recorder:
             return kind == "video" and frame.keyframe
         return True
 
-    def _should_roll(self, frame: Frame) -> bool:
+    def _should_roll(self) -> bool:
         file = self.file
-        if file is None:
-            return False
-        resized = frame.resolution is not None and frame.resolution != file.resolution
-        too_long = bool(self._max_file_s) and file.duration_s >= self._max_file_s
-        return resized or too_long
+        return (
+            file is not None
+            and bool(self._max_file_s)
+            and file.duration_s >= self._max_file_s
+        )
 
     def _open(self, first: Frame) -> RecordingFile | None:
         specs = list(self._specs.values())

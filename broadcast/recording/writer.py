@@ -125,7 +125,6 @@ class RecordingFile:
         muxer, options = _FORMATS[extension]
         self.path = path
         self.started_at = first.arrived_at  # monotonic seconds: the file's zero
-        self.resolution = first.resolution
         self.codecs = [spec.mime_type for spec in tracks]
         self.duration_s = 0.0
         self._container: OutputContainer = av.open(
