@@ -95,6 +95,28 @@ async def test_viewer_without_the_streams_codec_gets_400(server, http):
     await publisher.close()
 
 
+async def test_a_viewer_without_the_streams_h264_profile_gets_400_naming_both(
+    server, http
+):
+    """The answer carries the publisher's exact profile; a viewer that offers only
+    another (Safari offers a few) is told which it has and which the stream sends."""
+    publisher = await publish(http, str(server.make_url("/whip/p")), "video/H264", None)
+    video = server.app[REGISTRY].get("p").tracks["video"]
+    profile = video.codec.parameters["profile-level-id"]  # what the publisher sends
+    offer = await recvonly_offer()
+    high = re.sub(r"profile-level-id=[0-9a-fA-F]{6}", "profile-level-id=640c1f", offer)
+    async with http.post(server.make_url("/whep/p"), data=high, headers=SDP) as r:
+        status, error, message = await error_of(r)
+    assert (status, error) == (400, "no_common_codec")
+    assert f"profile-level-id {profile}" in message and "640c1f" in message, message
+    # With the publisher's profile offered, the answer names exactly that profile.
+    async with http.post(server.make_url("/whep/p"), data=offer, headers=SDP) as r:
+        assert r.status == 201
+        answer = await r.text()
+    assert f"profile-level-id={profile}" in answer
+    await publisher.close()
+
+
 async def test_oversized_body_gets_413(server, http):
     body = G722_OFFER + "a=x-padding:" + "x" * (65 * 1024) + "\r\n"
     async with http.post(server.make_url("/whip/big"), data=body, headers=SDP) as r:

@@ -196,10 +196,20 @@ def choose_viewer_codec(
     return None
 
 
+def describe_codec(codec: RTCRtpCodecParameters) -> str:
+    """A codec as an error message names it: H.264 with its profile and packetization
+    mode, which decide whether a viewer (Safari) can take it."""
+    if codec.mimeType.lower() != "video/h264":
+        return codec.mimeType
+    profile = codec.parameters.get("profile-level-id", "42001f")
+    mode = codec.parameters.get("packetization-mode", "0")
+    return f"{codec.mimeType} (profile-level-id {profile}, packetization-mode {mode})"
+
+
 def describe_codecs(media: list[aiortc_sdp.MediaDescription]) -> str:
     """Name the codecs of an offer, for error messages."""
-    names = sorted({c.mimeType for m in media for c in m.rtp.codecs if not is_rtx(c)})
-    return ", ".join(names) or "none"
+    names = {describe_codec(c) for m in media for c in m.rtp.codecs if not is_rtx(c)}
+    return ", ".join(sorted(names)) or "none"
 
 
 def build_answer(

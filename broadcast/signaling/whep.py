@@ -14,6 +14,7 @@ from broadcast.signaling.sdp import (
     MediaAnswer,
     Offer,
     choose_viewer_codec,
+    describe_codec,
     describe_codecs,
 )
 from broadcast.signaling.session import answer_session
@@ -33,7 +34,9 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
     stream, stream_id, offer = admitted.stream, admitted.stream_id, admitted.offer
     answers, payload_types = _choose_codecs(offer, stream)
     if not payload_types:
-        stream_codecs = ", ".join(t.codec.mimeType for t in stream.tracks.values())
+        stream_codecs = ", ".join(
+            describe_codec(t.codec) for t in stream.tracks.values()
+        )
         raise BadRequest(
             "no_common_codec",
             f"Stream '{stream_id}' carries {stream_codecs or 'nothing yet'}; the offer "
