@@ -303,6 +303,9 @@ class Config:
     # ~3 Mbit/s: starting at 4 Mbit/s gives native 1280x720 in ~2 s instead of ~4 s.
     start_bitrate_kbps: int = 4000
     max_bitrate_kbps: int = 6000
+    # Take simulcast (several sizes of one camera) from publishers that offer it, and
+    # let each viewer have the size it asks for (`?quality=`). False: the first only.
+    simulcast: bool = True
     # A publisher that drops may come back within this time and keep its viewers.
     reconnect_grace_s: float = 30.0
     # A publisher that sends nothing for this long has gone (a closed laptop lid sends

@@ -160,6 +160,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "workers": Setting("workers", integer_in(0, 256)),
         "start_bitrate_kbps": Setting("start_bitrate_kbps", _BITRATE),
         "max_bitrate_kbps": Setting("max_bitrate_kbps", _BITRATE),
+        "simulcast": Setting("simulcast", parse_bool),
         "reconnect_grace_s": Setting("reconnect_grace_s", seconds_in(0, 3600)),
         "publisher_timeout_s": Setting("publisher_timeout_s", seconds_in(1, 600)),
     },

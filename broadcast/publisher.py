@@ -11,6 +11,7 @@ from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
+    HeaderExtensionsMap,
     RtcpByePacket,
     RtcpPsfbPacket,
     RtcpRrPacket,
@@ -49,6 +50,7 @@ class Publisher(Session):
         upstream: list[UpstreamTrack],
         bandwidth: BandwidthEstimate,
         silence_timeout_s: float,
+        extensions: HeaderExtensionsMap | None = None,
     ) -> None:
         super().__init__(stream.id, transport, remote_ufrag)
         self.stream = stream
@@ -57,6 +59,10 @@ class Publisher(Session):
         self.rtcp_ssrc = secrets.randbits(32) or 1
         self._by_ssrc: dict[int, UpstreamTrack] = {}
         self._by_payload_type: dict[int, UpstreamTrack] = {}
+        # Simulcast: layers by rid, read from the header extensions of a packet from an
+        # SSRC not seen yet (`extensions`: the ids the offer gave them).
+        self._extensions = extensions
+        self._by_rid = {t.rid: t for t in upstream if t.rid is not None}
         for track in upstream:
             self._by_payload_type[track.payload_type] = track
             if track.rtx_payload_type is not None:
@@ -91,7 +97,7 @@ class Publisher(Session):
             return
         track = self._by_ssrc.get(packet.ssrc)
         if track is None:
-            track = self._by_payload_type.get(packet.payload_type)
+            track = self._new_ssrc(data, packet)
             if track is None or len(self._by_ssrc) >= MAX_SSRCS:
                 return
             self._by_ssrc[packet.ssrc] = track
@@ -104,6 +110,20 @@ class Publisher(Session):
         if track.receive(media, len(data)):
             self._send_nack(track)
         track.source.forward(media)
+
+    def _new_ssrc(self, data: bytes, packet: RtpPacket) -> UpstreamTrack | None:
+        """The track a packet from an SSRC not seen yet feeds: by its payload type, or
+        for a simulcast layer (whose payload type all layers share) by its rid or, for
+        its retransmissions, its repaired rid."""
+        track = self._by_payload_type.get(packet.payload_type)
+        if track is None or track.rid is None or self._extensions is None:
+            return track
+        try:
+            extensions = RtpPacket.parse(data, self._extensions).extensions
+        except ValueError:
+            return None
+        rid = extensions.rtp_stream_id or extensions.repaired_rtp_stream_id
+        return self._by_rid.get(rid) if rid else None
 
     def receive_rtcp(self, packet: object) -> None:
         if isinstance(packet, RtcpSrPacket):
@@ -140,6 +160,9 @@ class Publisher(Session):
         compound = bytes(RtcpRrPacket(ssrc=self.rtcp_ssrc, reports=reports))
         received = sum(t.bytes_received for t in self.upstream)
         for track in self.upstream:
+            track.source.bitrate_bps = int(
+                track.bytes_received * 8 / max(interval, 0.001)
+            )
             track.bytes_received = 0
         lost = max((r.fraction_lost for r in reports), default=0) / 256
         self.bitrate_in_bps = int(received * 8 / max(interval, 0.001))

@@ -39,6 +39,10 @@ class Stream:
         self._departed: str | None = None
         self.problem: str | None = None
         self.tracks: dict[str, SourceTrack] = {}
+        # A simulcast publisher's video layers by rid; `tracks["video"]` is the first
+        # its offer names (RFC 8853: the one it prefers), what recording, snapshots and
+        # edges take. Empty without simulcast.
+        self.layers: dict[str, SourceTrack] = {}
         self.viewers: set[ViewerSession] = set()
         # In a cluster, its viewers on the other nodes, by node (from their heartbeats),
         # and the edges pulling it from here: fed like viewers, counted by their nodes.
@@ -76,6 +80,33 @@ class Stream:
         self.source = source
         for track in self.tracks.values():
             track.upstream_changed()
+
+    def video_layers(self) -> list[SourceTrack]:
+        """Its video as viewers may choose it, largest picture first (the offer's
+        order while sizes are not known yet); one track without simulcast."""
+        if not self.layers:
+            video = self.tracks.get("video")
+            return [video] if video is not None else []
+        order = list(self.layers.values())
+        return sorted(
+            order,
+            key=lambda t: (
+                -(t.resolution[0] * t.resolution[1]) if t.resolution else 0,
+                order.index(t),
+            ),
+        )
+
+    def rid_of(self, track: SourceTrack | None) -> str | None:
+        """The simulcast layer `track` is, if it is one."""
+        return next((rid for rid, t in self.layers.items() if t is track), None)
+
+    def tracks_for(self, quality: str) -> dict[str, SourceTrack]:
+        """The tracks a viewer asking `quality` (high, medium, low; auto: high) gets."""
+        layers = self.video_layers()
+        if len(layers) < 2:
+            return self.tracks
+        index = {"low": len(layers) - 1, "medium": len(layers) // 2}.get(quality, 0)
+        return {**self.tracks, "video": layers[index]}
 
     def source_live(self, source: Source) -> None:
         if source is not self.source:

@@ -49,6 +49,7 @@ class ViewerSession(Session):
         self.rtt_s: float | None = None
         self.bitrate_out_bps = 0
         self.quality: dict[str, Any] | None = None  # the viewer page's last report
+        self.layer: str | None = None  # the rid of its simulcast layer, if any
 
     @property
     def retransmissions(self) -> int:

@@ -105,6 +105,7 @@ def test_every_setting_is_read(write: Any) -> None:
     <max_bitrate_kbps>2500</max_bitrate_kbps>
     <reconnect_grace_s>12.5</reconnect_grace_s>
     <publisher_timeout_s>4</publisher_timeout_s>
+    <simulcast>no</simulcast>
   </media>
   <ice>
     <stun_server>stun:stun.example.org:3478</stun_server>
@@ -154,6 +155,7 @@ def test_every_setting_is_read(write: Any) -> None:
         max_bitrate_kbps=2500,
         reconnect_grace_s=12.5,
         publisher_timeout_s=4.0,
+        simulcast=False,
         stun_servers=("stun:stun.example.org:3478", "stuns:[2001:db8::1]"),
         turn_servers=("turn:turn.example.org:3478?transport=tcp",),
         turn_secret="turn-secret",

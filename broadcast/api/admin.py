@@ -73,6 +73,7 @@ def viewer_summary(viewer: ViewerSession) -> dict[str, Any]:
         "loss_percent": round(100 * viewer.fraction_lost / 256, 1),
         "rtt_ms": None if viewer.rtt_s is None else round(1000 * viewer.rtt_s),
         "retransmissions": viewer.retransmissions,
+        "layer": viewer.layer,
         "seen_by_viewer": viewer.quality,
     }
 
@@ -104,9 +105,28 @@ async def show_stream(request: web.Request) -> web.Response:
     return web.json_response(
         {
             **stream_summary(stream, request.app[RECORDINGS], _node(request)),
+            "layers": layer_summary(stream),
             "viewer_sessions": [viewer_summary(v) for v in viewers],
         }
     )
+
+
+def layer_summary(stream: Stream) -> list[dict[str, Any]]:
+    """A simulcast stream's video layers, largest first ([] without simulcast)."""
+    if not stream.layers:
+        return []
+    rids = {track: rid for rid, track in stream.layers.items()}
+    return [
+        {
+            "rid": rids[track],
+            "resolution": "{}x{}".format(*track.resolution)
+            if track.resolution
+            else None,
+            "bitrate_kbps": _kbps(track.bitrate_bps),
+            "viewers": sum(v.layer == rids[track] for v in stream.viewers),
+        }
+        for track in stream.video_layers()
+    ]
 
 
 async def stop_stream(request: web.Request) -> web.Response:

@@ -113,6 +113,7 @@ class SourceTrack:
         self._sender_report: tuple[int, int, float] | None = None
         self.packets_in = 0
         self.bytes_in = 0
+        self.bitrate_bps = 0  # as its publisher's last receiver report measured it
         # The last GOP, so that a joining viewer can start at the latest keyframe: at
         # once from a source that cannot answer a PLI (a camera), and from a publisher
         # that has not answered the join's PLI within GOP_FALLBACK_S (a looped file, OBS

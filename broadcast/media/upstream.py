@@ -27,8 +27,12 @@ class UpstreamTrack:
         payload_type: int,
         rtx_payload_type: int | None,
         announced_ssrcs: tuple[int, ...] = (),
+        rid: str | None = None,
     ) -> None:
         self.source = source
+        # A simulcast layer's RTP stream id (RFC 8852): its packets say it, not an SSRC
+        # announced in the offer.
+        self.rid = rid
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type
         # From the offer's a=ssrc lines: the media SSRC first, then its RTX SSRC.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,6 +40,16 @@ PUBLISHER_FEEDBACK = {
     ("goog-remb", None),
 }
 VIEWER_FEEDBACK = {("nack", None), ("nack", "pli"), ("ccm", "fir")}
+# A simulcast publisher's layers are told apart by these RTP header extensions (RFC 8852,
+# RFC 8843): answered with the ids it offered, on its simulcast m-line only.
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+SIMULCAST_EXTENSIONS = (MID_URI, RID_URI, REPAIRED_RID_URI)
+# Layers taken from one simulcast offer: full, half and quarter size is what browsers
+# and OBS send; more is not worth a SourceTrack each.
+MAX_LAYERS = 4
+_RID = r"[A-Za-z0-9_-]{1,32}"
 
 
 @dataclass
@@ -52,6 +63,8 @@ class Offer:
     candidates_complete: bool
     fingerprints: list[RTCDtlsFingerprint]
     dtls_role: str  # ours: "server" (a=setup:passive) unless the offerer is passive
+    # mid -> the rids of a simulcast m-line (RFC 8853), in the offer's order.
+    simulcast: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,10 +76,32 @@ class MediaAnswer:
     codecs: list[RTCRtpCodecParameters] = field(default_factory=list)
     ssrc: int | None = None
     msid: str | None = None
+    rids: list[str] = field(default_factory=list)  # simulcast layers we receive
 
     @property
     def accepted(self) -> bool:
         return bool(self.codecs)
+
+
+def simulcast_rids(text: str) -> dict[str, list[str]]:
+    """mid -> the layers each m-line offers to send as simulcast: the streams of
+    `a=simulcast:send` (RFC 8853 §5.1) declared by `a=rid:<id> send` (RFC 8851), the
+    first of each list of alternatives, paused ones (`~`) left out."""
+    found: dict[str, list[str]] = {}
+    for section in re.split(r"\r?\n(?=m=)", text)[1:]:
+        mid = re.search(r"^a=mid:(\S+)", section, re.M)
+        send = re.search(r"^a=simulcast:(?:.*\s)?send\s+(\S+)", section, re.M)
+        if mid is None or send is None:
+            continue
+        declared = set(re.findall(rf"^a=rid:({_RID})\s+send\b", section, re.M))
+        rids = []
+        for alternatives in send.group(1).split(";"):
+            rid = alternatives.split(",")[0]
+            if rid in declared and rid not in rids:
+                rids.append(rid)
+        if len(rids) > 1:
+            found[mid.group(1)] = rids[:MAX_LAYERS]
+    return found
 
 
 def parse_offer(text: str) -> Offer:
@@ -116,6 +151,7 @@ def parse_offer(text: str) -> Offer:
         # certificate in mind: as client, aiortc offers ECDSA suites only and fails
         # against peers with RSA certificates (GStreamer). RFC 8842 §5.3 allows either.
         dtls_role="client" if first.dtls.role == "server" else "server",
+        simulcast=simulcast_rids(text),
     )
 
 
@@ -242,6 +278,12 @@ def build_answer(
         media.rtcp_port, media.rtcp_host, media.rtcp_mux = 9, "0.0.0.0", True
         media.ice = ice
         media.dtls = RTCDtlsParameters(fingerprints=fingerprints, role=offer.dtls_role)
+        if answer.rids:
+            media.rtp.headerExtensions = [
+                ext
+                for ext in offered.rtp.headerExtensions
+                if ext.uri in SIMULCAST_EXTENSIONS
+            ]
         if bundled:
             bundle.items.append(offered.rtp.muxId)
             media.ice_candidates = candidates
@@ -252,7 +294,24 @@ def build_answer(
         description.media.append(media)
     if bundle.items:
         description.group.append(bundle)
-    return str(description)
+    return _with_simulcast(str(description), answers)
+
+
+def _with_simulcast(sdp: str, answers: list[MediaAnswer]) -> str:
+    """Add `a=rid:<id> recv` and `a=simulcast:recv` to the m-lines we take simulcast
+    on (aiortc's writer knows neither)."""
+    if not any(answer.rids for answer in answers):
+        return sdp
+    head, *sections = sdp.split("\r\nm=")
+    for index, answer in enumerate(answers):
+        if answer.rids and answer.accepted:
+            lines = [f"a=rid:{rid} recv" for rid in answer.rids]
+            lines.append("a=simulcast:recv " + ";".join(answer.rids))
+            last = index == len(sections) - 1
+            sections[index] = "\r\n".join([sections[index].rstrip("\r\n"), *lines]) + (
+                "\r\n" if last else ""
+            )
+    return "\r\nm=".join([head, *sections])
 
 
 # What an edge offers its origin: every codec we forward, by kind (the origin answers

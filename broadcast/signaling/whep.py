@@ -8,6 +8,7 @@ from aiohttp import web
 
 from broadcast.api.metrics import METRICS
 from broadcast.errors import BadRequest
+from broadcast.media.source_track import SourceTrack
 from broadcast.media.transport_protocol import Transport
 from broadcast.signaling.admission import ADMISSION, Admitted
 from broadcast.signaling.sdp import (
@@ -32,7 +33,9 @@ async def post_whep(request: web.Request) -> web.Response:
 
 async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Response:
     stream, stream_id, offer = admitted.stream, admitted.stream_id, admitted.offer
-    answers, payload_types = _choose_codecs(offer, stream)
+    tracks = stream.tracks_for(_quality(request))
+    layer = stream.rid_of(tracks.get("video"))
+    answers, payload_types = _choose_codecs(offer, stream, tracks)
     if not payload_types:
         stream_codecs = ", ".join(
             describe_codec(t.codec) for t in stream.tracks.values()
@@ -52,19 +55,17 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
         remote = RemoteTransport(worker)
 
         def make_remote_viewer(transport: Transport) -> ViewerSession:
-            return _counted(
-                stream,
-                RemoteViewer(
-                    worker,
-                    stream_id,
-                    stream.tracks,
-                    remote,
-                    offer.ufrag,
-                    payload_types,
-                    stream_id,
-                    on_join,
-                ),
+            remote_viewer = RemoteViewer(
+                worker,
+                stream_id,
+                tracks,
+                remote,
+                offer.ufrag,
+                payload_types,
+                stream_id,
+                on_join,
             )
+            return _counted(stream, remote_viewer, layer)
 
         return await answer_session(
             request, admitted, answers, make_remote_viewer, "whep", remote
@@ -73,7 +74,7 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
     def make_viewer(transport: Transport) -> ViewerSession:
         viewer = Viewer(
             stream_id,
-            stream.tracks,
+            tracks,
             transport,
             offer.ufrag,
             payload_types,
@@ -84,27 +85,41 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
             stream.add_relay(viewer)
             viewer.on_close.append(lambda _: stream.remove_relay(viewer))
             return viewer
-        return _counted(stream, viewer)
+        return _counted(stream, viewer, layer)
 
     return await answer_session(request, admitted, answers, make_viewer, "whep")
 
 
-def _counted(stream: Stream, viewer: ViewerSession) -> ViewerSession:
+def _counted(stream: Stream, viewer: ViewerSession, layer: str | None) -> ViewerSession:
     """The stream counts its viewer (limits, events, an on-demand camera) until it
-    closes."""
+    closes; `layer`: the simulcast layer it watches."""
+    viewer.layer = layer
     stream.add_viewer(viewer)
     viewer.on_close.append(lambda _: stream.remove_viewer(viewer))
     return viewer
 
 
+QUALITIES = ("auto", "high", "medium", "low")
+
+
+def _quality(request: web.Request) -> str:
+    """`?quality=`: which simulcast layer a viewer gets (auto: the best)."""
+    quality = request.query.get("quality", "auto")
+    if quality not in QUALITIES:
+        raise BadRequest(
+            "bad_quality", f"quality is one of {', '.join(QUALITIES)}, not {quality!r}."
+        )
+    return quality
+
+
 def _choose_codecs(
-    offer: Offer, stream: Stream
+    offer: Offer, stream: Stream, tracks: dict[str, SourceTrack]
 ) -> tuple[list[MediaAnswer], dict[str, int]]:
     answers = []
     payload_types: dict[str, int] = {}
     for media in offer.description.media:
         answer = MediaAnswer(offered=media)
-        source = stream.tracks.get(media.kind)
+        source = tracks.get(media.kind)
         receives = media.direction in ("recvonly", "sendrecv")
         if source is not None and media.kind not in payload_types and receives:
             codec = choose_viewer_codec(media, source.codec)

@@ -7,7 +7,9 @@ import logging
 from typing import cast
 
 from aiohttp import web
+from aiortc import RTCRtpCodecParameters, RTCRtpParameters
 from aiortc import sdp as aiortc_sdp
+from aiortc.rtp import HeaderExtensionsMap
 
 from broadcast import tokens
 from broadcast.config import Config
@@ -50,7 +52,7 @@ async def _publish(
         "x-google-start-bitrate": config.start_bitrate_kbps,
         "x-google-max-bitrate": config.max_bitrate_kbps,
     }
-    answers = _choose_codecs(offer, admitted.stream, hints)
+    answers = _choose_codecs(offer, admitted.stream, hints, config.simulcast)
     if not any(a.accepted for a in answers):
         raise BadRequest(
             "no_common_codec",
@@ -60,7 +62,8 @@ async def _publish(
         )
 
     stream = registry.get_or_create(stream_id)
-    upstream = [_upstream_track(stream, a) for a in answers if a.accepted]
+    upstream = [t for a in answers if a.accepted for t in _upstream_tracks(stream, a)]
+    extensions = _layer_extensions(answers)
     bandwidth = BandwidthEstimate(
         config.start_bitrate_kbps * 1000, config.max_bitrate_kbps * 1000
     )
@@ -73,6 +76,7 @@ async def _publish(
             upstream,
             bandwidth,
             config.publisher_timeout_s,
+            extensions,
         )
         stream.attach(publisher)
         return publisher
@@ -94,7 +98,7 @@ def _watch_link(config: Config, stream_id: str) -> str:
 
 
 def _choose_codecs(
-    offer: Offer, stream: Stream | None, hints: dict[str, int]
+    offer: Offer, stream: Stream | None, hints: dict[str, int], simulcast: bool
 ) -> list[MediaAnswer]:
     answers = []
     taken: set[str] = set()
@@ -109,24 +113,56 @@ def _choose_codecs(
             if answer.accepted:
                 answer.direction = "recvonly"
                 taken.add(media.kind)
+                if media.kind == "video" and simulcast:
+                    answer.rids = offer.simulcast.get(str(media.rtp.muxId), [])
         answers.append(answer)
     return answers
 
 
-def _upstream_track(stream: Stream, answer: MediaAnswer) -> UpstreamTrack:
-    """The stream's source track for this m-line (made at first publish), fed by it."""
+def _upstream_tracks(stream: Stream, answer: MediaAnswer) -> list[UpstreamTrack]:
+    """The stream's source tracks for this m-line (made at first publish; one per
+    simulcast layer, the first also the stream's video track), each fed by it."""
     media = answer.offered
     codec = answer.codecs[0]
-    source = stream.tracks.get(media.kind)
-    if source is None:
-        stream_codec = copy.deepcopy(codec)
-        for hint in BITRATE_HINTS:
-            stream_codec.parameters.pop(hint, None)
-        source = SourceTrack(media.kind, stream_codec)
-        stream.tracks[media.kind] = source
     rtx = answer.codecs[1].payloadType if len(answer.codecs) > 1 else None
     payload_type = cast(int, codec.payloadType)  # set by the SDP parser
-    return UpstreamTrack(source, payload_type, rtx, _announced_ssrcs(media))
+    if not answer.rids:
+        source = stream.tracks.get(media.kind) or _new_track(stream, media.kind, codec)
+        if media.kind == "video":
+            stream.layers = {}
+        return [UpstreamTrack(source, payload_type, rtx, _announced_ssrcs(media))]
+    layers: dict[str, SourceTrack] = {}
+    for index, rid in enumerate(answer.rids):
+        known = stream.tracks.get("video") if index == 0 else stream.layers.get(rid)
+        layers[rid] = known or _new_track(stream, "video", codec)
+    stream.layers = layers
+    return [
+        UpstreamTrack(layer, payload_type, rtx, rid=rid)
+        for rid, layer in layers.items()
+    ]
+
+
+def _new_track(stream: Stream, kind: str, codec: RTCRtpCodecParameters) -> SourceTrack:
+    """A track with the publisher's codec (viewers negotiate it), bitrate hints off;
+    the first of a kind is the stream's."""
+    stream_codec = copy.deepcopy(codec)
+    for hint in BITRATE_HINTS:
+        stream_codec.parameters.pop(hint, None)
+    source = SourceTrack(kind, stream_codec)
+    stream.tracks.setdefault(kind, source)
+    return source
+
+
+def _layer_extensions(answers: list[MediaAnswer]) -> HeaderExtensionsMap | None:
+    """The header extension ids a simulcast offer gave the rids (None: no simulcast)."""
+    for answer in answers:
+        if answer.rids:
+            extensions = HeaderExtensionsMap()
+            extensions.configure(
+                RTCRtpParameters(headerExtensions=answer.offered.rtp.headerExtensions)
+            )
+            return extensions
+    return None
 
 
 def _announced_ssrcs(media: aiortc_sdp.MediaDescription) -> tuple[int, ...]:

@@ -13,6 +13,15 @@ const RECONNECT_WINDOW_MS = 30000;
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000];
 const DISCONNECTED_MS = 4000;
 const SAVED = 'broadcast.presenter';
+// Simulcast from a camera of at least 960x540: full, half and quarter size, so each
+// viewer can get what its network carries. A server that does not take simulcast
+// answers without it, and the browser sends the first layer alone.
+const SIMULCAST_MIN = {width: 960, height: 540};
+const SIMULCAST_LAYERS = [
+  {rid: 'h'},
+  {rid: 'm', scaleResolutionDownBy: 2, maxBitrate: 800000},
+  {rid: 'l', scaleResolutionDownBy: 4, maxBitrate: 250000},
+];
 
 const state = {
   media: null, pc: null, session: null, streamId: null, events: null, dropTimer: null,
@@ -83,11 +92,20 @@ async function listDevices() {
   }
 }
 
+/** Whether to send simulcast layers: a camera (not a screen) big enough to halve twice. */
+function sendsLayers(track) {
+  const {width = 0, height = 0} = track.getSettings();
+  return !$('source-screen').checked
+    && width >= SIMULCAST_MIN.width && height >= SIMULCAST_MIN.height;
+}
+
 async function connect() {
   const url = state.streamId ? `/whip/${encodeURIComponent(state.streamId)}` : '/whip';
   const pc = new RTCPeerConnection({iceServers: await iceServers(new URL(url, location.href).href)});
   for (const track of state.media.getTracks()) {
-    const {sender} = pc.addTransceiver(track, {direction: 'sendonly', streams: [state.media]});
+    const init = {direction: 'sendonly', streams: [state.media]};
+    if (track.kind === 'video' && sendsLayers(track)) init.sendEncodings = SIMULCAST_LAYERS;
+    const {sender} = pc.addTransceiver(track, init);
     if (track.kind === 'video') {
       const parameters = sender.getParameters();
       parameters.degradationPreference = 'maintain-resolution';

@@ -38,6 +38,12 @@ const state = {
 };
 const whepUrl = new URL(`/whep/${encodeURIComponent(streamId)}`, location.href);
 if (token) whepUrl.searchParams.set('token', token);
+// Which of a simulcast broadcast's sizes to get: auto (the best), high, medium, low.
+const QUALITIES = ['auto', 'high', 'medium', 'low'];
+const askedQuality = new URLSearchParams(location.search).get('quality');
+if (QUALITIES.includes(askedQuality) && askedQuality !== 'auto') {
+  whepUrl.searchParams.set('quality', askedQuality);
+}
 // Asked at once, while the page is still loading, for the first connection.
 let firstIceServers = iceServers(whepUrl.href);
 
@@ -99,6 +105,21 @@ async function connect() {
     }
   } finally {
     state.connecting = false;
+  }
+}
+
+/** The quality menu: the page's link keeps the choice; a new session carries it. */
+function chooseQuality() {
+  const quality = $('quality').value;
+  const page = new URL(location.href);
+  for (const url of [whepUrl, page]) {
+    if (quality === 'auto') url.searchParams.delete('quality');
+    else url.searchParams.set('quality', quality);
+  }
+  history.replaceState(null, '', page);
+  if (state.pc) {
+    drop();
+    connect();
   }
 }
 
@@ -204,6 +225,8 @@ $('play').addEventListener('click', togglePlay);
 $('unmute').addEventListener('click', toggleMute);
 $('fullscreen').addEventListener('click', toggleFullscreen);
 $('show-stats').addEventListener('click', toggleStats);
+$('quality').value = QUALITIES.includes(askedQuality) ? askedQuality : 'auto';
+$('quality').addEventListener('change', chooseQuality);
 // Page open (navigation start) to the first frame shown, for people and for the tests.
 if ($('player').requestVideoFrameCallback) {
   $('player').requestVideoFrameCallback(() => {

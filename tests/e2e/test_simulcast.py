@@ -1,0 +1,120 @@
+"""Simulcast: the presenter page in Chromium sends its 720p camera as three layers (full,
+half, quarter size); each viewer gets the layer it asks for (`?quality=`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from broadcast.web_keys import REGISTRY
+from tests.e2e.camera import NATIVE
+from tests.e2e.test_web_client import VIDEO_SIZE_JS, wait_text
+from tests.peers import recvonly_offer, wait_for, watch
+
+ADMIN = {"Authorization": "Bearer adm1n"}
+SIZES = {
+    "high": NATIVE,
+    "medium": (NATIVE[0] // 2, NATIVE[1] // 2),
+    "low": (NATIVE[0] // 4, NATIVE[1] // 4),
+}
+
+
+async def start_presenter(server, chromium) -> str:
+    """The presenter page live; its stream id."""
+    origin = str(server.make_url("/")).rstrip("/")
+    context = await chromium.new_context()
+    await context.grant_permissions(["camera", "microphone"], origin=origin)
+    page = await context.new_page()
+    await page.goto(origin + "/")
+    await page.click("#start")
+    await wait_text(page, "#status", "LIVE", 5000)
+    return await page.evaluate("window.presenter.streamId")
+
+
+def layer_sizes(server, stream_id: str) -> set:
+    stream = server.app[REGISTRY].get(stream_id)
+    return {t.resolution for t in stream.layers.values()} if stream else set()
+
+
+async def test_three_layers_from_the_presenter_page_and_each_viewer_its_own(
+    make_server, http, chromium
+):
+    server = await make_server(admin_key="adm1n")
+    stream_id = await start_presenter(server, chromium)
+    await wait_for(
+        lambda: layer_sizes(server, stream_id) == set(SIZES.values()),
+        timeout=15,
+        message=f"layers: {layer_sizes(server, stream_id)}",
+    )
+    url = str(server.make_url(f"/whep/{stream_id}"))
+    viewers = {q: await watch(http, f"{url}?quality={q}", ("video",)) for q in SIZES}
+    for quality, viewer in viewers.items():
+        await wait_for(
+            lambda v=viewer, q=quality: any(
+                (f.width, f.height) == SIZES[q] for f in v.frames.get("video", [])
+            ),
+            timeout=15,
+            message=f"no {SIZES[quality]} frame for quality={quality}",
+        )
+    for quality, viewer in viewers.items():  # one size each, from its first frame
+        sizes = {(f.width, f.height) for f in viewer.frames["video"]}
+        assert sizes == {SIZES[quality]}, (quality, sizes)
+
+    shown: dict = {}
+    for _ in range(50):  # the layers' bitrates come with the publisher's reports
+        async with http.get(
+            server.make_url(f"/api/streams/{stream_id}"), headers=ADMIN
+        ) as response:
+            shown = await response.json()
+        if all(layer["bitrate_kbps"] > 0 for layer in shown["layers"]):
+            break
+        await asyncio.sleep(0.2)
+    assert [layer["resolution"] for layer in shown["layers"]] == [
+        "{}x{}".format(*SIZES[q]) for q in ("high", "medium", "low")
+    ]
+    assert [layer["viewers"] for layer in shown["layers"]] == [1, 1, 1]
+    assert all(layer["bitrate_kbps"] > 0 for layer in shown["layers"])
+    assert sorted(v["layer"] for v in shown["viewer_sessions"]) == ["h", "l", "m"]
+
+    offer = await recvonly_offer()
+    sdp = {"Content-Type": "application/sdp"}
+    async with http.post(f"{url}?quality=best", data=offer, headers=sdp) as response:
+        assert (response.status, (await response.json())["error"]) == (
+            400,
+            "bad_quality",
+        )
+
+    # The viewer page passes its ?quality= on; its menu shows the choice.
+    page = await (await chromium.new_context()).new_page()
+    await page.goto(str(server.make_url(f"/watch/{stream_id}?quality=low")))
+    await page.wait_for_function(
+        f"({VIDEO_SIZE_JS})().join('x') === '{SIZES['low'][0]}x{SIZES['low'][1]}'",
+        timeout=15000,
+    )
+    assert await page.input_value("#quality") == "low"
+    for viewer in viewers.values():
+        await viewer.close()
+
+
+@pytest.mark.parametrize("simulcast", [False])
+async def test_simulcast_off_takes_the_first_layer_only(
+    make_server, http, chromium, simulcast
+):
+    server = await make_server(simulcast=simulcast)
+    stream_id = await start_presenter(server, chromium)
+    stream = server.app[REGISTRY].get(stream_id)
+    await wait_for(
+        lambda: stream.tracks["video"].resolution == NATIVE,
+        timeout=15,
+        message=f"{stream.tracks['video'].resolution}",
+    )
+    assert stream.layers == {}
+    viewer = await watch(http, str(server.make_url(f"/whep/{stream_id}?quality=low")))
+    await wait_for(
+        lambda: any(
+            (f.width, f.height) == NATIVE for f in viewer.frames.get("video", [])
+        ),
+        timeout=15,
+    )
+    await viewer.close()
