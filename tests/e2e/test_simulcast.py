@@ -93,6 +93,27 @@ async def test_three_layers_from_the_presenter_page_and_each_viewer_its_own(
         timeout=15000,
     )
     assert await page.input_value("#quality") == "low"
+
+    # On a phone-sized screen the page plays, fits and keeps every control in view;
+    # choosing High from its menu plays the full size.
+    phone = await chromium.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
+    page = await phone.new_page()
+    await page.goto(str(server.make_url(f"/watch/{stream_id}?quality=medium")))
+    await page.wait_for_function(
+        f"({VIDEO_SIZE_JS})().join('x') === '{SIZES['medium'][0]}x{SIZES['medium'][1]}'",
+        timeout=15000,
+    )
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    for control in ("#play", "#unmute", "#fullscreen", "#quality"):
+        box = await page.locator(control).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, control
+    await page.select_option("#quality", "high")
+    await page.wait_for_function(
+        f"({VIDEO_SIZE_JS})().join('x') === '{NATIVE[0]}x{NATIVE[1]}'", timeout=15000
+    )
+    assert "quality=high" in page.url
     for viewer in viewers.values():
         await viewer.close()
 
