@@ -37,12 +37,12 @@ async def stop_recording(request: web.Request) -> web.Response:
     stream = admin_stream(request)
     recorder = request.app[RECORDINGS].stop(stream.id)
     file = recorder.file
-    await recorder.stopped()
+    finished = await recorder.stopped()
     return web.json_response(
         {
             "stream": stream.id,
             "file": file.path.name if file is not None else None,
-            "state": "done",
+            "state": "done" if finished else "stopping",
             "duration": round(file.duration_s, 1) if file is not None else None,
         }
     )

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 # longer fails the recording rather than the server's memory.
 MAX_QUEUED_PACKETS = 4000
 IDLE_WAIT_S = 0.02
+# How long a stop (the API's DELETE, shutdown) waits for the thread to finish its file.
+FINISH_TIMEOUT_S = 10.0
 RECORDING, STOPPED, FAILED = "recording", "stopped", "failed"
 
 
@@ -137,9 +139,18 @@ class Recorder:
         self._detach()
         self._stopping = True
 
-    async def stopped(self) -> None:
-        """Wait for the thread to finish the file."""
-        await asyncio.to_thread(self._thread.join)
+    async def stopped(self) -> bool:
+        """Wait for the thread to finish the file; False if it has not after
+        FINISH_TIMEOUT_S (a disk that hangs: NFS gone, a dying drive)."""
+        await asyncio.to_thread(self._thread.join, FINISH_TIMEOUT_S)
+        if self._thread.is_alive():
+            logger.error(
+                "%r: the file is not finished after %.0f s: the disk hangs",
+                self,
+                FINISH_TIMEOUT_S,
+            )
+            return False
+        return True
 
     def _detach(self) -> None:
         # Not from inside a track's loop over its taps: in the next turn of the loop.

@@ -114,7 +114,7 @@ class Recordings:
         self._stop_listening = events.listen_all(self._on_event)
         self._pruner: asyncio.Task[None] | None = None
         # Stopped recorders finishing their files (waited for at shutdown).
-        self._finishing: set[asyncio.Future[None]] = set()
+        self._finishing: set[asyncio.Future[bool]] = set()
 
     @property
     def dropped_frames(self) -> int:
@@ -419,7 +419,7 @@ class Recordings:
             if recorder.state == RECORDING:
                 self._stop(recorder)
         self.recorders.clear()
-        await asyncio.gather(*self._finishing)
+        await asyncio.gather(*self._finishing)  # each gives up after FINISH_TIMEOUT_S
 
 
 RECORDINGS = web.AppKey("recordings", Recordings)
