@@ -55,3 +55,13 @@ def state_event(stream_id: str, state: str, problem: str | None = None) -> Event
 
 def viewers_event(stream_id: str, count: int) -> Event:
     return {"type": "viewers", "stream": stream_id, "count": count}
+
+
+# A presenter's camera and microphone, on unless its page says otherwise.
+PRESENTER_MEDIA_ON = {"camera": True, "microphone": True}
+
+
+def presenter_event(stream_id: str, media: dict[str, bool]) -> Event:
+    """The presenter turned its camera or microphone off or on (the broadcast goes on:
+    viewers get black or silence, and their page says why)."""
+    return {"type": "presenter", "stream": stream_id, **media}

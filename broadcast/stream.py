@@ -9,7 +9,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from broadcast.errors import Conflict
-from broadcast.events import StreamEvents, state_event, viewers_event
+from broadcast.events import (
+    PRESENTER_MEDIA_ON,
+    StreamEvents,
+    presenter_event,
+    state_event,
+    viewers_event,
+)
 from broadcast.media.source_track import SourceTrack
 
 if TYPE_CHECKING:
@@ -50,6 +56,8 @@ class Stream:
         self.relays: set[ViewerSession] = set()
         # Being recorded: an on-demand camera stays on for it as for a viewer.
         self.recorded = False
+        # What the presenter page says of its camera and microphone.
+        self.presenter_media = PRESENTER_MEDIA_ON
         self._reconnect_grace_s = reconnect_grace_s
         self._grace_timer: asyncio.TimerHandle | None = None
         self._on_end = on_end
@@ -78,6 +86,7 @@ class Stream:
             self._grace_timer.cancel()
             self._grace_timer = None
         self.source = source
+        self.set_presenter_media(PRESENTER_MEDIA_ON)  # a new session starts with both
         for track in self.tracks.values():
             track.upstream_changed()
 
@@ -191,6 +200,11 @@ class Stream:
         if relay in self.relays:
             self.relays.discard(relay)
             self._viewers_changed()
+
+    def set_presenter_media(self, media: dict[str, bool]) -> None:
+        if media != self.presenter_media:
+            self.presenter_media = media
+            self._events.publish(presenter_event(self.id, media))
 
     def set_recorded(self, recorded: bool) -> None:
         if recorded != self.recorded:

@@ -19,7 +19,13 @@ from broadcast.api.metrics import METRICS
 from broadcast.api.quality import clean_report
 from broadcast.auth import may_view
 from broadcast.errors import ClientError
-from broadcast.events import Event, state_event, viewers_event
+from broadcast.events import (
+    PRESENTER_MEDIA_ON,
+    Event,
+    presenter_event,
+    state_event,
+    viewers_event,
+)
 from broadcast.registry import check_stream_id
 from broadcast.viewer import ViewerSession
 from broadcast.web_keys import REGISTRY
@@ -101,15 +107,20 @@ def _handle(
         stream = registry.get(stream_id)
         deliver(state_event(stream_id, stream.state if stream else OFFLINE))
         deliver(viewers_event(stream_id, stream.audience if stream else 0))
+        if stream is not None and stream.presenter_media != PRESENTER_MEDIA_ON:
+            deliver(presenter_event(stream_id, stream.presenter_media))
     elif request.get("type") == "quality":
         _take_quality_report(app, stream_id, request)
+    elif request.get("type") == "presenter":
+        _take_presenter_media(app, stream_id, request)
     elif request.get("type") == "unsubscribe":
         stop = subscriptions.pop(stream_id, None)
         if stop is not None:
             stop()
     else:
         raise ClientError(
-            "bad_message", "The type is 'subscribe', 'unsubscribe' or 'quality'."
+            "bad_message",
+            "The type is 'subscribe', 'unsubscribe', 'quality' or 'presenter'.",
         )
 
 
@@ -127,6 +138,29 @@ def _take_quality_report(
         raise ClientError("bad_report", "A quality report names a live WHEP session.")
     session.quality = report
     app[METRICS].viewer_quality.observe(report)
+
+
+def _take_presenter_media(
+    app: web.Application, stream_id: str, request: dict[str, object]
+) -> None:
+    """The presenter page turned its camera or microphone off or on: viewers hear it.
+    Only the stream's own publisher may say so (it names its WHIP session)."""
+    stream = app[REGISTRY].get(stream_id)
+    source = stream.source if stream is not None else None
+    camera, microphone = request.get("camera"), request.get("microphone")
+    if (
+        stream is None
+        or source is None
+        or source.id != request.get("session")
+        or not isinstance(camera, bool)
+        or not isinstance(microphone, bool)
+    ):
+        raise ClientError(
+            "bad_presenter_state",
+            "A presenter message names the stream's live WHIP session and says "
+            '"camera" and "microphone" true or false.',
+        )
+    stream.set_presenter_media({"camera": camera, "microphone": microphone})
 
 
 async def _send_events(ws: web.WebSocketResponse, queue: asyncio.Queue[Event]) -> None:

@@ -26,6 +26,7 @@ const SIMULCAST_LAYERS = [
 const state = {
   media: null, pc: null, session: null, streamId: null, events: null, dropTimer: null,
   statsTimer: null, live: false, stopping: false, limitedFor: 0,
+  microphone: true, camera: true,
   key: new URLSearchParams(location.search).get('key') || sessionStorage.getItem(SAVED + '.key') || '',
 };
 
@@ -83,13 +84,57 @@ async function openMedia() {
 async function listDevices() {
   const devices = await navigator.mediaDevices.enumerateDevices();
   for (const [kind, select] of [['videoinput', $('camera-select')], ['audioinput', $('mic-select')]]) {
-    const chosen = select.value;
+    // The device chosen now, else the one chosen on an earlier visit if it is still there.
+    const chosen = select.value || localStorage.getItem(`${SAVED}.${select.id}`) || '';
     select.replaceChildren(select.options[0]);
     devices.filter((d) => d.kind === kind && d.deviceId).forEach((d, i) => {
       select.add(new Option(d.label || `${kind === 'videoinput' ? 'Camera' : 'Microphone'} ${i + 1}`, d.deviceId));
     });
-    select.value = chosen;
+    select.value = [...select.options].some((o) => o.value === chosen) ? chosen : '';
   }
+}
+
+/** The camera needs a secure page: say so before anything else, and how to get one. */
+function needsHttps() {
+  if (window.isSecureContext && navigator.mediaDevices?.getUserMedia) return false;
+  $('needs-https').textContent = 'The camera and microphone work only on a secure page: '
+    + `open this page with https:// (or on localhost), not ${location.protocol}//${location.host}. `
+    + 'To get a trusted certificate, install the server with: '
+    + 'sudo ./install.sh --domain tv.example.org --letsencrypt you@example.org';
+  $('needs-https').hidden = false;
+  $('start').disabled = true;
+  return true;
+}
+
+/** Camera off or microphone muted: the broadcast goes on with black or silence, and
+ * viewers' pages say why. */
+function applyMediaState() {
+  for (const track of state.media?.getTracks() || []) {
+    track.enabled = track.kind === 'video' ? state.camera : state.microphone;
+  }
+  $('mute-mic').setAttribute('aria-pressed', String(!state.microphone));
+  $('mute-mic').textContent = state.microphone ? 'Mute microphone' : 'Unmute microphone';
+  $('camera-off').setAttribute('aria-pressed', String(!state.camera));
+  $('camera-off').textContent = state.camera ? 'Turn camera off' : 'Turn camera on';
+  sendMediaState();
+}
+
+function sendMediaState() {
+  if (!state.events || !state.session) return;
+  state.events.send({
+    type: 'presenter', session: new URL(state.session).pathname.split('/').pop(),
+    camera: state.camera, microphone: state.microphone,
+  });
+}
+
+function toggleMicrophone() {
+  state.microphone = !state.microphone;
+  applyMediaState();
+}
+
+function toggleCamera() {
+  state.camera = !state.camera;
+  applyMediaState();
 }
 
 /** Whether to send simulcast layers: a camera (not a screen) big enough to halve twice. */
@@ -122,6 +167,7 @@ async function connect() {
   state.pc = pc;
   state.streamId = new URL(state.session).pathname.split('/')[2];
   sessionStorage.setItem(SAVED + '.stream', state.streamId);
+  sendMediaState(); // a new session starts with both on at the server
   pc.addEventListener('connectionstatechange', () => onConnectionState(pc));
 }
 
@@ -183,7 +229,7 @@ function showSharing() {
   if (state.events) state.events.close();
   state.events = subscribe(state.streamId, (event) => {
     if (event.type === 'viewers') $('viewer-count').textContent = String(event.count);
-  }, () => {}, new URL(link).searchParams.get('token'));
+  }, (up) => { if (up) sendMediaState(); }, new URL(link).searchParams.get('token'));
 }
 
 async function updateStats() {
@@ -231,6 +277,9 @@ async function start() {
   }
   if (state.key) sessionStorage.setItem(SAVED + '.key', state.key);
   $('stop').disabled = false;
+  $('mute-mic').disabled = false;
+  $('camera-off').disabled = false;
+  applyMediaState();
   showSharing();
   state.statsTimer = setInterval(updateStats, STATS_INTERVAL_MS);
   for (const track of state.media.getVideoTracks()) {
@@ -240,12 +289,15 @@ async function start() {
 
 function stopMedia() {
   if (state.media) state.media.getTracks().forEach((t) => t.stop());
+  $('mute-mic').disabled = true;
+  $('camera-off').disabled = true;
   state.media = null;
   $('preview').srcObject = null;
 }
 
 async function stop() {
   state.stopping = true;
+  state.camera = state.microphone = true; // the next broadcast starts with both on
   clearInterval(state.statsTimer);
   const session = state.session;
   state.session = null;
@@ -290,6 +342,7 @@ async function switchDevice() {
     state.media.getTracks().forEach((t) => t.stop());
     state.media = media;
     $('preview').srcObject = media;
+    applyMediaState(); // the new devices stay off if they were
   } catch (error) {
     showMessage(mediaErrorMessage(error));
   }
@@ -298,12 +351,18 @@ async function switchDevice() {
 $('start').addEventListener('click', start);
 $('stop').addEventListener('click', stop);
 $('copy-link').addEventListener('click', copyLink);
-$('camera-select').addEventListener('change', switchDevice);
-$('mic-select').addEventListener('change', switchDevice);
+for (const select of [$('camera-select'), $('mic-select')]) {
+  select.addEventListener('change', () => {
+    localStorage.setItem(`${SAVED}.${select.id}`, select.value);
+    switchDevice();
+  });
+}
+$('mute-mic').addEventListener('click', toggleMicrophone);
+$('camera-off').addEventListener('click', toggleCamera);
 if (state.key) $('publish-key').value = state.key;
 // A reload keeps the stream id: viewers stay on the same link during the grace period.
 state.streamId = sessionStorage.getItem(SAVED + '.stream');
 // Closing the page closes the connection at once (DTLS close), so the server knows.
 window.addEventListener('pagehide', () => { if (state.pc) state.pc.close(); });
-listDevices().catch(() => {});
+if (!needsHttps()) listDevices().catch(() => {});
 window.presenter = state; // for people debugging, and for the end-to-end tests

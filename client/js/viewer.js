@@ -150,8 +150,20 @@ function retryWhenFree(retryAfterS) {
   }, waitS * 1000);
 }
 
+/** The presenter's camera or microphone is off: say why the picture is black or silent. */
+function showPresenterMedia(event) {
+  const off = [
+    ...(event.camera ? [] : ['turned the camera off']),
+    ...(event.microphone ? [] : ['muted the microphone']),
+  ];
+  $('presenter-media').textContent = off.length ? `The presenter ${off.join(' and ')}.` : '';
+  $('presenter-media').hidden = !off.length;
+}
+
 function onEvent(event) {
+  if (event.type === 'presenter') showPresenterMedia(event);
   if (event.type !== 'state') return;
+  if (event.state === 'ended' || event.state === 'offline') $('presenter-media').hidden = true;
   state.streamState = event.state;
   if (event.state === 'ended') {
     drop();
