@@ -151,6 +151,7 @@ def _take_presenter_media(
     if (
         stream is None
         or source is None
+        or source.kind != "whip"  # a camera's id is its stream's: no secret
         or source.id != request.get("session")
         or not isinstance(camera, bool)
         or not isinstance(microphone, bool)

@@ -11,11 +11,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from broadcast.app import create_app
-from broadcast.config import Config
+from broadcast.config import Config, RtspCamera
 from broadcast.web_keys import REGISTRY
+from tests.camera_sim import start_camera
 from tests.e2e.test_simulcast import start_presenter
 from tests.e2e.test_web_client import wait_text
-from tests.peers import wait_for, watch
+from tests.peers import publish, wait_for, watch
 
 # An address of the test's network namespace that is not localhost: http:// there is
 # an insecure origin to the browser, as a server's public IP is.
@@ -80,22 +81,32 @@ async def test_camera_off_and_microphone_muted_reach_the_viewers(
 
 
 async def test_presenter_messages_need_the_streams_own_session(make_server, http):
-    """Only the stream's publisher may say its camera is off: anyone else gets an
-    error event and viewers hear nothing."""
-    server = await make_server()
-    url = str(server.make_url("/ws"))
-    async with http.ws_connect(url) as ws:
-        await ws.send_json(
-            {
-                "type": "presenter",
-                "stream": "nobody",
-                "session": "x",
-                "camera": False,
-                "microphone": True,
-            }
-        )
-        event = await ws.receive_json(timeout=5)
-    assert (event["type"], event["error"]) == ("error", "bad_presenter_state")
+    """Only the stream's publisher may say its camera is off: anyone else (another
+    session's id, a camera stream's id) gets an error event and viewers hear nothing."""
+    async with start_camera() as camera:
+        server = await make_server(cameras=(RtspCamera("cam", camera.url),))
+        publisher = await publish(http, str(server.make_url("/whip/s")))
+        url = str(server.make_url("/ws"))
+        async with http.ws_connect(url) as ws:
+            for stream_id, session in (("nobody", "x"), ("s", "x"), ("cam", "cam")):
+                await ws.send_json(
+                    {
+                        "type": "presenter",
+                        "stream": stream_id,
+                        "session": session,
+                        "camera": False,
+                        "microphone": True,
+                    }
+                )
+                event = await ws.receive_json(timeout=5)
+                assert (event["type"], event["error"]) == (
+                    "error",
+                    "bad_presenter_state",
+                ), stream_id
+        for stream_id in ("s", "cam"):
+            media = server.app[REGISTRY].get(stream_id).presenter_media
+            assert media == {"camera": True, "microphone": True}
+        await publisher.close()
 
 
 def _add_address() -> bool:
