@@ -245,6 +245,10 @@ class RtspOptions:
     transport: str = "tcp"
     # Record it from its first packet (it is then pulled from start, like always_on).
     record: bool = False
+    # rtsps://: check the camera's certificate (against `tls_ca` if given, a PEM file
+    # with the camera's own certificate or its CA; else the system's CAs) and name.
+    tls_verify: bool = True
+    tls_ca: str | None = None
 
     @property
     def keep_on(self) -> bool:

@@ -217,7 +217,10 @@ CAMERA_ATTRIBUTES: dict[str, Parse] = {
     "always_on": parse_bool,
     "transport": one_of(RTSP_TRANSPORTS),
     "record": parse_bool,
+    "tls_verify": parse_bool,
+    "tls_ca": parse_existing_file,
 }
+CAMERA_PATHS = ("tls_ca",)  # relative to the config file, as other paths
 
 
 def load_config(path: str) -> tuple[Config, list[str]]:
@@ -318,6 +321,8 @@ class _Reader:
             if name not in element.attributes:
                 continue
             text = element.attributes[name].strip()
+            if name in CAMERA_PATHS and text:
+                text = os.path.join(self.directory, text)
             try:
                 values[name] = parse(text)
             except ValueError as error:
@@ -335,6 +340,8 @@ class _Reader:
             always_on=bool(values.get("always_on", RtspOptions.always_on)),
             transport=str(values.get("transport", RtspOptions.transport)),
             record=bool(values.get("record", RtspOptions.record)),
+            tls_verify=bool(values.get("tls_verify", RtspOptions.tls_verify)),
+            tls_ca=str(values["tls_ca"]) if "tls_ca" in values else None,
         )
         return RtspCamera(camera_id, str(values["url"]), options)
 

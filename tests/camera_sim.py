@@ -73,6 +73,19 @@ if cfg["username"] is not None:
     permissions.add_permission_for_role("viewer", "media.factory.access", True)
     permissions.add_permission_for_role("viewer", "media.factory.construct", True)
     factory.set_permissions(permissions)
+if cfg.get("tls_pem"):  # rtsps: TLS with this certificate and key
+    from gi.repository import Gio
+    auth = server.get_auth() or S.RTSPAuth()
+    auth.set_tls_certificate(Gio.TlsCertificate.new_from_file(cfg["tls_pem"]))
+    if cfg["username"] is None:  # no credentials asked: everyone may watch
+        token = S.RTSPToken()
+        token.set_string("media.factory.role", "viewer")
+        auth.set_default_token(token)
+        permissions = S.RTSPPermissions()
+        permissions.add_permission_for_role("viewer", "media.factory.access", True)
+        permissions.add_permission_for_role("viewer", "media.factory.construct", True)
+        factory.set_permissions(permissions)
+    server.set_auth(auth)
 if cfg["session_timeout_s"]:
     def new_session(client, session):
         session.set_timeout(cfg["session_timeout_s"])
@@ -106,6 +119,8 @@ class CameraSettings:
     # x264 encodes at that bitrate, as a busy scene fills a real camera's bitrate.
     bitrate_kbps: int | None = None
     session_timeout_s: int | None = None
+    # A PEM file with the camera's certificate and key: it then speaks rtsps://.
+    tls_pem: str | None = None
 
     def launch(self) -> str:
         """Return the gst-rtsp-server launch line: pay0 video, pay1 audio."""
@@ -171,7 +186,8 @@ class Camera:
         """Return rtsp://[user:pass@]127.0.0.1:port/path."""
         s = self.settings
         credentials = f"{s.username}:{s.password}@" if s.username is not None else ""
-        return f"rtsp://{credentials}127.0.0.1:{self.port}{s.path}"
+        scheme = "rtsps" if s.tls_pem else "rtsp"
+        return f"{scheme}://{credentials}127.0.0.1:{self.port}{s.path}"
 
     @property
     def running(self) -> bool:
@@ -193,6 +209,7 @@ class Camera:
             "password": s.password,
             "auth": s.auth,
             "session_timeout_s": s.session_timeout_s,
+            "tls_pem": s.tls_pem,
         }
         self._log = tempfile.TemporaryFile()  # stderr: GStreamer warnings, tracebacks
         try:
@@ -277,6 +294,7 @@ async def start_camera(
     gop_s: float = 1.0,
     bitrate_kbps: int | None = None,
     session_timeout_s: int | None = None,
+    tls_pem: str | None = None,
 ) -> AsyncIterator[Camera]:
     """Run a simulated H.264 RTSP camera on 127.0.0.1 for the duration of the block."""
     settings = CameraSettings(
@@ -294,6 +312,7 @@ async def start_camera(
         gop_s=gop_s,
         bitrate_kbps=bitrate_kbps,
         session_timeout_s=session_timeout_s,
+        tls_pem=tls_pem,
     )
     camera = Camera(settings)
     await camera.start()

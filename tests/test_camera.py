@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import logging
 import time
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from broadcast.config import RtspCamera, RtspOptions
 from broadcast.media.h264 import NAL_FU_A, NAL_IDR, NAL_PPS, NAL_SPS, NAL_STAP_A
@@ -316,3 +323,67 @@ async def test_viewers_waiting_for_a_camera_do_not_all_take_its_last_place(
         for response in answers:
             response.release()
         assert statuses == [201, 503], statuses
+
+
+def camera_certificate(directory: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1 (and its key), as IP cameras have."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "camera")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = directory / "camera.pem"
+    pem.write_bytes(
+        certificate.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return pem
+
+
+async def test_an_rtsps_camera_is_verified_unless_told_otherwise(
+    make_server, http, tmp_path
+):
+    """A self-signed camera is refused by default, with a problem saying what to do;
+    trusted with its certificate in tls_ca, or with tls_verify false, it plays."""
+    pem = camera_certificate(tmp_path)
+    async with start_camera(tls_pem=str(pem)) as cam:
+        assert cam.url.startswith("rtsps://")
+        server = await make_server(
+            cameras=(
+                RtspCamera("strict", cam.url, RtspOptions(always_on=True)),
+                RtspCamera("pinned", cam.url, RtspOptions(tls_ca=str(pem))),
+                RtspCamera("trusting", cam.url, RtspOptions(tls_verify=False)),
+            )
+        )
+        registry = server.app[REGISTRY]
+        strict = registry.get("strict")
+        await wait_for(lambda: strict.problem is not None, timeout=15)
+        assert "certificate is not trusted" in strict.problem
+        assert "tls_ca" in strict.problem and "tls_verify" in strict.problem
+        for stream_id in ("pinned", "trusting"):
+            viewer = await watch(http, str(server.make_url(f"/whep/{stream_id}")))
+            await wait_for(
+                lambda v=viewer: decoded(v, "video") >= 5,
+                timeout=15,
+                message=f"{stream_id}: {registry.get(stream_id).problem}",
+            )
+            await viewer.close()

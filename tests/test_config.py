@@ -59,12 +59,14 @@ def test_example_optional_settings_load_when_uncommented(write: Any) -> None:
     )
     text = re.sub(r">/etc/letsencrypt/live/example.org/privkey.pem<", ">key.pem<", text)
     text = text.replace(">/var/lib/broadcast/recordings<", ">rec<")
+    Path("hall-camera.pem").write_text("x")
     config, warnings = load_config(write(text))
     assert warnings == []
     assert config.public_ip == "203.0.113.10"
     assert config.https_port == 8443
     assert config.media_ports == (40000, 40100)
-    assert [camera.id for camera in config.cameras] == ["gate", "yard", "door"]
+    assert [camera.id for camera in config.cameras] == ["gate", "yard", "door", "hall"]
+    assert config.cameras[3].options.tls_ca == str(Path("hall-camera.pem").resolve())
     assert config.cameras[2].options.record and config.cameras[2].options.keep_on
     assert config.recording_dir == str(Path("rec").resolve())
     assert config.record_all and config.recording_max_file_minutes == 60
@@ -127,7 +129,7 @@ def test_every_setting_is_read(write: Any) -> None:
   <metrics><enabled>no</enabled></metrics>
   <rtsp id="gate" url="rtsp://user:pass@192.0.2.7/stream1"/>
   <rtsp id="yard_2" url="rtsps://cam.example.org:322/live" always_on="0"
-        transport="udp" record="yes"/>
+        transport="udp" record="yes" tls_verify="false"/>
   <recording>
     <dir>rec/talks</dir>
     <auto>true</auto>
@@ -172,7 +174,9 @@ def test_every_setting_is_read(write: Any) -> None:
             RtspCamera(
                 "yard_2",
                 "rtsps://cam.example.org:322/live",
-                RtspOptions(always_on=False, transport="udp", record=True),
+                RtspOptions(
+                    always_on=False, transport="udp", record=True, tls_verify=False
+                ),
             ),
         ),
         recording_dir=str(Path("rec/talks").resolve()),

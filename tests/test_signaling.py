@@ -12,6 +12,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from broadcast.api.metrics import METRICS
 from broadcast.loadtest.run import run_loadtest
+from broadcast.signaling.sdp import simulcast_rids
 from broadcast.web_keys import REGISTRY
 from tests.peers import MovingPicture, publish, recvonly_offer, wait_for, watch
 
@@ -569,3 +570,48 @@ async def test_an_offer_without_rtcp_mux_is_refused_clearly(server, http):
     async with http.post(server.make_url("/whep/mux"), data=offer, headers=SDP) as r:
         assert (await error_of(r))[:2] == (400, "rtcp_mux_required")
     await publisher.close()
+
+
+SIMULCAST_SEED = (
+    Path(__file__).parent / "fuzz/seeds/sdp_offer/chrome_simulcast_publish.sdp"
+)
+
+
+@pytest.mark.parametrize(
+    ("lines", "rids"),
+    [
+        (["a=rid:h send", "a=rid:m send", "a=simulcast:send h;m"], ["h", "m"]),
+        # RFC 8853: alternatives (the first taken), paused streams (~) left out.
+        (
+            ["a=rid:a send", "a=rid:b send", "a=rid:c send", "a=simulcast:send a,b;~c"],
+            [],
+        ),
+        (["a=rid:1 send", "a=rid:2 send", "a=simulcast:send 1;2;9"], ["1", "2"]),
+        (["a=rid:x recv", "a=rid:y recv", "a=simulcast:send x;y"], []),  # not sent
+        (["a=rid:h send", "a=simulcast:send h"], []),  # one layer is no simulcast
+    ],
+)
+def test_simulcast_rids_of_an_offer(lines, rids):
+    text = "v=0\r\nm=audio 9 x\r\na=mid:0\r\nm=video 9 x\r\na=mid:1\r\n"
+    text += "\r\n".join(lines) + "\r\n"
+    assert simulcast_rids(text) == ({"1": rids} if rids else {})
+
+
+async def test_a_simulcast_offer_is_answered_with_its_layers(server, http):
+    offer = SIMULCAST_SEED.read_text()
+    async with http.post(server.make_url("/whip/sim"), data=offer, headers=SDP) as r:
+        assert r.status == 201, await r.text()
+        answer = await r.text()
+    video = answer.split("m=video", 1)[1]
+    for line in (
+        "a=rid:h recv",
+        "a=rid:m recv",
+        "a=rid:l recv",
+        "a=simulcast:recv h;m;l",
+        "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+        "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+    ):
+        assert line + "\r\n" in video, line
+    assert "\r\n\r\n" not in answer
+    assert "a=simulcast" not in answer.split("m=video", 1)[0]
+    assert list(server.app[REGISTRY].get("sim").layers) == ["h", "m", "l"]

@@ -157,7 +157,7 @@ async def kick_viewer(request: web.Request) -> web.Response:
 
 async def add_camera(request: web.Request) -> web.Response:
     """Pull a camera as a new stream:
-    `{"id", "url", "always_on"?, "transport"?, "record"?}`."""
+    `{"id", "url", "always_on"?, "transport"?, "record"?, "tls_verify"?}`."""
     registry = request.app[REGISTRY]
     check_admin_key(request, registry.config)
     try:
@@ -169,6 +169,7 @@ async def add_camera(request: web.Request) -> web.Response:
                 always_on=bool(body.get("always_on", False)),
                 transport=str(body.get("transport", "tcp")),
                 record=bool(body.get("record", False)),
+                tls_verify=bool(body.get("tls_verify", True)),
             ),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as error:

@@ -161,9 +161,7 @@ class Camera:
     async def _run(self) -> None:
         delay = RETRY_MIN_S
         while True:
-            session = RtspSession(
-                self.config.url, self.config.options.transport, self._receive
-            )
+            session = RtspSession(self.config.url, self.config.options, self._receive)
             try:
                 await self._pull(session)
             except CameraError as error:

@@ -27,6 +27,7 @@ from aiortsp.rtsp.parser import HTTPLikeMsg, RTSPMessage
 from aiortsp.transport import TCPTransport, UDPTransport
 from dpkt.rtp import RTP
 
+from broadcast.config import RtspOptions
 from broadcast.redact import host_port, redact_url
 from broadcast.source import SourceUnavailable
 
@@ -259,11 +260,15 @@ class _ForwardingUdp(_Forwarding, UDPTransport):
 class RtspSession:
     """One connection to one camera, from DESCRIBE to TEARDOWN."""
 
-    def __init__(self, url: str, transport: str, on_packet: PacketHandler) -> None:
+    def __init__(
+        self, url: str, options: RtspOptions, on_packet: PacketHandler
+    ) -> None:
         self._url = url
         self.name = redact_url(url)
         self._request_url = request_url(url)
-        self._transport_kind = transport
+        self._transport_kind = options.transport
+        self._tls_verify = options.tls_verify
+        self._tls_ca = options.tls_ca
         self._on_packet = on_packet
         self._connection: RTSPConnection | None = None
         self._transports: list[TCPTransport | UDPTransport] = []
@@ -277,11 +282,10 @@ class RtspSession:
         parts = urlsplit(self._url)
         context = None
         if parts.scheme == "rtsps":
-            context = ssl.create_default_context()
-            # IP cameras carry self-signed certificates: TLS here buys privacy, and
-            # the camera's address is what the operator configured.
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+            context = ssl.create_default_context(cafile=self._tls_ca)
+            if not self._tls_verify:  # the operator said so: privacy, not identity
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
         self._connection = _GuardedConnection(
             parts.hostname,
             parts.port or (322 if parts.scheme == "rtsps" else 554),
@@ -293,7 +297,14 @@ class RtspSession:
         )
         try:
             await self._connection.prepare()
-        except RTSPError:
+        except RTSPError as error:
+            refused = error.__cause__  # aiortsp wraps what the socket raised
+            if isinstance(refused, ssl.SSLCertVerificationError):
+                raise CameraError(
+                    "the camera's TLS certificate is not trusted"
+                    f" ({refused.verify_message}): give its certificate or CA in"
+                    ' tls_ca="...", or set tls_verify="false"'
+                ) from None
             raise CameraError("cannot connect to the camera") from None
         options = await self._request("OPTIONS", self._request_url)
         public = options.headers.get("public", "")

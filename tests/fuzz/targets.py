@@ -45,7 +45,7 @@ from aiortc.rtp import (
 )
 from aiortsp.rtsp.connection import RTSPConnection
 
-from broadcast.config import ConfigError, RtspCamera
+from broadcast.config import ConfigError, RtspCamera, RtspOptions
 from broadcast.config_xml import load_config
 from broadcast.errors import BadRequest
 from broadcast.ingest.camera import Camera, _unsupported
@@ -150,12 +150,12 @@ def check_sdp_offer(data: bytes) -> None:
         return
     describe_codecs(offer.description.media)
     # WHIP: a new stream, then a republish to a stream whose codecs are fixed.
-    answers = whip._choose_codecs(offer, None, HINTS)
+    answers = whip._choose_codecs(offer, None, HINTS, True)
     _answer_parses(offer, answers)
-    new_stream = SimpleNamespace(id="fuzz", tracks={})
+    new_stream = SimpleNamespace(id="fuzz", tracks={}, layers={})
     for answer in answers:
         if answer.accepted:
-            whip._upstream_track(new_stream, answer)  # type: ignore[arg-type]
+            whip._upstream_tracks(new_stream, answer)  # type: ignore[arg-type]
     for existing in (
         _stream(_codec("video/VP8", 90000, 96), _codec("audio/opus", 48000, 111, 2)),
         _stream(
@@ -163,8 +163,8 @@ def check_sdp_offer(data: bytes) -> None:
             _codec("audio/PCMU", 8000, 0),
         ),
     ):
-        _answer_parses(offer, whip._choose_codecs(offer, existing, HINTS))  # type: ignore[arg-type]
-        answers, _ = whep._choose_codecs(offer, existing)  # type: ignore[arg-type]
+        _answer_parses(offer, whip._choose_codecs(offer, existing, HINTS, True))  # type: ignore[arg-type]
+        answers, _ = whep._choose_codecs(offer, existing, existing.tracks)  # type: ignore[arg-type]
         _answer_parses(offer, answers)
         for track in existing.tracks.values():
             track.close()
@@ -588,7 +588,7 @@ async def _check_rtsp(data: bytes, transport: str) -> None:
     received: list[tuple[int, bytes]] = []
     session = RtspSession(
         "rtsp://admin:secret@127.0.0.1/stream1",
-        transport,
+        RtspOptions(transport=transport),
         lambda i, d: received.append((i, d)),
     )
     # aiortsp's connection (or our subclass of it), parser and all, minus the socket.
