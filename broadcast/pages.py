@@ -1,4 +1,5 @@
-"""The web client: presenter page at `/`, viewer page at `/watch/<id>`, and its files."""
+"""The web client: presenter page at `/`, viewer page at `/watch/<id>`, the operator
+console at `/admin`, and their files."""
 
 from __future__ import annotations
 
@@ -35,7 +36,12 @@ def add_routes(app: web.Application) -> None:
     async def check(request: web.Request) -> web.FileResponse:
         return web.FileResponse(root / "check.html")
 
+    async def console(request: web.Request) -> web.FileResponse:
+        """The operator console: a static page; the admin API it calls needs the key."""
+        return web.FileResponse(root / "admin.html")
+
     app.router.add_get("/", presenter)
     app.router.add_get("/check", check)
+    app.router.add_get("/admin", console)
     app.router.add_get("/watch/{stream_id}", viewer)
     app.router.add_static("/static/", root, follow_symlinks=False)
