@@ -286,7 +286,8 @@ class Recordings:
     def path_of(self, name: str) -> Path:
         """The file a request names, in the directory; 404 if there is none."""
         path = self.directory / check_file_name(name)
-        if not path.is_file():
+        # A link placed in the directory is not a way out of it.
+        if not path.is_file() or path.resolve().parent != self.directory.resolve():
             raise NotFound("recording_not_found", f"There is no recording '{name}'.")
         return path
 
