@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -113,6 +114,9 @@ class Recordings:
         self._dropped_before = 0  # by recorders gone
         self._stop_listening = events.listen_all(self._on_event)
         self._pruner: asyncio.Task[None] | None = None
+        self._pruning = (
+            threading.Lock()
+        )  # the timer's and a finished file's, one at once
         # Stopped recorders finishing their files (waited for at shutdown).
         self._finishing: set[asyncio.Future[bool]] = set()
 
@@ -388,10 +392,15 @@ class Recordings:
         max_bytes = self._config.recording_max_total_gb * GB
         if not keep_days and not max_bytes:
             return []
+        with self._pruning:
+            return self._prune(keep_days, max_bytes)
+
+    def _prune(self, keep_days: float, max_bytes: float) -> list[str]:
         files = []
         for path in self._files():
             with contextlib.suppress(OSError):
-                files.append((path.stat().st_mtime, path.stat().st_size, path))
+                stat = path.stat()
+                files.append((stat.st_mtime, stat.st_size, path))
         files.sort()
         total = sum(size for _, size, _ in files)
         now = time.time()
@@ -401,11 +410,17 @@ class Recordings:
             too_much = max_bytes and total > max_bytes
             if not (too_old or too_much) or self.is_being_written(path.name):
                 continue
-            with contextlib.suppress(OSError):
+            try:
                 path.unlink()
+            except FileNotFoundError:  # deleted meanwhile (the API): its room is free
                 total -= size
-                pruned.append(path.name)
-                self._forget(path.name)
+                continue
+            except OSError as error:
+                logger.warning("cannot prune %s: %s", path.name, error.strerror)
+                continue
+            total -= size
+            pruned.append(path.name)
+            self._forget(path.name)
         if pruned:
             self.counts["pruned"] += len(pruned)
             logger.info("pruned %d old recordings: %s", len(pruned), ", ".join(pruned))
