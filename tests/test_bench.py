@@ -47,6 +47,11 @@ SMOKE_RUNS = {
         r"first decoded frame p50 \d+ ms(.|\n)*"
         r"re-route after SIGKILL: p50 [\d.]+ s",
     ),
+    "recording.py": (
+        ["--steps", "0,1", "--duration", "1", "--settle", "0", "--clip-s", "2"],
+        r"recording one 720p H\.264 stream: -?[\d.]+ % of a core(.|\n)*"
+        r"file \S+\.mp4: [\d.]+ s of [\d.]+ s recorded",
+    ),
     "page_open.py": (
         ["--openings", "1"],
         r"browser presenter: page open -> first frame p50 \d+ ms(.|\n)*"
