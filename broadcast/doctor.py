@@ -10,6 +10,7 @@ import asyncio
 import datetime
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,11 @@ from urllib.parse import urlsplit
 
 from aioice import stun
 from aioice.ice import get_host_addresses
+from aioice.turn import create_turn_endpoint
 from cryptography import x509
 
 from broadcast.config import Config
+from broadcast.signaling.ice_servers import turn_credentials
 
 STUN_TIMEOUT_S = 3.0
 
@@ -185,8 +188,7 @@ def check_certificate(config: Config) -> Iterator[Finding]:
 async def check_ice_servers(config: Config) -> list[Finding]:
     findings = []
     servers = [("STUN", url) for url in config.stun_servers]
-    servers += [("TURN", url) for url in config.turn_servers]
-    if not servers:
+    if not servers and not config.turn_servers:
         findings.append(
             Finding(
                 "WARN",
@@ -208,14 +210,73 @@ async def check_ice_servers(config: Config) -> list[Finding]:
             findings.append(Finding("WARN", text))
         else:
             findings.append(Finding("OK", text))
+    for url in config.turn_servers:
+        findings.append(await check_turn(url, config.turn_secret))
     return findings
+
+
+async def check_turn(url: str, secret: str | None) -> Finding:
+    """Allocate a relay on a TURN server as a browser would: over UDP, TCP (a
+    `?transport=tcp` URL) or TLS (`turns:`), with the credentials the server hands out
+    for `<turn_secret>` (ice_servers.turn_credentials)."""
+    address = _host_port(url)
+    if address is None:
+        return Finding("FAIL", f"TURN {url}: no host in the URL")
+    if secret is None:
+        return Finding(
+            "FAIL",
+            f"TURN {url}: no <turn_secret>, so browsers get no credentials for it;"
+            " set the static-auth-secret of the TURN server (deploy/coturn.conf)",
+        )
+    secure = url.startswith("turns:")
+    transport = "tcp" if secure or url.endswith("transport=tcp") else "udp"
+    username, password = turn_credentials(secret)
+    try:
+        relay, _ = await asyncio.wait_for(
+            create_turn_endpoint(
+                asyncio.DatagramProtocol,
+                address,
+                username,
+                password,
+                ssl=ssl.create_default_context() if secure else None,
+                transport=transport,
+            ),
+            STUN_TIMEOUT_S,
+        )
+    except stun.TransactionFailed as error:
+        code = error.response.attributes.get("ERROR-CODE", (0, ""))
+        if code[0] == 401:
+            return Finding(
+                "FAIL",
+                f"TURN {url}: refuses our credentials (401): <turn_secret> is not the"
+                " TURN server's static-auth-secret",
+            )
+        return Finding(
+            "FAIL", f"TURN {url}: refused the allocation: {code[0]} {code[1]}"
+        )
+    except ssl.SSLError as error:
+        return Finding("FAIL", f"TURN {url}: TLS failed: {error.reason or error}")
+    except (OSError, TimeoutError, stun.TransactionTimeout):
+        return Finding(
+            "FAIL",
+            f"TURN {url}: no answer over {transport.upper()}"
+            + (" with TLS" if secure else ""),
+        )
+    relayed = relay.get_extra_info("sockname")
+    relay.close()
+    return Finding(
+        "OK",
+        f"TURN {url}: allocates a relay ({relayed[0]}:{relayed[1]}) over"
+        f" {transport.upper()}{' with TLS' if secure else ''} with our credentials",
+    )
 
 
 def _host_port(url: str) -> tuple[str, int] | None:
     parts = urlsplit(url.replace(":", "://", 1))
     if not parts.hostname:
         return None
-    return parts.hostname, parts.port or 3478
+    secure = url.startswith(("stuns:", "turns:"))  # RFC 7064/7065 default ports
+    return parts.hostname, parts.port or (5349 if secure else 3478)
 
 
 async def _stun_binding(address: tuple[str, int]) -> tuple[str, int] | None:

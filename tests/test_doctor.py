@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
+import subprocess
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from aioice import stun
 
 from broadcast.cli import main
+from broadcast.doctor import check_turn
+from tests.test_camera import camera_certificate
 from tests.test_server import free_port, self_signed
 
 
@@ -62,7 +68,8 @@ def test_doctor_reports_each_check_and_fails_on_a_taken_port(tmp_path, capsys):
             <tls_key>{key}</tls_key></server>
             <media><media_ports>{media}-{media + 1}</media_ports></media>
             <ice><stun_server>stun:127.0.0.1:{stun_port}</stun_server>
-            <turn_server>turn:127.0.0.1:9?transport=udp</turn_server></ice>
+            <turn_server>turn:127.0.0.1:9?transport=udp</turn_server>
+            <turn_secret>s</turn_secret></ice>
             </flashphoner>"""
         )
         with pytest.raises(SystemExit) as exit_:
@@ -75,10 +82,71 @@ def test_doctor_reports_each_check_and_fails_on_a_taken_port(tmp_path, capsys):
     assert "WARN  certificate valid for 0 more days" in report  # a one-day certificate
     assert "certificate names nothing, not 127.0.0.2" in report
     assert "sees this host as 127.0.0.1, not <ip> 127.0.0.2" in report
-    assert "FAIL  TURN turn:127.0.0.1:9?transport=udp: no answer" in report
+    assert "FAIL  TURN turn:127.0.0.1:9?transport=udp: no answer over UDP" in report
 
 
 def test_doctor_on_the_defaults_passes_with_warnings(capsys):
     main(["doctor"])
     report = capsys.readouterr().out
     assert "FAIL" not in report and "WARN" in report
+
+
+SECRET = "turn-static-auth-secret"
+
+
+@contextlib.contextmanager
+def coturn(directory: Path):
+    """coturn (Debian's `turnserver`) on 127.0.0.1 with TURN REST credentials for
+    SECRET: UDP and TCP on one port, TLS on another (a certificate for 127.0.0.1)."""
+    pem = camera_certificate(directory)
+    port, tls_port = free_port(), free_port()
+    log = (directory / "turnserver.log").open("wb")
+    process = subprocess.Popen(
+        [
+            "turnserver", "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
+            f"--listening-port={port}", f"--tls-listening-port={tls_port}",
+            "--use-auth-secret", f"--static-auth-secret={SECRET}",
+            "--realm=broadcast.test", f"--cert={pem}", f"--pkey={pem}",
+            "--no-dtls", "--no-cli", "--allow-loopback-peers", "--log-file=stdout",
+            "--simple-log", f"--pidfile={directory / 'turnserver.pid'}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        for _ in range(100):  # listening on both ports
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", tls_port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield port, tls_port, pem
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+@pytest.mark.skipif(shutil.which("turnserver") is None, reason="apt-get install coturn")
+async def test_doctor_allocates_on_turn_over_udp_tcp_and_tls(tmp_path, monkeypatch):
+    with coturn(tmp_path) as (port, tls_port, pem):
+        # The TURN server's certificate is trusted as a real one would be.
+        monkeypatch.setenv("SSL_CERT_FILE", str(pem))
+        urls = (
+            f"turn:127.0.0.1:{port}?transport=udp",
+            f"turn:127.0.0.1:{port}?transport=tcp",
+            f"turns:127.0.0.1:{tls_port}?transport=tcp",
+        )
+        findings = [await check_turn(url, SECRET) for url in urls]
+        wrong = await check_turn(urls[0], "not-the-secret")
+        missing = await check_turn(urls[0], None)
+        monkeypatch.delenv("SSL_CERT_FILE")
+        untrusted = await check_turn(urls[2], SECRET)
+    for finding, transport in zip(
+        findings, ("UDP", "TCP", "TCP with TLS"), strict=True
+    ):
+        assert finding.level == "OK", finding
+        assert "allocates a relay (127.0.0.1:" in finding.text
+        assert f"over {transport} with our credentials" in finding.text
+    assert wrong.level == "FAIL" and "<turn_secret> is not the" in wrong.text
+    assert missing.level == "FAIL" and "no <turn_secret>" in missing.text
+    assert untrusted.level == "FAIL" and "TLS failed" in untrusted.text
