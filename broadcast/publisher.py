@@ -28,9 +28,10 @@ from broadcast.source import SourceOwner
 
 logger = logging.getLogger(__name__)
 
-# A media and an RTX SSRC per track, and room for a sender that changes its SSRC: a
-# publisher spraying random SSRCs must not grow our routing table without end.
-MAX_SSRCS = 8
+# A media and an RTX SSRC per track (audio, and up to 4 simulcast layers of video), and
+# room for a sender that changes its SSRC: a publisher spraying random SSRCs must not
+# grow our routing table without end.
+MAX_SSRCS = 16
 
 
 class Publisher(Session):

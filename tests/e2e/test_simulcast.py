@@ -37,10 +37,13 @@ def layer_sizes(server, stream_id: str) -> set:
     return {t.resolution for t in stream.layers.values()} if stream else set()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_three_layers_from_the_presenter_page_and_each_viewer_its_own(
-    make_server, http, chromium
+    make_server, http, chromium, workers
 ):
-    server = await make_server(admin_key="adm1n")
+    """With 2 processes the viewers alternate between the main one and the worker,
+    which is fed the layers its viewers watch."""
+    server = await make_server(admin_key="adm1n", workers=workers)
     stream_id = await start_presenter(server, chromium)
     await wait_for(
         lambda: layer_sizes(server, stream_id) == set(SIZES.values()),
