@@ -75,19 +75,6 @@ def integer_in(low: int, high: int, note: str = "") -> Parse:
     return parse
 
 
-def seconds_in(low: float, high: float) -> Parse:
-    """Make a parser of durations in seconds from `low` to `high`."""
-
-    def parse(text: str) -> float:
-        if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", text) or not (
-            low <= float(text) <= high
-        ):
-            raise ValueError(f"must be {low:g}-{high:g} seconds")
-        return float(text)
-
-    return parse
-
-
 def number_in(low: float, high: float, unit: str) -> Parse:
     """Make a parser of numbers (decimals allowed) from `low` to `high`."""
 
@@ -99,6 +86,11 @@ def number_in(low: float, high: float, unit: str) -> Parse:
         return float(text)
 
     return parse
+
+
+def seconds_in(low: float, high: float) -> Parse:
+    """Make a parser of durations in seconds from `low` to `high`."""
+    return number_in(low, high, "seconds")
 
 
 def one_of(choices: tuple[str, ...]) -> Parse:

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import logging
 import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from broadcast.config import RtspCamera, RtspOptions
 from broadcast.media.h264 import NAL_FU_A, NAL_IDR, NAL_PPS, NAL_SPS, NAL_STAP_A
 from broadcast.web_keys import REGISTRY, WORKERS
 from tests.camera_sim import start_camera
 from tests.peers import recvonly_offer, wait_for, watch
+from tests.test_server import self_signed
 
 # What aiortc decodes each codec to (PCMA and PCMU are 8 kHz, Opus always 48 kHz).
 SAMPLE_RATES = {"pcma": 8000, "pcmu": 8000, "opus": 48000}
@@ -326,36 +321,11 @@ async def test_viewers_waiting_for_a_camera_do_not_all_take_its_last_place(
 
 
 def camera_certificate(directory: Path) -> Path:
-    """A self-signed certificate for 127.0.0.1 (and its key), as IP cameras have."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "camera")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    """A self-signed certificate for 127.0.0.1 and its key in one PEM file, as IP
+    cameras (and the TURN server of tests/test_doctor.py) have."""
+    cert, key = self_signed(directory, ip="127.0.0.1")
     pem = directory / "camera.pem"
-    pem.write_bytes(
-        certificate.public_bytes(serialization.Encoding.PEM)
-        + key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    pem.write_bytes(Path(cert).read_bytes() + Path(key).read_bytes())
     return pem
 
 
