@@ -23,8 +23,25 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def reload_certificate(context: ssl.SSLContext | None, config: Config) -> None:
+    """SIGHUP (a renewal's deploy hook, `systemctl reload broadcast`): read the
+    certificate and key again into the serving context. New connections get the new
+    certificate; open ones, and every broadcast, carry on. A file that does not load
+    leaves the old certificate in place."""
+    if context is None or not config.tls_certificate or not config.tls_key:
+        logger.info("SIGHUP: no TLS certificate to reload")
+        return
+    try:
+        context.load_cert_chain(config.tls_certificate, config.tls_key)
+    except (OSError, ssl.SSLError) as error:
+        logger.error("certificate not reloaded, the old one stays: %s", error)
+        return
+    logger.info("certificate reloaded from %s", config.tls_certificate)
+
+
 async def serve(config: Config) -> None:
-    """Serve until SIGINT or SIGTERM, then close every session and stop."""
+    """Serve until SIGINT or SIGTERM, then close every session and stop; SIGHUP
+    reloads the TLS certificate."""
     if config.turn_servers and not config.turn_secret:
         logger.warning(
             "<turn_server> is set without <turn_secret>: browsers get no TURN"
@@ -44,6 +61,8 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Also without TLS: `systemctl reload` must never stop the server.
+    loop.add_signal_handler(signal.SIGHUP, reload_certificate, context, config)
     try:
         await stop.wait()
     finally:
