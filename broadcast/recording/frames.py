@@ -92,7 +92,7 @@ class FrameAssembler:
         self._depacketize = DEPACKETIZERS[mime_type.lower()]
         self._starts_keyframe = keyframe_test(mime_type)
         self._video = video
-        self._pending: dict[int, _Pending] = {}  # by RTP timestamp, oldest first
+        self._pending: dict[int, _Pending] = {}  # by RTP timestamp
         self._next_seq: int | None = None  # the first packet of the next frame
         self._last_timestamp: int | None = None
         self._need_keyframe = video
@@ -123,7 +123,8 @@ class FrameAssembler:
     def _drain(self) -> list[Frame]:
         frames: list[Frame] = []
         while self._pending:
-            timestamp, pending = next(iter(self._pending.items()))
+            timestamp = self._oldest()
+            pending = self._pending[timestamp]
             packets = self._in_order(pending)
             if packets is None:
                 if len(self._pending) <= MAX_PENDING_FRAMES:
@@ -138,6 +139,14 @@ class FrameAssembler:
             if frame is not None:
                 frames.append(frame)
         return frames
+
+    def _oldest(self) -> int:
+        """The pending frame of the earliest RTP time (a frame's first packet may come
+        after packets of the next frame: reordering in the network)."""
+        reference = self._last_timestamp
+        if reference is None:
+            reference = next(iter(self._pending))
+        return min(self._pending, key=lambda ts: (ts - reference) & 0xFFFFFFFF)
 
     def _in_order(self, pending: _Pending) -> list[bytes] | None:
         """The frame's packets from its first to its marker, or None while some are
