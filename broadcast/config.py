@@ -25,6 +25,8 @@ LOG_FORMATS = ("human", "json")
 # A cluster node's part: `origin` takes publishers and feeds edges, `edge` carries
 # viewers, `both` does both.
 CLUSTER_ROLES = ("both", "origin", "edge")
+# What an auth hook's outage (timeout, no connection, a 5xx) means: refuse or let in.
+HOOK_FAILURE_POLICIES = ("deny", "allow")
 NODE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # What a publisher may be asked to send, bounds for the bitrate settings.
 MIN_BITRATE_KBPS = 100
@@ -191,6 +193,13 @@ def parse_node_url(text: str) -> str:
     ):
         raise ValueError("must be a URL like https://edge1.example.org:8443")
     return text.rstrip("/")
+
+
+def parse_hook_url(text: str) -> str:
+    """Read a hook's URL: http(s) with a host; no user:password (the secret signs)."""
+    if not _has_host(text, ("http", "https")) or urlsplit(text).username:
+        raise ValueError("must be a URL like https://backend.example.org/hooks")
+    return text
 
 
 def parse_node_id(text: str) -> str:
@@ -361,6 +370,15 @@ class Config:
     cluster_secret: str | None = None
     # An edge keeps pulling a stream this long after its last viewer leaves.
     relay_linger_s: float = 30.0
+
+    # <hooks>: the operator's back end, asked before a publish or a view (None: not
+    # asked) and told what happened (broadcast/hooks/); `hooks_secret` signs each POST.
+    hooks_publish_auth: str | None = None
+    hooks_play_auth: str | None = None
+    hooks_events: str | None = None
+    hooks_secret: str | None = None
+    hooks_timeout_s: float = 2.0
+    hooks_on_failure: str = "deny"
 
     @property
     def clustered(self) -> bool:

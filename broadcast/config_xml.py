@@ -22,6 +22,7 @@ from defusedxml.expatreader import DefusedExpatParser
 
 from broadcast.config import (
     CLUSTER_ROLES,
+    HOOK_FAILURE_POLICIES,
     LOG_FORMATS,
     LOG_LEVELS,
     MAX_BITRATE_KBPS,
@@ -41,6 +42,7 @@ from broadcast.config import (
     parse_bool,
     parse_directory,
     parse_existing_file,
+    parse_hook_url,
     parse_ip,
     parse_node_id,
     parse_node_url,
@@ -209,8 +211,17 @@ SETTINGS: dict[str, dict[str, Setting]] = {
             "recording_keep_days", number_in(0, 100_000, "days (0: forever)")
         ),
     },
+    "hooks": {
+        "publish_auth": Setting("hooks_publish_auth", parse_hook_url),
+        "play_auth": Setting("hooks_play_auth", parse_hook_url),
+        "events": Setting("hooks_events", parse_hook_url),
+        "secret": Setting("hooks_secret", parse_secret),
+        "timeout_seconds": Setting("hooks_timeout_s", seconds_in(0.1, 60)),
+        "on_failure": Setting("hooks_on_failure", one_of(HOOK_FAILURE_POLICIES)),
+    },
 }
 CLUSTER_FIELDS = tuple(setting.field for setting in SETTINGS["cluster"].values())
+HOOK_URLS = ("hooks_publish_auth", "hooks_play_auth", "hooks_events")
 CAMERA_ATTRIBUTES: dict[str, Parse] = {
     "id": check_stream_id,
     "url": check_rtsp_url,
@@ -403,6 +414,12 @@ class _Reader:
             self.warn(
                 lines[cluster[0]],
                 "<cluster> settings apply only with <redis> (or serve --cluster)",
+            )
+        hooks = [name for name in HOOK_URLS if name in lines]
+        if hooks and "hooks_secret" not in lines:
+            self.warn(
+                lines[hooks[0]],
+                "<hooks> without <secret>: the receiver cannot tell our calls apart",
             )
         if config.private_viewing and not config.token_secret:
             raise self.error(

@@ -88,7 +88,7 @@ def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
 def config_secrets(config: Config) -> tuple[str, ...]:
     """The secrets of `config` as they could be logged, longest first."""
     found = {*config.publish_keys, config.admin_key, config.token_secret}
-    found.update((config.turn_secret, config.cluster_secret))
+    found.update((config.turn_secret, config.cluster_secret, config.hooks_secret))
     for url in (*(camera.url for camera in config.cameras), config.cluster_redis or ""):
         password = urlsplit(url).password
         if password:

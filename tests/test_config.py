@@ -77,6 +77,8 @@ def test_example_optional_settings_load_when_uncommented(write: Any) -> None:
         "edge1",
     )
     assert (config.cluster_role, config.relay_linger_s) == ("edge", 30.0)
+    assert config.hooks_play_auth == "https://backend.example.org/broadcast/play"
+    assert (config.hooks_secret, config.hooks_timeout_s) == ("change-me-three", 2)
 
 
 def test_every_setting_is_read(write: Any) -> None:
@@ -298,6 +300,18 @@ BAD_VALUES = [
         "<max_total_gb>-1</max_total_gb>",
         '<max_total_gb> must be 0-1e+06 GB (0: no limit), got "-1"',
     ),
+    (
+        "hooks",
+        "<events>ftp://backend.example.org/x</events>",
+        '<events> must be a URL like https://backend.example.org/hooks, got "ftp:',
+    ),
+    (
+        "hooks",
+        "<play_auth>https://user:pw@backend.example.org/</play_auth>",
+        "<play_auth> must be a URL like https://",
+    ),
+    ("hooks", "<on_failure>maybe</on_failure>", "<on_failure> must be one of deny"),
+    ("hooks", "<timeout_seconds>0</timeout_seconds>", "<timeout_seconds> must be 0.1"),
     (
         "recording",
         "<keep_days>a week</keep_days>",
@@ -693,3 +707,37 @@ def test_the_cluster_examples_pass_check_config(
     path = EXAMPLE.parent / "deploy" / "cluster" / name
     main(["check-config", str(path)])
     assert capsys.readouterr().out == f"{path}: ok\n"
+
+
+def test_hooks_are_read_and_check_config_names_a_bad_url(
+    write: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inner = """<publish_auth>http://127.0.0.1:9000/publish</publish_auth>
+<play_auth>https://backend.example.org/play?site=1</play_auth>
+<events>http://[::1]:9000/events</events>
+<secret>hook-secret-1</secret>
+<timeout_seconds>0.5</timeout_seconds>
+<on_failure>ALLOW</on_failure>"""
+    config, warnings = load_config(write(wrap("hooks", inner)))
+    assert warnings == []
+    assert config.hooks_publish_auth == "http://127.0.0.1:9000/publish"
+    assert config.hooks_play_auth == "https://backend.example.org/play?site=1"
+    assert config.hooks_events == "http://[::1]:9000/events"
+    assert (config.hooks_secret, config.hooks_timeout_s) == ("hook-secret-1", 0.5)
+    assert config.hooks_on_failure == "allow"
+    _, warnings = load_config(write(wrap("hooks", "<events>http://a.org/</events>")))
+    assert warnings == [
+        "flashphoner.xml:3: <hooks> without <secret>: the receiver cannot tell our "
+        "calls apart"
+    ]
+    write(
+        wrap("hooks", "<secret>s3cret-hook</secret>\n<play_auth>http:///x</play_auth>")
+    )
+    with pytest.raises(SystemExit):
+        main(["check-config", "flashphoner.xml"])
+    out, err = capsys.readouterr()
+    assert err == (
+        "flashphoner.xml:4: <play_auth> must be a URL like "
+        'https://backend.example.org/hooks, got "http:///x"\n'
+    )
+    assert "s3cret-hook" not in out + err
