@@ -13,6 +13,7 @@ from broadcast.api.metrics import METRICS, Metrics, metrics, watch_loop_lag
 from broadcast.cluster.membership import Membership
 from broadcast.cluster.node_state import local_state, share_audiences, start_relay
 from broadcast.config import Config
+from broadcast.hooks import HOOKS, Hooks
 from broadcast.media.host import MediaHost
 from broadcast.memory import trim_after_sessions_end
 from broadcast.pages import add_routes
@@ -49,7 +50,7 @@ def create_app(config: Config) -> web.Application:
     app[REGISTRY] = StreamRegistry(config)
     app[MEDIA] = MediaHost(config)
     app[WORKERS] = WorkerPool()
-    if not config.publish_keys and not config.token_secret:
+    if not (config.publish_keys or config.token_secret or config.hooks_publish_auth):
         logger.warning("No publish key is set: anyone who can reach us may publish.")
     session = "/{kind:whip|whep|check}/{stream_id}/{session_id}"
     app.router.add_post("/whip", post_whip)
@@ -82,8 +83,10 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics(
         app[REGISTRY], app[MEDIA], app[WORKERS], app[RECORDINGS], app.get(CLUSTER)
     )
+    app[HOOKS] = Hooks(config, app[REGISTRY])
+    app[METRICS].watch_hooks(app[HOOKS])
     app[ADMISSION] = Admission(
-        app[REGISTRY], lambda: app[METRICS].loop_lag_s, app.get(CLUSTER)
+        app[REGISTRY], lambda: app[METRICS].loop_lag_s, app.get(CLUSTER), app[HOOKS]
     )
     if config.clustered:
         app[ADMISSION].start_relay = lambda stream_id: start_relay(
@@ -92,6 +95,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(watch_loop_lag)
     app.cleanup_ctx.append(trim_after_sessions_end)
+    app.cleanup_ctx.append(_run_hooks)
     app.cleanup_ctx.append(_run_media)
     if config.clustered:
         app.cleanup_ctx.append(_run_cluster)
@@ -104,6 +108,14 @@ async def _run_cluster(app: web.Application) -> AsyncIterator[None]:
     await app[CLUSTER].start()
     yield
     await app[CLUSTER].stop()
+
+
+async def _run_hooks(app: web.Application) -> AsyncIterator[None]:
+    """Before media starts and after it stops: the streams' last events (ended,
+    recordings finished) reach the back end's events hook."""
+    app[HOOKS].start()
+    yield
+    await app[HOOKS].close()
 
 
 async def _run_media(app: web.Application) -> AsyncIterator[None]:

@@ -41,6 +41,11 @@ class StreamEvents:
     def publish(self, event: Event) -> None:
         for listener in list(self._listeners.get(event["stream"], ())):
             listener(event)
+        self.announce(event)
+
+    def announce(self, event: Event) -> None:
+        """Deliver `event` to `listen_all` listeners only (the back-end hooks): an
+        event per viewer joining would double what every page of the stream gets."""
         for listener in list(self._all):
             listener(event)
 
@@ -55,6 +60,17 @@ def state_event(stream_id: str, state: str, problem: str | None = None) -> Event
 
 def viewers_event(stream_id: str, count: int) -> Event:
     return {"type": "viewers", "stream": stream_id, "count": count}
+
+
+def viewer_event(stream_id: str, session_id: str, joined: bool) -> Event:
+    """One viewer session here joined or left (not sent to pages: `announce`)."""
+    change = "joined" if joined else "left"
+    return {
+        "type": "viewer",
+        "stream": stream_id,
+        "event": change,
+        "session": session_id,
+    }
 
 
 # A presenter's camera and microphone, on unless its page says otherwise.

@@ -14,6 +14,7 @@ from broadcast.events import (
     StreamEvents,
     presenter_event,
     state_event,
+    viewer_event,
     viewers_event,
 )
 from broadcast.media.source_track import SourceTrack
@@ -174,11 +175,13 @@ class Stream:
     def add_viewer(self, viewer: ViewerSession) -> None:
         self.viewers.add(viewer)
         self._viewers_changed()
+        self._events.announce(viewer_event(self.id, viewer.id, joined=True))
 
     def remove_viewer(self, viewer: ViewerSession) -> None:
         if viewer in self.viewers:
             self.viewers.discard(viewer)
             self._viewers_changed()
+            self._events.announce(viewer_event(self.id, viewer.id, joined=False))
 
     @property
     def audience(self) -> int:

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from broadcast.api.quality import ViewerQuality
 from broadcast.auth import check_admin_key
 from broadcast.cluster.membership import Membership
+from broadcast.hooks import Hooks
 from broadcast.media.host import MediaHost
 from broadcast.recording.recorder import RECORDING
 from broadcast.recording.recordings import Recordings
@@ -74,11 +75,24 @@ class Metrics:
             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5),
             registry=self.prometheus,
         )
+        self.hook_seconds = Histogram(
+            "broadcast_hook_seconds",
+            "Time the back end's hooks took to answer (or to fail)",
+            ["hook"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+            registry=self.prometheus,
+        )
+        self.hooks: Hooks | None = None
         self.loop_lag_s = 0.0
         self.viewer_quality = ViewerQuality(self.prometheus)
         self.prometheus.register(_ServerCollector(self))
         # process_resident_memory_bytes, process_open_fds, CPU: a leak shows here first.
         ProcessCollector(registry=self.prometheus)
+
+    def watch_hooks(self, hooks: Hooks) -> None:
+        """Time and count the calls of `hooks`."""
+        self.hooks = hooks
+        hooks.client.observe = lambda hook, s: self.hook_seconds.labels(hook).observe(s)
 
     def counts(self) -> Counter[str]:
         """Totals since start of every counter in `COUNTERS`: the sessions' and
@@ -121,6 +135,8 @@ class _ServerCollector(Collector):
         if self._metrics.cluster is not None:
             yield from _cluster(self._metrics.cluster)
         yield from _recordings(self._metrics.recordings)
+        if self._metrics.hooks is not None:
+            yield from _hooks(self._metrics.hooks)
         started = CounterMetricFamily(
             "broadcast_sessions_started", "Sessions created", labels=["kind"]
         )
@@ -190,6 +206,23 @@ def _recordings(recordings: Recordings) -> Iterator[Metric]:
         "broadcast_recording_frames_dropped",
         "Frames left out of recordings because packets of them never came",
         value=recordings.dropped_frames,
+    )
+
+
+def _hooks(hooks: Hooks) -> Iterator[Metric]:
+    calls = CounterMetricFamily(
+        "broadcast_hook_calls",
+        "Calls of the back end's hooks by outcome: allowed, refused, failed (timeout, "
+        "no connection, 5xx), delivered",
+        labels=["hook", "outcome"],
+    )
+    for (hook, outcome), count in sorted(hooks.client.calls.items()):
+        calls.add_metric([hook, outcome], count)
+    yield calls
+    yield CounterMetricFamily(
+        "broadcast_hook_events_dropped",
+        "Events the back end never got: the queue was full or every retry failed",
+        value=hooks.dropped,
     )
 
 

@@ -9,6 +9,10 @@ connecting: 429 there comes before a 400 for no codec in common). The offer is r
 here, between the two, so that from the checks on the server's state to the session
 joining nothing awaits but an on-demand camera starting, after which they run again.
 A refusal is a domain error (`errors.py`) that the HTTP layer answers.
+
+With `<hooks>` `publish_auth` / `play_auth`, the operator's back end is asked in place
+of our keys and view tokens (broadcast/hooks/auth.py), at the same point; an edge's
+relay is ours and never asked.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Generic, TypeVar
 
 from aiohttp import web
 
-from broadcast.auth import check_publish_key, may_view, view_token
+from broadcast.auth import bearer_token, check_publish_key, may_view, view_token
 from broadcast.cluster.membership import Membership
 from broadcast.cluster.placement import place_publisher, place_viewer
 from broadcast.errors import (
@@ -32,6 +36,7 @@ from broadcast.errors import (
     ServiceUnavailable,
     TemporaryRedirect,
 )
+from broadcast.hooks import Hooks
 from broadcast.limits import SessionRateLimit, check_event_loop, client_address
 from broadcast.registry import StreamRegistry, check_stream_id, new_stream_id
 from broadcast.session import Session
@@ -71,8 +76,10 @@ class Admission:
         registry: StreamRegistry,
         loop_lag_s: Callable[[], float],
         cluster: Membership | None = None,
+        hooks: Hooks | None = None,
     ):
         self.registry = registry
+        self.hooks = hooks
         self.config = registry.config
         self.rate = SessionRateLimit(self.config.sessions_per_client_per_minute)
         self._loop_lag_s = loop_lag_s
@@ -92,9 +99,15 @@ class Admission:
             if named
             else new_stream_id()
         )
-        check_publish_key(request, self.config, stream_id if named else None)
+        asks = self.hooks is not None and self.hooks.asks("publish")
+        if not asks:
+            check_publish_key(request, self.config, stream_id if named else None)
         client = client_address(request)
         self.rate.take(client)
+        if asks:
+            assert self.hooks is not None
+            token = bearer_token(request)
+            await self.hooks.check("publish", request, stream_id, client, token)
         offer = await self._offer(request)
         existing = self.registry.get(stream_id)
         if existing is not None and existing.source is not None:
@@ -131,7 +144,7 @@ class Admission:
             # A private stream without a valid token answers exactly as a missing one,
             # and the token is checked either way so that timing does not tell them
             # apart.
-            allowed = may_view(self.config, stream_id, view_token(request))
+            allowed = await self._may_view(request, stream_id, client)
             stream = self.registry.get(stream_id)
             if allowed and self.cluster is not None:
                 stream = await self._place(request, stream_id, stream)
@@ -179,6 +192,16 @@ class Admission:
         if placement.pull_from is not None and self.start_relay is not None:
             return self.start_relay(stream_id)
         return stream
+
+    async def _may_view(
+        self, request: web.Request, stream_id: str, client: str
+    ) -> bool:
+        """Our view tokens say, or the back end's play_auth (its refusal raised)."""
+        token = view_token(request)
+        if self.hooks is None or not self.hooks.asks("play"):
+            return may_view(self.config, stream_id, token)
+        await self.hooks.check("play", request, stream_id, client, token)
+        return True
 
     def _is_relay(self, request: web.Request) -> bool:
         return RELAY_HEADER in request.headers
