@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from broadcast.config import RtspCamera, RtspOptions
 from broadcast.events import viewer_event
 from broadcast.hooks import HOOKS
 from broadcast.hooks.events import MAX_QUEUE
@@ -367,3 +368,30 @@ async def test_the_secret_and_credentials_never_reach_the_logs(
     assert SECRET not in raw.getvalue()
     for secret in (SECRET, "pub-cred-9Yt", "view-cred-4Rk", "view-cred-5Rk"):
         assert secret not in log.getvalue()
+
+
+async def test_a_camera_problem_and_a_finished_recording_are_told(
+    receiver, make_server, http, tmp_path
+):
+    dead = nothing_listening().replace("http://", "rtsp://")
+    camera = RtspCamera("gate", dead, RtspOptions(always_on=True))
+    base = await hooked(
+        make_server,
+        receiver,
+        hooks_publish_auth=None,
+        cameras=(camera,),
+        record_all=True,
+        recording_dir=str(tmp_path),
+    )
+    await wait_for(lambda: "camera_problem" in receiver.types("gate"))
+    problem = next(e for e in receiver.events() if e["type"] == "camera_problem")
+    assert problem["problem"]
+    publisher = await publish(http, f"{base}/whip/talk")
+    await wait_for(lambda: "publish_started" in receiver.types("talk"))
+    await asyncio.sleep(1.5)  # a recording with some frames in it
+    async with http.delete(base + publisher.location):
+        pass
+    await publisher.close()
+    await wait_for(lambda: "recording_ready" in receiver.types("talk"))
+    ready = next(e for e in receiver.events() if e["type"] == "recording_ready")
+    assert (tmp_path / ready["file"]).is_file() and ready["duration"] > 0
