@@ -8,6 +8,7 @@ at all (nothing listening).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import io
 import json
 import logging
@@ -15,6 +16,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -395,3 +397,19 @@ async def test_a_camera_problem_and_a_finished_recording_are_told(
     await wait_for(lambda: "recording_ready" in receiver.types("talk"))
     ready = next(e for e in receiver.events() if e["type"] == "recording_ready")
     assert (tmp_path / ready["file"]).is_file() and ready["duration"] > 0
+
+
+def test_the_readme_check_of_a_signature_works():
+    """README "Hooks" tells receivers how to check: those lines, as written."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    check = readme.split("**Signature.**", 1)[1].split("```python\n", 1)[1]
+    check = check.split("```", 1)[0]
+    body = b'{"events":[]}'
+    scope: dict[str, Any] = {"hmac": hmac, "time": time, "SECRET": SECRET}
+    for header, expected in (
+        (signature(SECRET, body), True),
+        (signature(SECRET, body + b" "), False),
+        (signature("wrong-secret", body), False),
+    ):
+        exec(check, {**scope, "header": header, "body": body}, result := {})
+        assert result["ok"] is expected
