@@ -30,6 +30,7 @@ class Session:
         self.stream_id = stream_id
         self.transport = transport
         self.remote_ufrag = remote_ufrag
+        self.retired_ufrags: set[str] = set()  # the peer's before its ICE restarts
         self.etag = f'"{secrets.token_hex(8)}"'
         self.closed = False
         self.close_reason = ""

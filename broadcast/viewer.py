@@ -89,6 +89,7 @@ class Viewer(ViewerSession):
             for kind, payload_type in payload_types.items()
         ]
         self._by_ssrc = {t.source.ssrc: t for t in self.tracks}
+        transport.on_path(self._path_changed)
         for track in self.tracks:
             track.source.expect_viewer(track)
         self.nacks_received = 0
@@ -194,6 +195,11 @@ class Viewer(ViewerSession):
             )
             compound += bytes(sdes)
         return compound
+
+    def _path_changed(self) -> None:
+        """An ICE restart moved us: the fan-out must send to the new address."""
+        for track in self.tracks:
+            track.source.retarget(track)
 
     def detach(self) -> None:
         for track in self.tracks:

@@ -198,7 +198,8 @@ async def test_created_session_has_location_etag_and_accept_patch(server, http):
     async with http.patch(
         url, data=fragment.format("newufrag"), headers={**TRICKLE, "If-Match": "*"}
     ) as r:
-        assert (await error_of(r))[:2] == (422, "ice_restart_unsupported")
+        # A new ufrag asks for an ICE restart (tests/test_ice_restart.py): its pwd too.
+        assert (await error_of(r))[:2] == (400, "ice_pwd_missing")
     async with http.patch(url, data="junk", headers=SDP) as r:
         assert (await error_of(r))[:2] == (415, "unsupported_media_type")
     await publisher.close()

@@ -338,6 +338,19 @@ class SourceTrack:
             viewer.send(packet, keyframe=index == 0)
         return True
 
+    def retarget(self, viewer: TrackViewer) -> None:
+        """The viewer's transport moved to another ICE pair (an ICE restart): its
+        fan-out entry follows, or it goes back to one by one (now on ICE-TCP)."""
+        if viewer not in self._fanned:
+            return
+        found = viewer.fan_out_target()
+        if found is None:
+            del self._fanned[viewer]
+            self._one_by_one.append(viewer)
+        else:
+            self._fanned[viewer] = found
+        self._group_fan_out()
+
     def remove_viewer(self, viewer: TrackViewer) -> None:
         if viewer in self.viewers:
             self.viewers.remove(viewer)

@@ -261,3 +261,7 @@ class TcpSessionPort(StunProtocol):
 
     def detach(self) -> None:
         self.listener.detach(self)
+
+    def rename(self, ufrag: bytes) -> None:
+        """New connections naming `ufrag` (after an ICE restart) come here."""
+        self.listener._by_ufrag.rename(self, ufrag)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import struct
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -35,7 +36,7 @@ from aiortc.rtcdtlstransport import State as DtlsState
 from pylibsrtp._binding import ffi
 
 from broadcast.media.gathering import gather_our_way
-from broadcast.media.tcp_mux import MediaTcpListener
+from broadcast.media.tcp_mux import MediaTcpListener, TcpSessionPort
 from broadcast.media.udp_mux import MediaSocket, SessionPort, srtp_session_address
 from broadcast.media.ufrag_routing import looks_like_stun
 
@@ -89,6 +90,8 @@ class SecureTransport:
         self._dtls._handle_rtp_data = self._handle_rtp_data  # type: ignore[method-assign]
         self._dtls._handle_rtcp_data = self._handle_rtcp_data  # type: ignore[method-assign]
         self._start_task: asyncio.Task[None] | None = None
+        self._on_path: list[Callable[[], None]] = []
+        self._watch_nominations()
         self.closed = False
         self._widened = False
         self.failed_packets = 0
@@ -140,13 +143,19 @@ class SecureTransport:
         (a forged source) would aim the stream at somebody else (RFC 7675 consent).
         """
         connection = self._connection
+        selected = connection._nominated.get(1)
+        if (
+            selected is not None
+            and selected.protocol is protocol
+            and selected.remote_addr == address
+        ):
+            return True  # also while an ICE restart checks new pairs
         paired = [
             p
             for p in connection._check_list
             if p.protocol is protocol and p.remote_addr == address
         ]
-        selected = connection._nominated.get(1)
-        if selected is None or selected in paired:
+        if selected is None:
             return bool(paired)
         if self._dtls.state == "connected":
             return False
@@ -156,6 +165,26 @@ class SecureTransport:
                 connection._nominated[1] = pair
                 return True
         return False
+
+    def _watch_nominations(self) -> None:
+        """Call the `on_path` handlers when aioice selects another pair: it does so
+        in `check_complete`, for the peer's nomination (an ICE restart's new path)."""
+        connection = self._connection
+        complete = connection.check_complete
+
+        def check_complete(pair: aioice.ice.CandidatePair) -> None:
+            before = connection._nominated.get(1)
+            complete(pair)
+            if connection._nominated.get(1) is not before:
+                for handler in self._on_path:
+                    handler()
+
+        connection.check_complete = check_complete  # type: ignore[method-assign]
+
+    def on_path(self, handler: Callable[[], None]) -> None:
+        """Also call `handler()` when the selected ICE pair changes (an ICE restart):
+        what `fan_out_target` said before names the old address."""
+        self._on_path.append(handler)
 
     @property
     def local_ice(self) -> RTCIceParameters:
@@ -263,6 +292,44 @@ class SecureTransport:
     async def add_remote_candidate(self, candidate: RTCIceCandidate | None) -> None:
         """Add a trickled remote candidate, or `None` for end-of-candidates."""
         await self._ice.addRemoteCandidate(candidate)
+
+    async def restart_ice(
+        self,
+        remote_ice: RTCIceParameters,
+        remote_candidates: Sequence[RTCIceCandidate],
+        candidates_complete: bool,
+    ) -> None:
+        """ICE restart (RFC 8445 §9, asked by PATCH: RFC 9725 §4.4.1): new credentials
+        on both sides (ours then in `local_ice`) and a new check list on the same
+        sockets, while DTLS and its SRTP keys carry on over this ICE transport.
+
+        The selected pair keeps the media until the peer, which controls ICE, nominates
+        a pair checked with the new credentials; aioice then selects it (its
+        USE-CANDIDATE handling), and only that pair's address may send media.
+        """
+        if self.closed:
+            raise ConnectionError(f"{self.name} is closed")
+        connection = self._connection
+        ufrag, password = secrets.token_hex(8), secrets.token_hex(16)
+        for protocol in connection._protocols:
+            if isinstance(protocol, SessionPort | TcpSessionPort):
+                protocol.rename(ufrag.encode())
+        connection._local_username, connection._local_password = ufrag, password
+        connection.remote_username = remote_ice.usernameFragment
+        connection.remote_password = remote_ice.password
+        for pair in connection._check_list:
+            if pair.task is not None:
+                pair.task.cancel()
+        connection._check_list = []
+        connection._remote_candidates = []
+        connection._remote_candidates_end = False
+        connection._nominating.clear()
+        self._gatherer._remote_candidates_end = False
+        logger.info("%s restarts ICE", self.name)
+        for candidate in remote_candidates:
+            await self._ice.addRemoteCandidate(candidate)
+        if candidates_complete:
+            await self._ice.addRemoteCandidate(None)
 
     async def close(self) -> None:
         """Stop DTLS and ICE; idempotent."""

@@ -49,6 +49,15 @@ class Transport(Protocol):
     async def add_remote_candidate(self, candidate: RTCIceCandidate | None) -> None:
         """A trickled candidate, or None for end-of-candidates."""
 
+    async def restart_ice(
+        self,
+        remote_ice: RTCIceParameters,
+        remote_candidates: Sequence[RTCIceCandidate],
+        candidates_complete: bool,
+    ) -> None:
+        """ICE restart with the peer's new credentials: ours are new in `local_ice`
+        after; DTLS and SRTP carry on. ConnectionError if it cannot be done."""
+
     async def close(self) -> None:
         """Stop; idempotent."""
 
@@ -65,6 +74,9 @@ class Transport(Protocol):
         self, rtp: Callable[[bytes], None], rtcp: Callable[[bytes], None]
     ) -> None:
         """Where decrypted RTP and RTCP from the peer go."""
+
+    def on_path(self, handler: Callable[[], None]) -> None:
+        """Also call `handler()` when media moves to another ICE pair (a restart)."""
 
     def send_rtp(self, data: bytes) -> None: ...
 

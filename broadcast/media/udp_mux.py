@@ -298,6 +298,10 @@ class SessionPort(StunProtocol):
     def detach(self) -> None:
         self.media.detach(self)
 
+    def rename(self, ufrag: bytes) -> None:
+        """Checks naming `ufrag` (after an ICE restart) come here from now on."""
+        self.media._by_ufrag.rename(self, ufrag)
+
 
 class SharedPort(Protocol):
     """A session's share of a shared media socket (UDP here, or ICE-TCP)."""

@@ -49,8 +49,7 @@ def requested_ufrag(data: bytes) -> bytes | None:
 
 
 class _HasUfrag(Protocol):
-    @property
-    def ufrag(self) -> bytes: ...
+    ufrag: bytes
 
 
 PortT = TypeVar("PortT", bound=_HasUfrag)
@@ -82,6 +81,15 @@ class PortsByUfrag(Generic[PortT]):
         """Forget `port`, unless its ufrag already names another."""
         if self.ports.get(port.ufrag) is port:
             del self.ports[port.ufrag]
+
+    def rename(self, port: PortT, ufrag: bytes) -> None:
+        """Route `ufrag` to `port` instead of its old one: an ICE restart gives the
+        session new credentials (RFC 8445 §9), and the old ufrag no longer checks."""
+        if ufrag in self.ports:
+            raise OSError(f"ICE username fragment {ufrag!r} is taken on {self.owner!r}")
+        self.detach(port)
+        port.ufrag = ufrag
+        self.ports[ufrag] = port
 
     def for_request(self, request: bytes) -> PortT | None:
         """The session a STUN request is for."""

@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from aioice.candidate import candidate_priority
-from aiortc import RTCIceCandidate
+from aiortc import RTCIceCandidate, RTCIceParameters
 from aiortc import sdp as aiortc_sdp
 
 from broadcast.errors import (
     BadRequest,
     PreconditionFailed,
     ServiceUnavailable,
-    UnprocessableContent,
 )
 from broadcast.media.transport_protocol import Transport
 from broadcast.session import Session
@@ -148,7 +148,8 @@ def _find_session(request: web.Request) -> Session:
 
 
 async def patch_session(request: web.Request) -> web.Response:
-    """Trickle ICE candidates into a session (RFC 9725 §4.3.1)."""
+    """Trickle ICE candidates into a session (RFC 9725 §4.3.1), or restart its ICE
+    when the fragment brings new credentials (§4.4.1)."""
     session = _find_session(request)
     if_match = request.headers.get("If-Match")
     if if_match is not None and if_match not in ("*", session.etag):
@@ -156,30 +157,85 @@ async def patch_session(request: web.Request) -> web.Response:
             "etag_mismatch", "If-Match does not name this session's ICE session."
         )
     limit = request.app[REGISTRY].config.max_sdp_bytes
-    fragment = await read_body(request, TRICKLE_TYPE, limit)
-    ufrag, candidates, complete = _parse_fragment(fragment)
-    if ufrag is not None and ufrag != session.remote_ufrag:
-        raise UnprocessableContent(
-            "ice_restart_unsupported",
-            "ICE restarts are not supported: end this session and start a new one.",
-        )
-    for candidate in candidates:
+    fragment = _parse_fragment(await read_body(request, TRICKLE_TYPE, limit))
+    if fragment.ufrag in session.retired_ufrags:
+        return web.Response(status=204)  # late trickle of before a restart: moot
+    if fragment.ufrag is not None and fragment.ufrag != session.remote_ufrag:
+        return await _restart_ice(request, session, fragment)
+    for candidate in fragment.candidates:
         await session.transport.add_remote_candidate(candidate)
-    if complete:
+    if fragment.complete:
         await session.transport.add_remote_candidate(None)
     return web.Response(status=204)
 
 
-def _parse_fragment(
-    fragment: str,
-) -> tuple[str | None, list[RTCIceCandidate], bool]:
-    ufrag = None
+async def _restart_ice(
+    request: web.Request, session: Session, fragment: Fragment
+) -> web.Response:
+    """Restart ICE on the session's transport and answer our new credentials and
+    candidates as a fragment (RFC 9725 §4.4.1, RFC 8840 §9) with a new ETag."""
+    if fragment.ufrag is None or fragment.pwd is None:
+        raise BadRequest(
+            "ice_pwd_missing", "An ICE restart needs the new a=ice-ufrag and a=ice-pwd."
+        )
+    remote_ice = RTCIceParameters(
+        usernameFragment=fragment.ufrag, password=fragment.pwd
+    )
+    transport = session.transport
+    try:
+        await transport.restart_ice(remote_ice, fragment.candidates, fragment.complete)
+    except ConnectionError as exc:
+        raise ServiceUnavailable(
+            "ice_restart_failed", f"ICE could not restart: {exc}."
+        ) from exc
+    session.retired_ufrags.add(session.remote_ufrag)
+    session.remote_ufrag = fragment.ufrag
+    session.etag = f'"{secrets.token_hex(8)}"'
+    logger.info("%r restarted ICE", session)
+    public_ip = request.app[REGISTRY].config.public_ip
+    candidates = announced_candidates(transport.local_candidates, public_ip)
+    lines = [
+        f"a=ice-ufrag:{transport.local_ice.usernameFragment}",
+        f"a=ice-pwd:{transport.local_ice.password}",
+        fragment.media_line or "m=audio 9 UDP/TLS/RTP/SAVPF 0",
+        fragment.mid_line or "a=mid:0",
+        *(f"a=candidate:{aiortc_sdp.candidate_to_sdp(c)}" for c in candidates),
+        "a=end-of-candidates",
+        "",
+    ]
+    return web.Response(
+        status=200,
+        body="\r\n".join(lines).encode(),
+        headers={"Content-Type": TRICKLE_TYPE, "ETag": session.etag},
+    )
+
+
+@dataclasses.dataclass
+class Fragment:
+    """What a trickle-ice-sdpfrag (RFC 8840 §9) says: credentials, candidates, and
+    the media section they are for (echoed in a restart's answer)."""
+
+    ufrag: str | None = None
+    pwd: str | None = None
+    candidates: list[RTCIceCandidate] = dataclasses.field(default_factory=list)
+    complete: bool = False
+    media_line: str | None = None
+    mid_line: str | None = None
+
+
+def _parse_fragment(text: str) -> Fragment:
+    fragment = Fragment()
     candidates = []
-    complete = False
-    for raw in fragment.splitlines():
+    for raw in text.splitlines():
         line = raw.strip()
         if line.startswith("a=ice-ufrag:"):
-            ufrag = line.split(":", 1)[1]
+            fragment.ufrag = line.split(":", 1)[1]
+        elif line.startswith("a=ice-pwd:"):
+            fragment.pwd = line.split(":", 1)[1]
+        elif line.startswith("m=") and fragment.media_line is None:
+            fragment.media_line = line
+        elif line.startswith("a=mid:") and fragment.mid_line is None:
+            fragment.mid_line = line
         elif line.startswith("a=candidate:"):
             try:
                 candidate = aiortc_sdp.candidate_from_sdp(line.split(":", 1)[1])
@@ -189,8 +245,9 @@ def _parse_fragment(
                 ) from exc
             candidates.append(candidate)
         elif line == "a=end-of-candidates":
-            complete = True
-    return ufrag, usable_candidates(candidates), complete
+            fragment.complete = True
+    fragment.candidates = usable_candidates(candidates)
+    return fragment
 
 
 async def delete_session(request: web.Request) -> web.Response:

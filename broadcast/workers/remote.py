@@ -49,6 +49,9 @@ class RemoteTransport:
     ) -> None:
         """Media and RTCP from this viewer stay in the worker."""
 
+    def on_path(self, handler: Callable[[], None]) -> None:
+        """The path is the worker's concern: its own viewer follows it."""
+
     def on_state(self, handler: Callable[[str], None]) -> None:
         self._on_state.append(handler)
 
@@ -97,6 +100,28 @@ class RemoteTransport:
             )
         except (OSError, TimeoutError, RemoteError) as exc:
             logger.info("%r: a trickled candidate was lost: %s", self.worker, exc)
+
+    async def restart_ice(
+        self,
+        remote_ice: RTCIceParameters,
+        remote_candidates: Sequence[RTCIceCandidate],
+        candidates_complete: bool,
+    ) -> None:
+        """Restart ICE on the worker's transport, and learn its new credentials."""
+        if self.worker.control is None:
+            raise ConnectionError(f"{self.worker!r} is gone")
+        try:
+            self.local_ice = await self.worker.control.call(
+                "restart_ice",
+                session=self.session_id,
+                remote_ice=remote_ice,
+                remote_candidates=list(remote_candidates),
+                candidates_complete=candidates_complete,
+            )
+        except (OSError, TimeoutError, RemoteError) as exc:
+            raise ConnectionError(
+                f"{self.worker!r} did not restart ICE: {exc}"
+            ) from exc
 
     def send_rtp(self, data: bytes) -> None:
         """Never called: the worker sends this viewer's media."""

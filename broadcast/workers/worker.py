@@ -63,6 +63,12 @@ class Worker:
             if viewer is not None:  # else it closed: its news is on the way
                 await viewer.transport.add_remote_candidate(arguments["candidate"])
             return None
+        if method == "restart_ice":
+            viewer = self.viewers.get(arguments.pop("session"))
+            if viewer is None:
+                raise ConnectionError("the viewer has closed")
+            await viewer.transport.restart_ice(**arguments)
+            return viewer.transport.local_ice
         if method == "close_viewer":
             viewer = self.viewers.get(arguments["session"])
             if viewer is not None:

@@ -196,6 +196,9 @@ class FakeTransport:
     def on_state(self, handler: Any) -> None:
         pass
 
+    def on_path(self, handler: Any) -> None:
+        pass
+
     def send_rtp(self, data: bytes) -> None:
         self.rtp.append(data)
 
