@@ -2,7 +2,8 @@
 
 import {subscribe} from './events.js';
 import {
-  ServerError, describe, hangUp, iceServers, negotiate, qualityReport, receivingVideo,
+  ServerError, describe, hangUp, iceGathered, iceServers, negotiate, qualityReport,
+  receivingVideo,
 } from './webrtc.js';
 
 const $ = (id) => document.getElementById(id);
@@ -19,6 +20,8 @@ const BUSY_JITTER = 0.5;
 const STATS_INTERVAL_MS = 1000;
 const QUALITY_REPORT_MS = 5000;
 const DISCONNECTED_MS = 4000;
+// An ICE restart that has not connected by then gives way to a new session.
+const RESTART_MS = 5000;
 
 const TEXT = {
   connecting: 'Connecting…',
@@ -34,7 +37,7 @@ const TEXT = {
 const state = {
   pc: null, session: null, streamState: 'offline', attempt: 0, retryTimer: null,
   playing: true, statsTimer: null, connecting: false,
-  dropTimer: null, busyAttempt: 0, busy: false,
+  dropTimer: null, busyAttempt: 0, busy: false, restarting: false, restarted: false,
 };
 const whepUrl = new URL(`/whep/${encodeURIComponent(streamId)}`, location.href);
 if (token) whepUrl.searchParams.set('token', token);
@@ -71,17 +74,20 @@ async function connect() {
   });
   pc.addEventListener('connectionstatechange', () => {
     if (pc !== state.pc) return;
-    clearTimeout(state.dropTimer);
-    if (pc.connectionState === 'failed' || pc.connectionState === 'closed') {
+    if (pc.connectionState === 'connected') {
+      clearTimeout(state.dropTimer);
+      state.restarted = false;
+    } else if (pc.connectionState === 'closed') {
       drop();
       scheduleRetry();
+    } else if (pc.connectionState === 'failed') {
+      clearTimeout(state.dropTimer);
+      recover(pc);
     } else if (pc.connectionState === 'disconnected') {
-      // Browsers wait ~30 s before "failed": start over after a few seconds instead.
+      // Browsers wait ~30 s before "failed": recover after a few seconds instead.
+      clearTimeout(state.dropTimer);
       state.dropTimer = setTimeout(() => {
-        if (pc === state.pc && pc.connectionState === 'disconnected') {
-          drop();
-          scheduleRetry();
-        }
+        if (pc === state.pc && pc.connectionState === 'disconnected') recover(pc);
       }, DISCONNECTED_MS);
     }
   });
@@ -106,6 +112,73 @@ async function connect() {
   } finally {
     state.connecting = false;
   }
+}
+
+/**
+ * A connection that failed (the network changed, a NAT forgot us): restart ICE on the
+ * same session once, and if that cannot be done or does not connect in RESTART_MS,
+ * start a new session.
+ */
+async function recover(pc) {
+  if (pc !== state.pc || state.restarting) return;
+  if (!state.restarted) {
+    state.restarted = true;
+    state.restarting = true;
+    const restarted = await restartIce(pc, state.session).catch(() => false);
+    state.restarting = false;
+    if (pc !== state.pc) return;
+    if (restarted) {
+      clearTimeout(state.dropTimer);
+      state.dropTimer = setTimeout(() => {
+        if (pc === state.pc && pc.connectionState !== 'connected') recover(pc);
+      }, RESTART_MS);
+      return;
+    }
+  }
+  drop();
+  scheduleRetry();
+}
+
+/**
+ * ICE restart over PATCH (RFC 9725 §4.4.1): our new credentials and candidates go to
+ * the session, the server's new ones come back and replace those of its answer. The
+ * DTLS association and the session stay. False if the server would not restart.
+ */
+async function restartIce(pc, session) {
+  pc.restartIce();
+  await pc.setLocalDescription(await pc.createOffer({iceRestart: true}));
+  await iceGathered(pc);
+  const lines = pc.localDescription.sdp.split(/\r?\n/);
+  const first = (prefix) => lines.find((line) => line.startsWith(prefix));
+  const fragment = [
+    first('a=ice-ufrag:'), first('a=ice-pwd:'), first('m='), first('a=mid:'),
+    ...lines.filter((line) => line.startsWith('a=candidate:')), 'a=end-of-candidates', '',
+  ].join('\r\n');
+  const response = await fetch(session, {
+    method: 'PATCH',
+    headers: {'Content-Type': 'application/trickle-ice-sdpfrag', 'If-Match': '*'},
+    body: fragment,
+  });
+  if (response.status !== 200 || pc.signalingState !== 'have-local-offer') return false;
+  const theirs = (await response.text()).split(/\r?\n/);
+  const ufrag = theirs.find((line) => line.startsWith('a=ice-ufrag:'));
+  const pwd = theirs.find((line) => line.startsWith('a=ice-pwd:'));
+  const candidates = theirs.filter((line) => line.startsWith('a=candidate:'));
+  if (!ufrag || !pwd) return false;
+  // The answer as before, with the new credentials and the candidates (BUNDLE: in the
+  // first media section).
+  let placed = false;
+  const answer = pc.remoteDescription.sdp.split(/\r?\n/)
+    .filter((line) => !line.startsWith('a=candidate:') && line !== 'a=end-of-candidates')
+    .flatMap((line) => {
+      if (line.startsWith('a=ice-ufrag:')) return [ufrag];
+      if (!line.startsWith('a=ice-pwd:')) return [line];
+      if (placed) return [pwd];
+      placed = true;
+      return [pwd, ...candidates, 'a=end-of-candidates'];
+    });
+  await pc.setRemoteDescription({type: 'answer', sdp: answer.join('\r\n')});
+  return true;
 }
 
 /** The quality menu: the page's link keeps the choice; a new session carries it. */
