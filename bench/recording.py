@@ -94,7 +94,7 @@ async def measure(
             with av.open(os.path.join(recordings, stopped["file"])) as container:
                 checked = {
                     "file": stopped["file"],
-                    "duration_s": container.duration / 1_000_000,
+                    "duration_s": (container.duration or 0) / 1_000_000,
                     "covered_s": covered,
                     "size_mib": os.path.getsize(container.name) / 2**20,
                 }

@@ -44,9 +44,8 @@ def read_file(path: Path) -> dict:
             if index in last and packet.dts <= last[index]:
                 monotonic = False
             last[index] = packet.dts
-            end = max(
-                end, float((packet.pts + (packet.duration or 0)) * packet.time_base)
-            )
+            pts = packet.dts if packet.pts is None else packet.pts
+            end = max(end, float((pts + (packet.duration or 0)) * packet.time_base))
         decoded = 0
         container.seek(0)
         for _ in container.decode(video=0) if video else ():

@@ -237,11 +237,6 @@ async def test_a_link_out_of_the_directory_is_not_followed(http, files, tmp_path
     assert (tmp_path / "canary.txt").read_text() == "outside"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Recordings._files (recordings.py:326) keeps a link by p.is_file(), which "
-    "follows it: the list probes the file outside and shows its size",
-)
 async def test_a_link_out_of_the_directory_is_not_listed(http, files, tmp_path):
     server, directory = files
     outside = write_webm(tmp_path / "elsewhere.webm", seconds=1)

@@ -290,8 +290,7 @@ class Recordings:
     def path_of(self, name: str) -> Path:
         """The file a request names, in the directory; 404 if there is none."""
         path = self.directory / check_file_name(name)
-        # A link placed in the directory is not a way out of it.
-        if not path.is_file() or path.resolve().parent != self.directory.resolve():
+        if not self._is_inside(path):
             raise NotFound("recording_not_found", f"There is no recording '{name}'.")
         return path
 
@@ -318,12 +317,16 @@ class Recordings:
                 infos.append(info)
         return sorted(infos, key=lambda info: (info.start, info.file), reverse=True)
 
+    def _is_inside(self, path: Path) -> bool:
+        """A file of ours: a link placed in the directory is not a way out of it."""
+        return path.is_file() and path.resolve().parent == self.directory.resolve()
+
     def _files(self) -> list[Path]:
         try:
             return [
                 p
                 for p in self.directory.iterdir()
-                if FILE_NAME.fullmatch(p.name) and p.is_file()
+                if FILE_NAME.fullmatch(p.name) and self._is_inside(p)
             ]
         except OSError:
             return []
