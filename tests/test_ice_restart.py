@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import struct
 
 import aiohttp
 import aioice
 import pytest
+from aioice import stun
 from aioice.candidate import Candidate, candidate_priority
 from aioice.ice import CandidatePair, StunProtocol
 from aiortc import RTCPeerConnection
@@ -244,6 +246,49 @@ async def test_restart_preconditions_and_late_trickle(server, http):
     async with http.patch(url, data=old, headers={**TRICKLE, "If-Match": etag}) as r:
         assert r.status == 204
     assert session.remote_ufrag == move.ufrag and session.etag == etag
+    await publisher.close()
+
+
+async def tcp_check(host: str, port: int, username: str, pwd: str) -> bool:
+    """An ICE-TCP check (RFC 6544, RFC 4571 framing) on a new connection: whether it
+    got a success response, so the connection was routed to the session by the
+    ufrag it names and the check was signed with its password."""
+    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    request.attributes["USERNAME"] = username
+    request.attributes["PRIORITY"] = candidate_priority(1, "host")
+    request.attributes["ICE-CONTROLLING"] = secrets.randbits(64)
+    request.add_message_integrity(pwd.encode())
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        data = bytes(request)
+        writer.write(struct.pack("!H", len(data)) + data)
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+        response = stun.parse_message(await reader.readexactly(length))
+        return response.message_class == stun.Class.RESPONSE
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return False  # refused: no session has that ufrag
+    finally:
+        writer.close()
+
+
+async def test_ice_tcp_finds_the_session_by_its_new_ufrag(server, http):
+    publisher = await publish(http, str(server.make_url("/whip/t")))
+    await publisher.wait_connected()
+    old = fragment_values(publisher.pc.remoteDescription.sdp, "a=ice-ufrag:")[0]
+    old_pwd = fragment_values(publisher.pc.remoteDescription.sdp, "a=ice-pwd:")[0]
+    move = Move(publisher)
+    fragment = await move.fragment()
+    url = str(server.make_url(publisher.location))
+    async with http.patch(url, data=fragment, headers=TRICKLE) as r:
+        body = await r.text()
+        assert r.status == 200
+    await move.complete(body)
+    (ufrag,) = fragment_values(body, "a=ice-ufrag:")
+    (pwd,) = fragment_values(body, "a=ice-pwd:")
+    (tcp,) = [c for c in fragment_values(body, "a=candidate:") if " tcp " in c]
+    host, port = tcp.split()[4], int(tcp.split()[5])
+    assert await tcp_check(host, port, f"{ufrag}:{move.ufrag}", pwd)
+    assert not await tcp_check(host, port, f"{old}:{move.ufrag}", old_pwd)
     await publisher.close()
 
 
