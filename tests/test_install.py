@@ -405,3 +405,20 @@ def test_install_sh_is_shellcheck_clean() -> None:
         [shellcheck, str(INSTALL_SH)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_systemd_unit_parses(tmp_path: Path) -> None:
+    """systemd ignores a line it cannot parse and only logs it: a broken Restart= or a
+    stray key would go unnoticed until the server does not come back."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing: apt-get install -y systemd")
+    unit = tmp_path / "broadcast.service"
+    shutil.copy(SOURCE / "deploy/broadcast.service", unit)
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    # The installed paths (/opt/broadcast/...) do not exist here; every other complaint
+    # names a line of the file.
+    problems = [line for line in result.stderr.splitlines() if f"{unit}:" in line]
+    assert not problems, "\n".join(problems)
