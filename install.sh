@@ -18,6 +18,12 @@ readonly USAGE="usage: install.sh [options]
   --cert FILE --key FILE
                      a PEM certificate (chain) and its key, copied to /etc/broadcast/tls
                      (default: a self-signed certificate for the IP or domain)
+  --letsencrypt EMAIL
+                     with --domain: a trusted certificate from Let's Encrypt (certbot,
+                     HTTP-01: DOMAIN must point here and port 80 be open), renewed by
+                     certbot.timer; the server reloads it, live broadcasts carry on.
+                     EMAIL gets Let's Encrypt's expiry warnings
+  --acme-server URL  with --letsencrypt: another ACME directory (default Let's Encrypt's)
   --cluster URL      join a cluster: its Redis, redis://[:PASSWORD@]HOST:6379/0
   --role ROLE        with --cluster: both (default), origin or edge
   --node-url URL     with --cluster: this node's URL as browsers reach it
@@ -36,7 +42,7 @@ readonly USAGE="usage: install.sh [options]
   -h, --help         this help"
 
 ip="" yes=0 http_port=8080 https_port=8443 domain="" cert="" key=""
-uninstall=0 purge=0 python="" pip_args="" root="" no_systemd=0
+uninstall=0 purge=0 python="" pip_args="" root="" no_systemd=0 letsencrypt="" acme_server=""
 cluster="" role="" node_url="" node_id="" cluster_secret=""
 
 die() {
@@ -57,6 +63,8 @@ while [[ $# -gt 0 ]]; do
         --domain) need_value "$@"; domain=$2; shift ;;
         --cert) need_value "$@"; cert=$2; shift ;;
         --key) need_value "$@"; key=$2; shift ;;
+        --letsencrypt) need_value "$@"; letsencrypt=$2; shift ;;
+        --acme-server) need_value "$@"; acme_server=$2; shift ;;
         --cluster) need_value "$@"; cluster=$2; shift ;;
         --role) need_value "$@"; role=$2; shift ;;
         --node-url) need_value "$@"; node_url=$2; shift ;;
@@ -89,6 +97,13 @@ readonly RECORDINGS_DIR="$root/var/lib/broadcast/recordings"
 readonly UNIT="$root/etc/systemd/system/broadcast.service"
 readonly LOGROTATE="$root/etc/logrotate.d/broadcast"
 readonly SERVICE_USER=broadcast
+# certbot's own places (its defaults without --root); the certificate is named broadcast.
+readonly LE_DIR="$root/etc/letsencrypt"
+readonly LE_RENEWAL="$LE_DIR/renewal/broadcast.conf"
+readonly LE_ARGS=(--config-dir "$LE_DIR" --work-dir "$root/var/lib/letsencrypt"
+    --logs-dir "$root/var/log/letsencrypt")
+readonly DEPLOY_HOOK="$root/etc/broadcast/letsencrypt-deploy-hook"
+readonly LETS_ENCRYPT=https://acme-v02.api.letsencrypt.org/directory
 
 # Piped (curl ... | sudo bash), there is no script file: the checkout is the current directory.
 SOURCE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]:-$PWD/install.sh}")" && pwd)
@@ -117,10 +132,10 @@ on_error() {
 }
 trap on_error ERR
 
-work_dir=""
+work_dir="" le_log=""
 cleanup() {
-    if [[ -n $work_dir ]]; then
-        rm -rf "$work_dir"
+    if [[ -n $work_dir$le_log ]]; then
+        rm -rf "$work_dir" "$le_log"
     fi
 }
 trap cleanup EXIT
@@ -153,6 +168,18 @@ if [[ -n $cert || -n $key ]]; then
     [[ -n $cert && -n $key ]] || die "--cert and --key go together"
     [[ -r $cert ]] || die "cannot read --cert $cert"
     [[ -r $key ]] || die "cannot read --key $key"
+fi
+if [[ -n $letsencrypt ]]; then
+    [[ -n $domain ]] || die "--letsencrypt needs --domain NAME (the name the certificate is for)"
+    [[ -z $cert ]] || die "--letsencrypt and --cert/--key are two ways to get a certificate: pick one"
+    [[ $letsencrypt =~ ^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+$ ]] \
+        || die "--letsencrypt needs an email address, got \"$letsencrypt\""
+    [[ $http_port != 80 ]] || die "the server's HTTP port is 80, which Let's Encrypt needs" \
+        "at each renewal (HTTP-01, certbot standalone): use another --http-port"
+    [[ -z $acme_server || $acme_server =~ ^https://[^[:space:]]+$ ]] \
+        || die "--acme-server must be an https:// URL (an ACME directory), got \"$acme_server\""
+elif [[ -n $acme_server ]]; then
+    die "--acme-server goes with --letsencrypt EMAIL"
 fi
 if [[ -n $cluster ]]; then
     [[ $cluster =~ ^rediss?://[^[:space:]]+$ ]] \
@@ -211,6 +238,9 @@ firewall_rules() {  # the ufw rules for a config: one per line
         echo "$media/udp"
         [[ $(config_value ice_tcp) == false ]] || echo "$media/tcp"
     fi
+    if [[ -f $LE_RENEWAL ]]; then
+        echo "80/tcp"  # Let's Encrypt checks the domain on port 80 at every renewal
+    fi
 }
 
 if (( uninstall )); then
@@ -236,6 +266,11 @@ if (( uninstall )); then
     if systemd && getent passwd "$SERVICE_USER" >/dev/null; then
         begin "removing the $SERVICE_USER user" "remove it with: userdel $SERVICE_USER"
         userdel "$SERVICE_USER"
+    fi
+    if (( purge )) && [[ -f $LE_RENEWAL ]]; then
+        begin "deleting the Let's Encrypt certificate (certbot delete)" \
+            "delete it with: certbot delete --cert-name broadcast"
+        certbot delete --non-interactive --cert-name broadcast "${LE_ARGS[@]}"
     fi
     if (( purge )); then
         begin "removing $CONF_DIR and $LOG_DIR" "remove them by hand"
@@ -321,6 +356,9 @@ if systemd; then
     apt-get update -q
     # gcc and python3-dev build the native batched-send extension (faster fan-out).
     apt-get install -y -q python3-venv python3-pip python3-dev gcc openssl ca-certificates iproute2
+    if [[ -n $letsencrypt ]]; then
+        apt-get install -y -q certbot
+    fi
 fi
 
 begin "finding Python >= 3.11" \
@@ -357,6 +395,125 @@ if systemd; then
     chown "$SERVICE_USER:$SERVICE_USER" "$LOG_DIR" "$RECORDINGS_DIR"
 fi
 
+# --- certificate ----------------------------------------------------------------------
+
+readonly CERT_FILE="$TLS_DIR/cert.pem" KEY_FILE="$TLS_DIR/key.pem"
+
+certbot_fix() {  # what to do about a failed certbot run, from its output (file $1)
+    local public=${ip:-$(config_value ip)}
+    if grep -q -i -e "already in use" -e "could not bind" "$1"; then
+        echo "free port 80 (ss -ltnp 'sport = :80' names what holds it), then run install.sh again"
+    elif grep -q -i -e "DNS problem" -e "NXDOMAIN" -e "could not resolve" "$1"; then
+        echo "point $domain at this server: an A record for ${public:-its public IP}" \
+            "(AAAA for IPv6) at your DNS provider; once 'getent ahosts $domain' shows it," \
+            "run install.sh again"
+    elif grep -q -i -e "timeout" -e "firewall" -e "refused" -e "reset" -e "unreachable" "$1"
+    then
+        echo "Let's Encrypt could not reach port 80 here: open 80/tcp in every firewall in" \
+            "front of this server (a cloud provider's security group too) and check that" \
+            "$domain points here, then run install.sh again"
+    elif grep -q -i -e "rateLimited" -e "too many" "$1"; then
+        echo "wait out Let's Encrypt's rate limit (the message above says until when)," \
+            "then run install.sh again"
+    else
+        echo "read certbot's message above (and $root/var/log/letsencrypt/letsencrypt.log)," \
+            "then run install.sh again; without --letsencrypt it makes a self-signed certificate"
+    fi
+}
+
+lets_encrypt() {  # a certificate for $domain from the ACME server, installed by the hook
+    local public=${ip:-$(config_value ip)} resolved holder ca renewal_note
+    if (( config_kept )) && [[ $(config_value http_port) == 80 ]]; then
+        die "the server's HTTP port is 80 in $CONFIG, which Let's Encrypt needs at each" \
+            "renewal (HTTP-01, certbot standalone): set another <http_port> there"
+    fi
+    begin "checking port 80 and $domain for Let's Encrypt" "see the message above"
+    command -v certbot >/dev/null \
+        || die "certbot is missing: apt-get install certbot (install.sh does it unless --no-systemd)"
+    if ! "$python" -c 'import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 80))' 2>/dev/null; then
+        holder=$(ss -Hltnp 'sport = :80' 2>/dev/null | grep -o 'users:(("[^"]*"' | head -n 1 \
+            | cut -d '"' -f 2) || true
+        die "port 80 is taken${holder:+ by $holder}: Let's Encrypt checks $domain on port 80" \
+            "(HTTP-01) for a few seconds now and at each renewal. Stop it (e.g. systemctl" \
+            "stop ${holder:-nginx}), or get a certificate another way and pass --cert/--key"
+    fi
+    resolved=$(getent ahosts "$domain" 2>/dev/null | awk '{print $1}' | sort -u | paste -sd ' ') \
+        || true
+    if [[ -z $resolved ]]; then
+        echo "install.sh: warning: $domain does not resolve here; Let's Encrypt needs it to" \
+            "point at this server (${public:-its public IP})" >&2
+    elif [[ -n $public && " $resolved " != *" $public "* ]]; then
+        echo "install.sh: warning: $domain points at $resolved, not at this server's" \
+            "$public: Let's Encrypt will look for it there" >&2
+    fi
+    if systemd && ufw_active; then
+        ufw allow 80/tcp >/dev/null
+    fi
+
+    ca="Let's Encrypt"
+    [[ -z $acme_server ]] || ca=$acme_server
+    begin "getting a certificate for $domain from $ca (certbot)" \
+        "read certbot's message above, then run install.sh again"
+    # certbot names the hook in the renewal's config: it must exist before certbot runs.
+    install -m 0755 "$SOURCE_DIR/deploy/letsencrypt-deploy-hook" "$DEPLOY_HOOK"
+    le_log=$(mktemp)
+    if ! certbot certonly --standalone --non-interactive --agree-tos --email "$letsencrypt" \
+        --domain "$domain" --cert-name broadcast --server "${acme_server:-$LETS_ENCRYPT}" \
+        --keep-until-expiring --deploy-hook "$DEPLOY_HOOK" "${LE_ARGS[@]}" >"$le_log" 2>&1
+    then
+        cat "$le_log" >&2
+        fix=$(certbot_fix "$le_log")
+        failed_command="certbot certonly --standalone --domain $domain"
+        false  # the ERR trap reports the step and what to do
+    fi
+    grep -E "Successfully received|expires on|not yet due" "$le_log" | sed 's/^/    /' || true
+    # A certificate certbot kept (not yet due) is installed by hand: the hook runs on issue.
+    if ! cmp -s "$LE_DIR/live/broadcast/fullchain.pem" "$CERT_FILE"; then
+        RENEWED_LINEAGE="$LE_DIR/live/broadcast" "$DEPLOY_HOOK" >/dev/null
+    fi
+    if systemd; then
+        begin "enabling certbot's renewal timer" "enable it with: systemctl enable --now certbot.timer"
+        systemctl enable --now certbot.timer
+        renewal_note="renewed by certbot.timer"
+    else
+        renewal_note="renew it with: certbot renew ${LE_ARGS[*]} (daily, from cron)"
+    fi
+    certificate_note="$CERT_FILE, from Let's Encrypt for $domain ($renewal_note;
+              each renewal reloads the server, live broadcasts carry on)"
+}
+
+if [[ -n $letsencrypt ]]; then
+    lets_encrypt
+elif [[ -n $cert ]]; then
+    begin "copying the certificate $cert and key $key" "check both are PEM files"
+    install -m 0644 "$cert" "$CERT_FILE"
+    install -m 0640 "$key" "$KEY_FILE"
+    certificate_note="$CERT_FILE (copied from $cert: run install.sh with --cert/--key again after a renewal)"
+elif [[ -f $CERT_FILE && -f $KEY_FILE ]]; then
+    echo "==> kept the existing certificate $CERT_FILE"
+    certificate_note="$CERT_FILE (kept)"
+else
+    begin "creating a self-signed certificate" "check openssl works: openssl version"
+    cert_ip=${ip:-$(config_value ip)}
+    san=""
+    [[ -n $domain ]] && san="DNS:$domain"
+    [[ -n $cert_ip ]] && san="${san:+$san,}IP:$cert_ip"
+    [[ -n $san ]] || san="IP:127.0.0.1"
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
+        -subj "/CN=${domain:-${cert_ip:-broadcast}}" -addext "subjectAltName=$san" \
+        -keyout "$KEY_FILE" -out "$CERT_FILE" 2>/dev/null
+    chmod 0644 "$CERT_FILE"
+    chmod 0640 "$KEY_FILE"
+    certificate_note="$CERT_FILE, self-signed for $san: browsers warn once
+              (avoid it with --domain NAME --cert FILE --key FILE, e.g. from Let's Encrypt)"
+fi
+if systemd; then
+    chown "root:$SERVICE_USER" "$CERT_FILE" "$KEY_FILE"
+fi
+
 # --- the app --------------------------------------------------------------------------
 
 begin "creating the venv $VENV" "remove $VENV and run install.sh again"
@@ -385,36 +542,6 @@ read -r -a extra_pip_args <<<"$pip_args"
 installed_version=$("$VENV/bin/broadcast" version)
 [[ -f $VENV/share/broadcast/client/index.html ]]
 install -m 0644 "$SOURCE_DIR/flashphoner.xml.example" "$CONF_DIR/flashphoner.xml.example"
-
-# --- certificate ----------------------------------------------------------------------
-
-readonly CERT_FILE="$TLS_DIR/cert.pem" KEY_FILE="$TLS_DIR/key.pem"
-if [[ -n $cert ]]; then
-    begin "copying the certificate $cert and key $key" "check both are PEM files"
-    install -m 0644 "$cert" "$CERT_FILE"
-    install -m 0640 "$key" "$KEY_FILE"
-    certificate_note="$CERT_FILE (copied from $cert: run install.sh with --cert/--key again after a renewal)"
-elif [[ -f $CERT_FILE && -f $KEY_FILE ]]; then
-    echo "==> kept the existing certificate $CERT_FILE"
-    certificate_note="$CERT_FILE (kept)"
-else
-    begin "creating a self-signed certificate" "check openssl works: openssl version"
-    cert_ip=${ip:-$(config_value ip)}
-    san=""
-    [[ -n $domain ]] && san="DNS:$domain"
-    [[ -n $cert_ip ]] && san="${san:+$san,}IP:$cert_ip"
-    [[ -n $san ]] || san="IP:127.0.0.1"
-    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
-        -subj "/CN=${domain:-${cert_ip:-broadcast}}" -addext "subjectAltName=$san" \
-        -keyout "$KEY_FILE" -out "$CERT_FILE" 2>/dev/null
-    chmod 0644 "$CERT_FILE"
-    chmod 0640 "$KEY_FILE"
-    certificate_note="$CERT_FILE, self-signed for $san: browsers warn once
-              (avoid it with --domain NAME --cert FILE --key FILE, e.g. from Let's Encrypt)"
-fi
-if systemd; then
-    chown "root:$SERVICE_USER" "$CERT_FILE" "$KEY_FILE"
-fi
 
 # --- config ---------------------------------------------------------------------------
 
@@ -569,7 +696,7 @@ trap - ERR
 echo
 if (( config_kept )); then
     echo "broadcast $installed_version is upgraded; kept the existing config $CONFIG."
-    if [[ -n $ip$domain ]]; then
+    if [[ -n $ip || ( -n $domain && -z $letsencrypt ) ]]; then
         echo "note: --ip/--domain/ports apply to a new config only; edit $CONFIG to change them."
     fi
 else
