@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiortc.rtp import (
@@ -26,6 +26,7 @@ from aiortc.rtp import (
     RtcpSrPacket,
 )
 
+from broadcast.media.layer_switch import LayerSwitch
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.transport_protocol import Transport
 from broadcast.media.viewer_track import ViewerTrack
@@ -74,24 +75,48 @@ class Viewer(ViewerSession):
         payload_types: dict[str, int],
         cname: str,
         on_join: Callable[[float], None] = lambda seconds: None,
+        layers: Sequence[tuple[str, SourceTrack]] = (),
+        on_layer_switch: Callable[[bool], None] = lambda up: None,
     ) -> None:
+        """`layers`: a simulcast stream's video layers (rid, track), best first, to
+        switch between as its network allows (`?quality=auto`); `tracks["video"]`
+        is the one it starts on."""
         super().__init__(stream_id, transport, remote_ufrag)
         self.cname = cname
         self.rtcp_ssrc = secrets.randbits(32) or 1
-        self.tracks = [
-            ViewerTrack(
-                tracks[kind],
-                transport.send_rtp,
-                payload_type,
-                transport.fan_out_target,
-                lambda: not transport.on_tcp,
+        self.switch: LayerSwitch | None = None
+        self.tracks: list[ViewerTrack] = []
+        for kind, payload_type in payload_types.items():
+            if kind == "video" and len(layers) > 1:
+                rids, sources = zip(*layers, strict=True)
+
+                def switched(old: int, new: int, rids: tuple[str, ...] = rids) -> None:
+                    self.layer = rids[new]
+                    on_layer_switch(new < old)
+
+                self.switch = LayerSwitch(
+                    sources,
+                    sources.index(tracks["video"]),
+                    transport.send_rtp,
+                    payload_type,
+                    lambda: not transport.on_tcp,
+                    switched,
+                )
+                self.tracks.append(self.switch)
+                continue
+            self.tracks.append(
+                ViewerTrack(
+                    tracks[kind],
+                    transport.send_rtp,
+                    payload_type,
+                    transport.fan_out_target,
+                    lambda: not transport.on_tcp,
+                )
             )
-            for kind, payload_type in payload_types.items()
-        ]
-        self._by_ssrc = {t.source.ssrc: t for t in self.tracks}
+        self._by_ssrc = {t.ssrc: t for t in self.tracks}
         transport.on_path(self._path_changed)
         for track in self.tracks:
-            track.source.expect_viewer(track)
+            track.expect()
         self.nacks_received = 0
         self._octets_reported = 0
         self._reported_at = time.monotonic()
@@ -103,7 +128,7 @@ class Viewer(ViewerSession):
     def connected(self) -> None:
         """Start receiving; video waits for the keyframe this join asks for."""
         for track in self.tracks:
-            track.source.add_viewer(track)
+            track.attach()
 
     def receive_rtcp(self, packet: object) -> None:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
@@ -124,6 +149,8 @@ class Viewer(ViewerSession):
                     track.request_keyframe()
         elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
+                if self.switch is not None and report.ssrc == self.switch.ssrc:
+                    self.switch.receiver_report(report.fraction_lost / 256)
                 if report.ssrc in self._by_ssrc:
                     self.fraction_lost = report.fraction_lost
                     sent = self._reports_sent.get(report.lsr)
@@ -171,11 +198,11 @@ class Viewer(ViewerSession):
         for track in self.tracks:
             if track.packets_sent == 0:
                 continue
-            ntp, rtp = track.source.clock_now()
+            ntp, rtp = track.clock_now()
             self._reports_sent[(ntp >> 16) & 0xFFFFFFFF] = time.monotonic()
             compound += bytes(
                 RtcpSrPacket(
-                    ssrc=track.source.ssrc,
+                    ssrc=track.ssrc,
                     sender_info=RtcpSenderInfo(
                         ntp_timestamp=ntp,
                         rtp_timestamp=rtp,
@@ -188,7 +215,7 @@ class Viewer(ViewerSession):
             sdes = RtcpSdesPacket(
                 chunks=[
                     RtcpSourceInfo(
-                        ssrc=self.tracks[0].source.ssrc,
+                        ssrc=self.tracks[0].ssrc,
                         items=[(RTCP_SDES_CNAME, self.cname.encode())],
                     )
                 ]
@@ -199,8 +226,8 @@ class Viewer(ViewerSession):
     def _path_changed(self) -> None:
         """An ICE restart moved us: the fan-out must send to the new address."""
         for track in self.tracks:
-            track.source.retarget(track)
+            track.retarget()
 
     def detach(self) -> None:
         for track in self.tracks:
-            track.source.remove_viewer(track)
+            track.detach()

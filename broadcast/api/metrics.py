@@ -20,6 +20,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client import Counter as PrometheusCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -82,6 +83,12 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
             registry=self.prometheus,
         )
+        self.layer_switches = PrometheusCounter(
+            "broadcast_layer_switches",
+            "Simulcast layer switches of viewers watching with quality=auto",
+            ["direction"],
+            registry=self.prometheus,
+        )
         self.hooks: Hooks | None = None
         self.loop_lag_s = 0.0
         self.viewer_quality = ViewerQuality(self.prometheus)
@@ -131,6 +138,21 @@ class _ServerCollector(Collector):
                 if viewer.connected_at is not None
             ),
         )
+        by_layer = GaugeMetricFamily(
+            "broadcast_viewers_by_layer",
+            "Viewers of simulcast streams by the layer (rid) they receive now",
+            labels=["layer"],
+        )
+        for layer, count in sorted(
+            Counter(
+                viewer.layer
+                for stream in registry.streams.values()
+                for viewer in stream.viewers
+                if viewer.layer is not None
+            ).items()
+        ):
+            by_layer.add_metric([layer], count)
+        yield by_layer
         yield from _processes(self._metrics)
         if self._metrics.cluster is not None:
             yield from _cluster(self._metrics.cluster)

@@ -63,7 +63,9 @@ class ViewerTrack:
         # When its offer came: a keyframe asked for or sent since then is its to start at.
         self.asked_at = self.joined_at
         self.first_keyframe_at: float | None = None
-        self._budget = float(MAX_RETRANSMITS_PER_S)
+        # Packets it may have sent again per second (a LayerSwitch lowers it).
+        self.retransmit_rate = float(MAX_RETRANSMITS_PER_S)
+        self._budget = self.retransmit_rate
         self._budget_at = time.monotonic()
 
     def send(self, packet: bytes, keyframe: bool) -> None:
@@ -78,6 +80,30 @@ class ViewerTrack:
         self._send_rtp(packet)
         self._packets_sent += 1
         self._octets_sent += len(packet) - 12
+
+    @property
+    def ssrc(self) -> int:
+        """The SSRC the viewer receives this track with (named in its answer)."""
+        return self.source.ssrc
+
+    def expect(self) -> None:
+        """Its offer came: the keyframe it starts at may be asked for already."""
+        self.source.expect_viewer(self)
+
+    def attach(self) -> None:
+        """Connected: packets may flow."""
+        self.source.add_viewer(self)
+
+    def detach(self) -> None:
+        self.source.remove_viewer(self)
+
+    def retarget(self) -> None:
+        """Its transport moved to another ICE pair (an ICE restart)."""
+        self.source.retarget(self)
+
+    def clock_now(self) -> tuple[int, int]:
+        """NTP time and RTP timestamp, as this viewer receives it, for sender reports."""
+        return self.source.clock_now()
 
     def fan_out_target(self) -> tuple[MediaSocket, FanOutTarget] | None:
         """This viewer for the fan-out, once it can take every packet."""
@@ -112,20 +138,18 @@ class ViewerTrack:
             return
         now = time.monotonic()
         self._budget = min(
-            float(MAX_RETRANSMITS_PER_S),
-            self._budget + (now - self._budget_at) * MAX_RETRANSMITS_PER_S,
+            self.retransmit_rate,
+            self._budget + (now - self._budget_at) * self.retransmit_rate,
         )
         self._budget_at = now
         answered = []
         for seq in set(sequence_numbers):
             if self._budget < 1:
                 break
-            packet = self.source.history.get(seq)
+            packet = self._copy_of(seq)
             if packet is None:
                 continue
             self._budget -= 1
-            if self._rewrite_payload_type:
-                packet = self._with_payload_type(packet)
             self._send_rtp(packet)
             answered.append(packet)
         self.retransmitted += len(answered)
@@ -136,6 +160,13 @@ class ViewerTrack:
             asyncio.get_running_loop().call_later(
                 SPARE_COPY_DELAY_S, self._send_spares, spares
             )
+
+    def _copy_of(self, seq: int) -> bytes | None:
+        """The packet it received as `seq`, to send again, if it is still kept."""
+        packet = self.source.history.get(seq)
+        if packet is not None and self._rewrite_payload_type:
+            packet = self._with_payload_type(packet)
+        return packet
 
     def _send_spares(self, packets: list[bytes]) -> None:
         """Send the spare copies (dropped by the transport if it closed since)."""

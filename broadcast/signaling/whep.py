@@ -33,8 +33,17 @@ async def post_whep(request: web.Request) -> web.Response:
 
 async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Response:
     stream, stream_id, offer = admitted.stream, admitted.stream_id, admitted.offer
-    tracks = stream.tracks_for(_quality(request))
+    quality = _quality(request)
+    tracks = stream.tracks_for(quality)
     layer = stream.rid_of(tracks.get("video"))
+    # An auto viewer switches between the layers; an edge's pull takes the best.
+    layers = []
+    if quality == "auto" and not admitted.relay:
+        layers = [(stream.rid_of(t) or "", t) for t in stream.video_layers()]
+
+    def on_layer_switch(up: bool) -> None:
+        request.app[METRICS].layer_switches.labels("up" if up else "down").inc()
+
     answers, payload_types = _choose_codecs(offer, stream, tracks)
     if not payload_types:
         stream_codecs = ", ".join(
@@ -80,6 +89,8 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
             payload_types,
             stream_id,
             on_join=on_join,
+            layers=layers,
+            on_layer_switch=on_layer_switch,
         )
         if admitted.relay:
             stream.add_relay(viewer)

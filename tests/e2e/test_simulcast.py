@@ -4,10 +4,12 @@ half, quarter size); each viewer gets the layer it asks for (`?quality=`)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import time
 
 import pytest
 
-from broadcast.web_keys import REGISTRY
+from broadcast.web_keys import MEDIA, REGISTRY
 from tests.e2e.camera import NATIVE
 from tests.e2e.test_web_client import VIDEO_SIZE_JS, wait_text
 from tests.peers import recvonly_offer, wait_for, watch
@@ -142,3 +144,123 @@ async def test_simulcast_off_takes_the_first_layer_only(
         timeout=15,
     )
     await viewer.close()
+
+
+class DownlinkLimit:
+    """A bandwidth limit on what the server's media port sends (HTB on `lo`, in the
+    test's network namespace): the viewer's downlink, as on a weak hotel Wi-Fi.
+    Packets over the rate queue briefly, then drop, as at a real bottleneck."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def _tc(self, *args: str) -> None:
+        subprocess.run(["tc", *args], check=True, capture_output=True)
+
+    def set(self, kbps: int) -> None:
+        self.lift()
+        self._tc(
+            "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "1"
+        )
+        self._tc(
+            "class",
+            "add",
+            "dev",
+            "lo",
+            "parent",
+            "1:",
+            "classid",
+            "1:1",
+            "htb",
+            "rate",
+            "10gbit",
+        )
+        self._tc(
+            "class", "add", "dev", "lo", "parent", "1:", "classid", "1:2", "htb",
+            "rate", f"{kbps}kbit", "ceil", f"{kbps}kbit", "burst", "8k",
+        )  # fmt: skip
+        self._tc("qdisc", "add", "dev", "lo", "parent", "1:2", "pfifo", "limit", "20")
+        self._tc(
+            "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1",
+            "u32", "match", "ip", "sport", str(self.port), "0xffff", "flowid", "1:2",
+        )  # fmt: skip
+
+    def lift(self) -> None:
+        subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
+
+
+# The viewer page's frames as Chromium shows them: the longest time without a new one
+# since `reset`, and the size of the last one.
+FRAME_CLOCK_JS = """() => {
+  const video = document.getElementById('player');
+  const clock = window.frameClock = {last: 0, longest: 0, size: ''};
+  clock.reset = () => { clock.last = performance.now(); clock.longest = 0; };
+  const shown = (now, meta) => {
+    clock.longest = Math.max(clock.longest, now - clock.last);
+    clock.last = now;
+    clock.size = meta.width + 'x' + meta.height;
+    video.requestVideoFrameCallback(shown);
+  };
+  clock.reset();
+  video.requestVideoFrameCallback(shown);
+}"""
+
+
+async def test_an_auto_viewer_steps_down_on_a_narrow_link_and_back_up(
+    make_server, chromium
+):
+    """The viewer page's downlink narrowed to 400 kbit/s: it goes to the low layer and
+    plays on; the limit lifted, it climbs back to the full picture."""
+    server = await make_server(admin_key="adm1n", workers=1)
+    stream_id = await start_presenter(server, chromium)
+    await wait_for(
+        lambda: layer_sizes(server, stream_id) == set(SIZES.values()), timeout=15
+    )
+    stream = server.app[REGISTRY].get(stream_id)
+    _high, medium, low = stream.video_layers()
+    await wait_for(lambda: low.bitrate_bps > 0 and medium.bitrate_bps > 0, timeout=10)
+    page = await (await chromium.new_context()).new_page()
+    await page.goto(str(server.make_url(f"/watch/{stream_id}")))
+    full, small = ("{}x{}".format(*SIZES[q]) for q in ("high", "low"))
+    await page.wait_for_function(f"({VIDEO_SIZE_JS})().join('x') === '{full}'")
+    await page.evaluate(FRAME_CLOCK_JS)
+    (session,) = stream.viewers
+    assert session.layer == "h"
+
+    async def longest_gap_s() -> float:
+        return await page.evaluate("window.frameClock.longest") / 1000
+
+    limit = DownlinkLimit(server.app[MEDIA].media_sockets[0].address[1])
+    try:
+        # The low layer (130-190 kbit/s from this camera) and the sound fit, the middle
+        # one (450-700 kbit/s) does not.
+        kbps = 400
+        limit.set(kbps)
+        narrowed = time.monotonic()
+        await wait_for(lambda: session.layer == "l", timeout=10)
+        stepped_down_s = time.monotonic() - narrowed
+        await page.wait_for_function(f"window.frameClock.size === '{small}'")
+        switch_gap_s = await longest_gap_s()
+        await page.evaluate("window.frameClock.reset()")
+        await asyncio.sleep(6)
+        assert session.layer == "l"  # no probe up within the hold (8 s)
+        gap_narrow_s = await longest_gap_s()
+        await page.evaluate("window.frameClock.reset()")
+        limit.lift()
+        lifted = time.monotonic()
+        await wait_for(lambda: session.layer == "h", timeout=30)
+        stepped_up_s = time.monotonic() - lifted
+        await page.wait_for_function(f"window.frameClock.size === '{full}'")
+        await asyncio.sleep(1)
+        gap_up_s = await longest_gap_s()
+        print(
+            f"limit {kbps} kbit/s: down after {stepped_down_s:.1f} s, up after "
+            f"{stepped_up_s:.1f} s; longest gap {switch_gap_s:.2f} s going down, "
+            f"then {gap_narrow_s:.2f} s on the narrow link, {gap_up_s:.2f} s going up"
+        )
+        # Going down, the picture freezes from the first loss to the low layer's
+        # keyframe (loss is all we measure: no delay-based estimate warns before it).
+        assert switch_gap_s < 3.0
+        assert gap_narrow_s < 1.0 and gap_up_s < 1.0
+    finally:
+        limit.lift()

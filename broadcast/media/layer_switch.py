@@ -1,0 +1,288 @@
+"""LayerSwitch: an `auto` viewer's video from a simulcast publisher, a layer at a time.
+
+Each layer is a SourceTrack of its own, with its SSRC, sequence numbers, RTP
+timestamps and (VP8) picture ids. The viewer was answered one SSRC and must see one
+stream, so a switch happens only at a keyframe of the new layer (nothing before it
+could be decoded), and from there that layer's packets are rewritten to go on where
+the old one stopped: sequence numbers by one, timestamps by the time between the two
+layers' clocks (their sender reports, so audio stays in sync), picture ids by one.
+The native fan-out sends every viewer the same bytes: these viewers are served one by
+one, as those on ICE-TCP are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from broadcast.media import vp8
+from broadcast.media.layer_choice import LayerChoice
+from broadcast.media.source_track import SourceTrack
+from broadcast.media.udp_mux import FanOutTarget, MediaSocket
+from broadcast.media.viewer_track import ViewerTrack
+
+logger = logging.getLogger(__name__)
+
+# How often the layers' rates and the viewer's NACKs are measured, and the choice made.
+TICK_S = 0.5
+# Packets sent again, at most this share of those sent (and RETRANSMIT_FLOOR a second).
+# On a link too narrow for the layer, answering every NACK (twice) is what keeps it
+# full: the loss that made the viewer switch down would go on after the switch.
+RETRANSMIT_SHARE = 0.25
+RETRANSMIT_FLOOR = 10.0
+SEQ_TS_SSRC = struct.Struct("!HII")
+
+
+@dataclass
+class _Segment:
+    """What is sent from one layer since a switch: how its numbers are shifted."""
+
+    layer: int
+    first_seq: int | None  # the first sequence number sent from it (None: not yet)
+    seq_shift: int = 0
+    ts_shift: int = 0
+    picture_shift: int = 0
+    tl0_shift: int = 0
+
+
+class _LayerInput:
+    """The switch as one layer's viewer (a `TrackViewer` of that SourceTrack)."""
+
+    def __init__(self, switch: LayerSwitch, layer: int) -> None:
+        self._switch = switch
+        self._layer = layer
+        self.joined_at = self.asked_at = time.monotonic()
+
+    @property
+    def waiting_for_keyframe(self) -> bool:
+        """Only the layer it starts on waits (and gets the cached GOP)."""
+        return self._layer == self._switch.layer and self._switch.waiting_for_keyframe
+
+    def send(self, packet: bytes, keyframe: bool) -> None:
+        self._switch.take(self._layer, packet, keyframe)
+
+    def fan_out_target(self) -> tuple[MediaSocket, FanOutTarget] | None:
+        return None
+
+    def fanned_from(self, packets: int, octets: int) -> None:
+        """Never fanned out."""
+
+
+class LayerSwitch(ViewerTrack):
+    """One viewer's video over all of a stream's layers (best first), on one."""
+
+    def __init__(
+        self,
+        layers: Sequence[SourceTrack],
+        start: int,
+        send_rtp: Callable[[bytes], None],
+        payload_type: int,
+        spare_copies: Callable[[], bool] = lambda: True,
+        on_switch: Callable[[int, int], None] = lambda old, new: None,
+    ) -> None:
+        super().__init__(
+            layers[start],
+            send_rtp,
+            payload_type,
+            spare_copies=lambda: spare_copies() and not self.choice.lossy,
+        )
+        self.layers = list(layers)
+        self.layer = start
+        self.target: int | None = None
+        self.choice = LayerChoice(time.monotonic())
+        self._on_switch = on_switch
+        self._ssrc = layers[start].ssrc
+        self._inputs = [_LayerInput(self, i) for i in range(len(layers))]
+        self._segment = _Segment(start, None)
+        self._vp8 = layers[start].codec.mimeType.lower() == "video/vp8"
+        self._last_seq = self._last_ts = 0
+        self._last_at = 0.0
+        self._last_picture: int | None = None
+        self._last_tl0: int | None = None
+        self._rate_samples = [(layer.bytes_in, time.monotonic()) for layer in layers]
+        self.rates_bps = [0] * len(layers)
+        self.sent_bps = 0
+        self._sent_sample = (0, 0, time.monotonic())  # packets, octets, when
+        self._nacked: set[int] = set()  # this tick's, of the current layer's packets
+        self._timer: asyncio.TimerHandle | None = None
+        self._draining = False  # going down: the current layer is not sent meanwhile
+
+    @property
+    def ssrc(self) -> int:
+        return self._ssrc
+
+    def expect(self) -> None:
+        self.source.expect_viewer(self._inputs[self.layer])
+
+    def attach(self) -> None:
+        for layer, viewer in zip(self.layers, self._inputs, strict=True):
+            layer.add_viewer(viewer)
+        self._timer = asyncio.get_running_loop().call_later(TICK_S, self._tick)
+
+    def detach(self) -> None:
+        for layer, viewer in zip(self.layers, self._inputs, strict=True):
+            layer.remove_viewer(viewer)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def retarget(self) -> None:
+        """Sent one by one: the transport's new pair is used as it is."""
+
+    def fan_out_target(self) -> tuple[MediaSocket, FanOutTarget] | None:
+        return None
+
+    def clock_now(self) -> tuple[int, int]:
+        ntp, rtp = self.source.clock_now()
+        return ntp, (rtp + self._segment.ts_shift) & 0xFFFFFFFF
+
+    def switch_to(self, layer: int) -> None:
+        """Go to `layer` at its next keyframe (asked for now).
+
+        Going down, nothing more of the current layer is sent meanwhile: the link
+        is losing most of it anyway, and what is queued on it would hold up the
+        keyframe that ends the freeze."""
+        self._draining = layer > self.layer
+        if layer == self.layer:
+            self.target = None
+            return
+        self.target = layer
+        self.layers[layer].keyframes.request()
+
+    def receiver_report(self, fraction_lost: float) -> None:
+        """The loss the viewer's receiver report gives (0-1)."""
+        self.choice.loss(fraction_lost, self.sent_bps, time.monotonic())
+
+    def retransmit(self, sequence_numbers: Iterable[int]) -> None:
+        """A NACK: answered, and counted as loss of the layer being watched."""
+        wanted = [seq & 0xFFFF for seq in sequence_numbers]
+        first = self._segment.first_seq
+        if first is not None:
+            wanted = [s for s in wanted if ((s - first) & 0xFFFF) < 0x8000]
+            self._nacked.update(wanted)
+        super().retransmit(wanted)
+
+    def _tick(self) -> None:
+        """Every TICK_S: measure the layers and the viewer's loss, choose."""
+        self._timer = asyncio.get_running_loop().call_later(TICK_S, self._tick)
+        now = time.monotonic()
+        for index, layer in enumerate(self.layers):
+            octets, at = self._rate_samples[index]
+            self.rates_bps[index] = int((layer.bytes_in - octets) * 8 / (now - at))
+            self._rate_samples[index] = (layer.bytes_in, now)
+        packets, octets, at = self._sent_sample
+        sent = self._packets_sent - packets
+        self.retransmit_rate = max(
+            RETRANSMIT_FLOOR, RETRANSMIT_SHARE * sent / (now - at)
+        )
+        self.sent_bps = int((self._octets_sent - octets) * 8 / (now - at))
+        self._sent_sample = (self._packets_sent, self._octets_sent, now)
+        if self.waiting_for_keyframe or self.target is not None or not sent:
+            self._nacked.clear()
+            if self.target is not None:
+                self.layers[self.target].keyframes.request()  # still waiting for it
+            return
+        self.choice.loss(min(1.0, len(self._nacked) / sent), self.sent_bps, now)
+        self._nacked.clear()
+        wanted = self.choice.choose(self.layer, self.rates_bps, now)
+        if wanted != self.layer:
+            logger.debug(
+                "layer %d -> %d (%s), layers at %s bit/s",
+                self.layer,
+                wanted,
+                self.choice.reason,
+                self.rates_bps,
+            )
+            self.switch_to(wanted)
+
+    def take(self, layer: int, packet: bytes, keyframe: bool) -> None:
+        """A packet of one of the layers: sent if it is the one being watched."""
+        if keyframe and layer == self.target and not self.waiting_for_keyframe:
+            self._switch(layer, packet)
+        if layer != self.layer or (self._draining and self.target is not None):
+            return
+        if self.waiting_for_keyframe:
+            if not keyframe:
+                return
+            self.waiting_for_keyframe = False
+            self.first_keyframe_at = time.monotonic()
+        segment = self._segment
+        out = self._rewritten(packet, segment)
+        seq, ts = SEQ_TS_SSRC.unpack_from(out, 2)[:2]
+        if segment.first_seq is None:
+            segment.first_seq = seq
+        if ((seq - self._last_seq) & 0xFFFF) < 0x8000 or self._last_at == 0.0:
+            self._last_seq, self._last_ts = seq, ts
+            self._last_at = time.monotonic()
+            if self._vp8:
+                ids = vp8.picture_ids(out)
+                self._last_picture = ids.picture_id
+                self._last_tl0 = ids.tl0_index
+        self._send_rtp(out)
+        self._packets_sent += 1
+        self._octets_sent += len(out) - 12
+
+    def _copy_of(self, seq: int) -> bytes | None:
+        """A NACKed packet of the layer being watched (those of a layer left are of
+        no use: the viewer starts again at the keyframe it was switched at; sent
+        again, they would only crowd the link that made it switch)."""
+        segment = self._segment
+        packet = self.source.history.get((seq - segment.seq_shift) & 0xFFFF)
+        return None if packet is None else self._rewritten(packet, segment)
+
+    def _rewritten(self, packet: bytes, segment: _Segment) -> bytes:
+        data = bytearray(packet)
+        seq, ts, _ = SEQ_TS_SSRC.unpack_from(data, 2)
+        SEQ_TS_SSRC.pack_into(
+            data,
+            2,
+            (seq + segment.seq_shift) & 0xFFFF,
+            (ts + segment.ts_shift) & 0xFFFFFFFF,
+            self._ssrc,
+        )
+        if self._rewrite_payload_type:
+            data[1] = (data[1] & 0x80) | self.payload_type
+        if self._vp8 and (segment.picture_shift or segment.tl0_shift):
+            vp8.shift_picture_ids(data, segment.picture_shift, segment.tl0_shift)
+        return bytes(data)
+
+    def _switch(self, layer: int, packet: bytes) -> None:
+        """Continue with `layer` from its keyframe `packet` on."""
+        seq, ts, _ = SEQ_TS_SSRC.unpack_from(packet, 2)
+        segment = _Segment(
+            layer,
+            None,
+            seq_shift=(self._last_seq + 1 - seq) & 0xFFFF,
+            ts_shift=self._timestamp_shift(layer, ts),
+        )
+        if self._vp8:
+            ids = vp8.picture_ids(packet)
+            if ids.picture_id is not None and self._last_picture is not None:
+                segment.picture_shift = self._last_picture + 1 - ids.picture_id
+            if ids.tl0_index is not None and self._last_tl0 is not None:
+                segment.tl0_shift = self._last_tl0 + 1 - ids.tl0_index
+        self._segment = segment
+        old, self.layer, self.target = self.layer, layer, None
+        self.source = self.layers[layer]
+        self._on_switch(old, layer)
+
+    def _timestamp_shift(self, layer: int, ts: int) -> int:
+        """What to add to `layer`'s timestamps so that they continue ours.
+
+        Both layers' clocks read now (from their sender reports) say where the new
+        layer's timeline is against ours; a keyframe not after the last frame sent, or
+        implausibly far on, is placed by the time since that frame instead."""
+        clock_rate = self.source.clock_rate
+        ours = self.clock_now()[1]
+        theirs = self.layers[layer].clock_now()[1]
+        shift = (ours - theirs) & 0xFFFFFFFF
+        ahead = (ts + shift - self._last_ts) & 0xFFFFFFFF
+        if ahead == 0 or ahead > clock_rate:
+            elapsed = max(time.monotonic() - self._last_at, 0.001)
+            wanted = self._last_ts + max(1, int(elapsed * clock_rate))
+            shift = (wanted - ts) & 0xFFFFFFFF
+        return shift
