@@ -62,6 +62,11 @@ class ViewerSession(Session):
         """Tracks connected but still waiting for their first keyframe."""
         return 0
 
+    @property
+    def estimate_bps(self) -> int | None:
+        """What its link carried when it last lost packets (quality=auto), bit/s."""
+        return None
+
 
 class Viewer(ViewerSession):
     """One browser (or any WHEP client) watching a stream, its media carried here."""
@@ -163,6 +168,10 @@ class Viewer(ViewerSession):
     @property
     def retransmissions(self) -> int:
         return sum(t.retransmitted for t in self.tracks)
+
+    @property
+    def estimate_bps(self) -> int | None:
+        return None if self.switch is None else self.switch.choice.estimate_bps
 
     @property
     def tracks_waiting(self) -> int:

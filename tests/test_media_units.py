@@ -9,6 +9,7 @@ from typing import Any
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket, RtpPacket
 
+from broadcast.media import vp8
 from broadcast.media.keyframe_detect import h264_starts_keyframe, vp8_starts_keyframe
 from broadcast.media.resolution import h264_resolution
 from broadcast.media.source_track import GOP_FALLBACK_S, SourceTrack
@@ -256,3 +257,21 @@ def test_quality_reports_with_absurd_numbers_are_refused():
     ):
         assert clean_report({**good, field: value}) is None
     assert clean_report({**good, "fps": 1e9})["fps"] == 240  # clamped
+
+
+def test_vp8_picture_ids_shift_within_their_fields_and_bad_descriptors_are_left():
+    header = bytes(12)
+    # X, I with a 15-bit id 0x7FFE, L with TL0PICIDX 255, then the VP8 payload.
+    long_id = bytearray(header + bytes([0x90, 0xC0, 0xFF, 0xFE, 0xFF, 0x10]))
+    assert vp8.picture_ids(long_id) == vp8.PictureIds(0x7FFE, 255)
+    vp8.shift_picture_ids(long_id, 3, 2)
+    assert vp8.picture_ids(long_id) == vp8.PictureIds(1, 1)  # both wrapped
+    assert long_id[-1] == 0x10  # the payload is untouched
+    short_id = bytearray(header + bytes([0x90, 0x80, 0x7F, 0x10]))  # a 7-bit id
+    vp8.shift_picture_ids(short_id, 2, 0)
+    assert vp8.picture_ids(short_id) == vp8.PictureIds(1, None)
+    for cut in (bytes([0x90]), bytes([0x90, 0xC0]), bytes([0x90, 0x80, 0x80])):
+        truncated = bytearray(header + cut)  # a descriptor cut short: nothing read
+        vp8.shift_picture_ids(truncated, 5, 5)
+        assert truncated == header + cut
+    assert vp8.picture_ids(header + bytes([0x10, 0x00])) == vp8.PictureIds(None, None)

@@ -74,6 +74,9 @@ def viewer_summary(viewer: ViewerSession) -> dict[str, Any]:
         "rtt_ms": None if viewer.rtt_s is None else round(1000 * viewer.rtt_s),
         "retransmissions": viewer.retransmissions,
         "layer": viewer.layer,
+        "estimate_kbps": None
+        if viewer.estimate_bps is None
+        else _kbps(viewer.estimate_bps),
         "seen_by_viewer": viewer.quality,
     }
 

@@ -73,6 +73,8 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
                 payload_types,
                 stream_id,
                 on_join,
+                layers,
+                on_layer_switch,
             )
             return _counted(stream, remote_viewer, layer)
 

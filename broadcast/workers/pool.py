@@ -52,6 +52,9 @@ class WorkerViewer(Protocol):
     def joined(self, seconds: float) -> None:
         """Its first keyframe came `seconds` after it connected."""
 
+    def switched_layer(self, layer: str, up: bool) -> None:
+        """It went to another simulcast layer (quality=auto)."""
+
     def take_stats(self, stats: dict[str, Any]) -> None:
         """Its counters and quality inputs, sent every second and at its end."""
 
@@ -141,6 +144,8 @@ class WorkerProcess:
             viewer.transport_state(arguments["state"])
         elif method == "joined":
             viewer.joined(arguments["seconds"])
+        elif method == "layer":
+            viewer.switched_layer(arguments["layer"], arguments["up"])
         elif method == "closed":
             viewer.take_stats(arguments["stats"])
             viewer.gone_there()

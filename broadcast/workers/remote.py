@@ -12,7 +12,12 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from aiortc import RTCDtlsFingerprint, RTCIceCandidate, RTCIceParameters
+from aiortc import (
+    RTCDtlsFingerprint,
+    RTCIceCandidate,
+    RTCIceParameters,
+    RTCRtpCodecParameters,
+)
 
 from broadcast.media.source_track import SourceTrack
 from broadcast.viewer import ViewerSession
@@ -167,27 +172,32 @@ class RemoteViewer(ViewerSession):
         payload_types: dict[str, int],
         cname: str,
         on_join: Callable[[float], None],
+        layers: Sequence[tuple[str, SourceTrack]] = (),
+        on_layer_switch: Callable[[bool], None] = lambda up: None,
     ) -> None:
+        """`layers`: as for a `Viewer`, switched between in the worker."""
         super().__init__(stream_id, transport, remote_ufrag)
         self.remote = transport
         self.worker = worker
         self.process = worker.index
         self.on_join = on_join
+        self.on_layer_switch = on_layer_switch
         self.sources = [tracks[kind] for kind in payload_types]
+        switched = layers if "video" in payload_types and len(layers) > 1 else ()
+        self.sources += [t for _, t in switched if t not in self.sources]
+        numbers = {source: worker.take(source) for source in self.sources}
         self._remote_counters: dict[str, int] = {}
         self._retransmissions = self._tracks_waiting = 0
+        self._estimate_bps: int | None = None
         transport.session_id = self.id
+
+        def described(t: SourceTrack) -> tuple[int, RTCRtpCodecParameters, int, bool]:
+            return numbers[t], t.codec, t.ssrc, t.can_answer_pli
+
         transport.open_arguments = {
             "stream_id": stream_id,
-            "tracks": {
-                source.kind: (
-                    worker.take(source),
-                    source.codec,
-                    source.ssrc,
-                    source.can_answer_pli,
-                )
-                for source in self.sources
-            },
+            "tracks": {kind: described(tracks[kind]) for kind in payload_types},
+            "layers": [(rid, *described(t)) for rid, t in switched],
             "payload_types": payload_types,
             "remote_ufrag": remote_ufrag,
             "cname": cname,
@@ -208,6 +218,10 @@ class RemoteViewer(ViewerSession):
     def tracks_waiting(self) -> int:
         return self._tracks_waiting
 
+    @property
+    def estimate_bps(self) -> int | None:
+        return self._estimate_bps
+
     async def close(self, reason: str, cause: str) -> None:
         if not self.closed:
             self.remote.close_reason, self.remote.close_cause = reason, cause
@@ -218,6 +232,10 @@ class RemoteViewer(ViewerSession):
 
     def joined(self, seconds: float) -> None:
         self.on_join(seconds)
+
+    def switched_layer(self, layer: str, up: bool) -> None:
+        self.layer = layer
+        self.on_layer_switch(up)
 
     def gone_there(self) -> None:
         self.remote.closed_there = True
@@ -230,6 +248,7 @@ class RemoteViewer(ViewerSession):
         self.bitrate_out_bps = stats["bitrate_out_bps"]
         self._retransmissions = stats["retransmissions"]
         self._tracks_waiting = stats["tracks_waiting"]
+        self._estimate_bps = stats["estimate_bps"]
 
     def counters(self) -> dict[str, int]:
         return dict(self._remote_counters)

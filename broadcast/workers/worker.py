@@ -115,6 +115,7 @@ class Worker:
         session: str,
         stream_id: str,
         tracks: dict[str, tuple[int, RTCRtpCodecParameters, int, bool]],
+        layers: list[tuple[str, int, RTCRtpCodecParameters, int, bool]],
         payload_types: dict[str, int],
         remote_ufrag: str,
         cname: str,
@@ -136,6 +137,13 @@ class Worker:
             cname,
             on_join=lambda seconds: self.control.tell(
                 "joined", session=session, seconds=seconds
+            ),
+            layers=[
+                (rid, self._track(number, "video", codec, ssrc, answers_pli))
+                for rid, number, codec, ssrc, answers_pli in layers
+            ],
+            on_layer_switch=lambda up: self.control.tell(
+                "layer", session=session, layer=viewer.layer, up=up
             ),
         )
         viewer.id = session  # one name in both processes' logs
@@ -244,6 +252,7 @@ def viewer_stats(viewer: Viewer) -> dict[str, Any]:
         "bitrate_out_bps": viewer.bitrate_out_bps,
         "retransmissions": viewer.retransmissions,
         "tracks_waiting": viewer.tracks_waiting,
+        "estimate_bps": viewer.estimate_bps,
     }
 
 

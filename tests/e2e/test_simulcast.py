@@ -4,12 +4,14 @@ half, quarter size); each viewer gets the layer it asks for (`?quality=`)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import time
 
 import pytest
 
-from broadcast.web_keys import MEDIA, REGISTRY
+from broadcast.media import vp8
+from broadcast.web_keys import MEDIA, REGISTRY, WORKERS
 from tests.e2e.camera import NATIVE
 from tests.e2e.test_web_client import VIDEO_SIZE_JS, wait_text
 from tests.peers import recvonly_offer, wait_for, watch
@@ -206,12 +208,14 @@ FRAME_CLOCK_JS = """() => {
 }"""
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_an_auto_viewer_steps_down_on_a_narrow_link_and_back_up(
-    make_server, chromium
+    make_server, http, chromium, workers
 ):
     """The viewer page's downlink narrowed to 400 kbit/s: it goes to the low layer and
-    plays on; the limit lifted, it climbs back to the full picture."""
-    server = await make_server(admin_key="adm1n", workers=1)
+    plays on; the limit lifted, it climbs back to the full picture. With 2 processes
+    the page's viewer is the worker's (a first viewer takes the main process)."""
+    server = await make_server(admin_key="adm1n", workers=workers)
     stream_id = await start_presenter(server, chromium)
     await wait_for(
         lambda: layer_sizes(server, stream_id) == set(SIZES.values()), timeout=15
@@ -219,18 +223,26 @@ async def test_an_auto_viewer_steps_down_on_a_narrow_link_and_back_up(
     stream = server.app[REGISTRY].get(stream_id)
     _high, medium, low = stream.video_layers()
     await wait_for(lambda: low.bitrate_bps > 0 and medium.bitrate_bps > 0, timeout=10)
+    if workers == 2:
+        first = await watch(
+            http, str(server.make_url(f"/whep/{stream_id}?quality=low"))
+        )
+        await first.wait_connected()
     page = await (await chromium.new_context()).new_page()
     await page.goto(str(server.make_url(f"/watch/{stream_id}")))
     full, small = ("{}x{}".format(*SIZES[q]) for q in ("high", "low"))
     await page.wait_for_function(f"({VIDEO_SIZE_JS})().join('x') === '{full}'")
     await page.evaluate(FRAME_CLOCK_JS)
-    (session,) = stream.viewers
+    (session,) = [v for v in stream.viewers if v.process == workers - 1]
     assert session.layer == "h"
+    port = server.app[MEDIA].media_sockets[0].address[1]
+    if workers == 2:
+        port = server.app[WORKERS].workers[0].media_addresses[0][1]
 
     async def longest_gap_s() -> float:
         return await page.evaluate("window.frameClock.longest") / 1000
 
-    limit = DownlinkLimit(server.app[MEDIA].media_sockets[0].address[1])
+    limit = DownlinkLimit(port)
     try:
         # The low layer (130-190 kbit/s from this camera) and the sound fit, the middle
         # one (450-700 kbit/s) does not.
@@ -262,5 +274,65 @@ async def test_an_auto_viewer_steps_down_on_a_narrow_link_and_back_up(
         # keyframe (loss is all we measure: no delay-based estimate warns before it).
         assert switch_gap_s < 3.0
         assert gap_narrow_s < 1.0 and gap_up_s < 1.0
+        async with http.get(server.make_url("/metrics"), headers=ADMIN) as response:
+            metrics = await response.text()
+        assert 'broadcast_layer_switches_total{direction="down"} 1.0' in metrics
+        assert 'broadcast_layer_switches_total{direction="up"} 2.0' in metrics
+        assert 'broadcast_viewers_by_layer{layer="h"} 1.0' in metrics
+        async with http.get(
+            server.make_url(f"/api/streams/{stream_id}"), headers=ADMIN
+        ) as response:
+            (shown,) = [
+                v
+                for v in (await response.json())["viewer_sessions"]
+                if v["id"] == session.id
+            ]
+        # What got through when it lost packets: under the limit.
+        assert shown["layer"] == "h" and 0 < shown["estimate_kbps"] < kbps
     finally:
         limit.lift()
+
+
+async def test_an_auto_viewer_sees_one_stream_across_a_dozen_switches(
+    make_server, http, chromium, caplog
+):
+    """Switched 12 times between the three layers (as its choice would): every frame
+    decodes, each switch shows the new size within a second, and the packets are one
+    stream: one SSRC, sequence numbers on by one, timestamps and VP8 picture ids on."""
+    server = await make_server()
+    stream_id = await start_presenter(server, chromium)
+    await wait_for(
+        lambda: layer_sizes(server, stream_id) == set(SIZES.values()), timeout=15
+    )
+    viewer = await watch(http, str(server.make_url(f"/whep/{stream_id}")), ("video",))
+    await wait_for(lambda: len(viewer.frames.get("video", [])) > 10, timeout=15)
+    (session,) = server.app[REGISTRY].get(stream_id).viewers
+    switch = session.switch
+    switch.choice.choose = lambda current, rates, now: current  # this test decides
+    sizes = list(SIZES.values())  # the layers, best first
+    for layer in (1, 2, 0, 2, 1, 0, 1, 2, 1, 0, 2, 0):
+        switch.switch_to(layer)
+        await wait_for(
+            lambda layer=layer: (
+                (
+                    viewer.frames["video"][-1].width,
+                    viewer.frames["video"][-1].height,
+                )
+                == sizes[layer]
+            ),
+            timeout=1,
+            message=f"no {sizes[layer]} frame within 1 s of switching to it",
+        )
+        await asyncio.sleep(0.3)
+    await viewer.close()
+
+    (ssrc,) = viewer.received.packets
+    packets = viewer.received.packets[ssrc]
+    assert ssrc == server.app[REGISTRY].get(stream_id).video_layers()[0].ssrc
+    for before, after in itertools.pairwise(packets):
+        assert (after.sequence_number - before.sequence_number) & 0xFFFF == 1
+        assert (after.timestamp - before.timestamp) & 0xFFFFFFFF < 90000  # on, < 1 s
+    pictures = [vp8.picture_ids(p.serialize()).picture_id for p in packets]
+    steps = {(b - a) & 0x7FFF for a, b in itertools.pairwise(pictures)}
+    assert steps <= {0, 1}, steps  # the same picture, or the next
+    assert not [r for r in caplog.records if "failed to decode" in r.getMessage()]
