@@ -108,6 +108,9 @@ class LayerSwitch(ViewerTrack):
         self.sent_bps = 0
         self._sent_sample = (0, 0, time.monotonic())  # packets, octets, when
         self._nacked: set[int] = set()  # this tick's, of the current layer's packets
+        # The previous tick's: loss is measured over two as well, since a NACK comes a
+        # round trip (and the receiver's wait for reordering) after what it names.
+        self._before: tuple[set[int], int] = (set(), 0)
         self._timer: asyncio.TimerHandle | None = None
         self._draining = False  # going down: the current layer is not sent meanwhile
 
@@ -181,13 +184,18 @@ class LayerSwitch(ViewerTrack):
         )
         self.sent_bps = int((self._octets_sent - octets) * 8 / (now - at))
         self._sent_sample = (self._packets_sent, self._octets_sent, now)
+        nacked, self._nacked = self._nacked, set()
         if self.waiting_for_keyframe or self.target is not None or not sent:
-            self._nacked.clear()
+            self._before = (set(), 0)
             if self.target is not None:
                 self.layers[self.target].keyframes.request()  # still waiting for it
             return
-        self.choice.loss(min(1.0, len(self._nacked) / sent), self.sent_bps, now)
-        self._nacked.clear()
+        nacked_before, sent_before = self._before
+        self._before = (nacked, sent)
+        lost = max(
+            len(nacked) / sent, len(nacked | nacked_before) / (sent + sent_before)
+        )
+        self.choice.loss(min(1.0, lost), self.sent_bps, now)
         wanted = self.choice.choose(self.layer, self.rates_bps, now)
         if wanted != self.layer:
             logger.debug(

