@@ -104,6 +104,7 @@ class Viewer(ViewerSession):
                     sources.index(tracks["video"]),
                     transport.send_rtp,
                     payload_type,
+                    transport.fan_out_target,
                     lambda: not transport.on_tcp,
                     switched,
                 )

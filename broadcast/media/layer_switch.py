@@ -6,8 +6,9 @@ stream, so a switch happens only at a keyframe of the new layer (nothing before 
 could be decoded), and from there that layer's packets are rewritten to go on where
 the old one stopped: sequence numbers by one, timestamps by the time between the two
 layers' clocks (their sender reports, so audio stays in sync), picture ids by one.
-The native fan-out sends every viewer the same bytes: these viewers are served one by
-one, as those on ICE-TCP are.
+Until its first switch a viewer gets its layer's packets as they are (nothing is
+shifted yet), so it is fanned out with that layer's other viewers, batched; from its
+first switch on it is sent one packet at a time, as ICE-TCP viewers are.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from broadcast.media import vp8
 from broadcast.media.layer_choice import LayerChoice
 from broadcast.media.source_track import SourceTrack
+from broadcast.media.transport_protocol import NativeTarget
 from broadcast.media.udp_mux import FanOutTarget, MediaSocket
 from broadcast.media.viewer_track import ViewerTrack
 
@@ -66,10 +68,12 @@ class _LayerInput:
         self._switch.take(self._layer, packet, keyframe)
 
     def fan_out_target(self) -> tuple[MediaSocket, FanOutTarget] | None:
-        return None
+        if self._layer != self._switch.layer:
+            return None
+        return self._switch.fan_out_target()
 
     def fanned_from(self, packets: int, octets: int) -> None:
-        """Never fanned out."""
+        self._switch.fanned_from(packets, octets)
 
 
 class LayerSwitch(ViewerTrack):
@@ -81,6 +85,7 @@ class LayerSwitch(ViewerTrack):
         start: int,
         send_rtp: Callable[[bytes], None],
         payload_type: int,
+        native_target: Callable[[], NativeTarget | None] = lambda: None,
         spare_copies: Callable[[], bool] = lambda: True,
         on_switch: Callable[[int, int], None] = lambda old, new: None,
     ) -> None:
@@ -88,7 +93,8 @@ class LayerSwitch(ViewerTrack):
             layers[start],
             send_rtp,
             payload_type,
-            spare_copies=lambda: spare_copies() and not self.choice.lossy,
+            native_target,
+            lambda: spare_copies() and not self.choice.lossy,
         )
         self.layers = list(layers)
         self.layer = start
@@ -113,6 +119,7 @@ class LayerSwitch(ViewerTrack):
         self._before: tuple[set[int], int] = (set(), 0)
         self._timer: asyncio.TimerHandle | None = None
         self._draining = False  # going down: the current layer is not sent meanwhile
+        self._switched = False  # once: its packets are rewritten, one by one
 
     @property
     def ssrc(self) -> int:
@@ -122,8 +129,8 @@ class LayerSwitch(ViewerTrack):
         self.source.expect_viewer(self._inputs[self.layer])
 
     def attach(self) -> None:
-        for layer, viewer in zip(self.layers, self._inputs, strict=True):
-            layer.add_viewer(viewer)
+        """It takes the layer it watches, and another only while switching to it."""
+        self.source.add_viewer(self._inputs[self.layer])
         self._timer = asyncio.get_running_loop().call_later(TICK_S, self._tick)
 
     def detach(self) -> None:
@@ -134,10 +141,26 @@ class LayerSwitch(ViewerTrack):
             self._timer = None
 
     def retarget(self) -> None:
-        """Sent one by one: the transport's new pair is used as it is."""
+        self.source.retarget(self._inputs[self.layer])
 
     def fan_out_target(self) -> tuple[MediaSocket, FanOutTarget] | None:
-        return None
+        return None if self._switched else super().fan_out_target()
+
+    def _leave_fan_out(self) -> None:
+        """Its first switch: from now on its packets pass `take`, one by one."""
+        self._switched = True
+        if self._fanned_from is None:
+            return
+        self._packets_sent, self._octets_sent = self.packets_sent, self.octets_sent
+        self._fanned_from = None
+        newest = self.source.newest
+        if newest is not None:  # the last packet the fan-out sent it
+            self._last_seq, self._last_ts = newest
+            self._last_at = time.monotonic()
+            packet = self.source.history.get(self._last_seq)
+            if self._vp8 and packet is not None:
+                self._last_picture, self._last_tl0 = vp8.picture_ids(packet)
+        self.source.retarget(self._inputs[self.layer])
 
     def clock_now(self) -> tuple[int, int]:
         ntp, rtp = self.source.clock_now()
@@ -150,10 +173,16 @@ class LayerSwitch(ViewerTrack):
         is losing most of it anyway, and what is queued on it would hold up the
         keyframe that ends the freeze."""
         self._draining = layer > self.layer
-        if layer == self.layer:
+        if self.target is not None and self.target != layer:
+            self.layers[self.target].remove_viewer(self._inputs[self.target])
             self.target = None
+        if layer == self.layer:
             return
-        self.target = layer
+        if not self._switched:
+            self._leave_fan_out()
+        if self.target is None:
+            self.target = layer
+            self.layers[layer].add_viewer(self._inputs[layer])
         self.layers[layer].keyframes.request()
 
     def receiver_report(self, fraction_lost: float) -> None:
@@ -166,7 +195,7 @@ class LayerSwitch(ViewerTrack):
         first = self._segment.first_seq
         if first is not None:
             wanted = [s for s in wanted if ((s - first) & 0xFFFF) < 0x8000]
-            self._nacked.update(wanted)
+        self._nacked.update(wanted)
         super().retransmit(wanted)
 
     def _tick(self) -> None:
@@ -178,12 +207,12 @@ class LayerSwitch(ViewerTrack):
             self.rates_bps[index] = int((layer.bytes_in - octets) * 8 / (now - at))
             self._rate_samples[index] = (layer.bytes_in, now)
         packets, octets, at = self._sent_sample
-        sent = self._packets_sent - packets
+        sent = self.packets_sent - packets
         self.retransmit_rate = max(
             RETRANSMIT_FLOOR, RETRANSMIT_SHARE * sent / (now - at)
         )
-        self.sent_bps = int((self._octets_sent - octets) * 8 / (now - at))
-        self._sent_sample = (self._packets_sent, self._octets_sent, now)
+        self.sent_bps = int((self.octets_sent - octets) * 8 / (now - at))
+        self._sent_sample = (self.packets_sent, self.octets_sent, now)
         nacked, self._nacked = self._nacked, set()
         if self.waiting_for_keyframe or self.target is not None or not sent:
             self._before = (set(), 0)
@@ -275,6 +304,7 @@ class LayerSwitch(ViewerTrack):
                 segment.tl0_shift = self._last_tl0 + 1 - ids.tl0_index
         self._segment = segment
         old, self.layer, self.target = self.layer, layer, None
+        self.layers[old].remove_viewer(self._inputs[old])
         self.source = self.layers[layer]
         self._on_switch(old, layer)
 

@@ -138,6 +138,13 @@ class SourceTrack:
         return self._can_answer_pli
 
     @property
+    def newest(self) -> tuple[int, int] | None:
+        """The sequence number and timestamp of the newest packet sent (None: none)."""
+        if self._highest_seq is None:
+            return None
+        return self._highest_seq, self._last_ts
+
+    @property
     def gop_arrived_at(self) -> float:
         """When the cached GOP's keyframe came (monotonic seconds; -1: none yet)."""
         return self._gop_arrived_at

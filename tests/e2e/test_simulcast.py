@@ -303,7 +303,8 @@ async def test_an_auto_viewer_sees_one_stream_across_a_dozen_switches(
 ):
     """Switched 12 times between the three layers (as its choice would): every frame
     decodes, each switch shows the new size within a second, and the packets are one
-    stream: one SSRC, sequence numbers on by one, timestamps and VP8 picture ids on."""
+    stream: one SSRC, sequence numbers on by one, timestamps and VP8 picture ids on,
+    the first switch (out of the batched fan-out) included."""
     server = await make_server()
     stream_id = await start_presenter(server, chromium)
     await wait_for(
@@ -315,6 +316,12 @@ async def test_an_auto_viewer_sees_one_stream_across_a_dozen_switches(
     switch = session.switch
     switch.choice.choose = lambda current, rates, now: current  # this test decides
     sizes = list(SIZES.values())  # the layers, best first
+    # Until its first switch it gets the largest layer as it is: batched with the
+    # layer's other viewers by the fan-out.
+    largest = switch.layers[0]
+    fanned = largest.fanned_packets
+    await asyncio.sleep(0.2)
+    assert largest.fanned_packets > fanned
     for layer in (1, 2, 0, 2, 1, 0, 1, 2, 1, 0, 2, 0):
         switch.switch_to(layer)
         await wait_for(
@@ -329,6 +336,9 @@ async def test_an_auto_viewer_sees_one_stream_across_a_dozen_switches(
             message=f"no {sizes[layer]} frame within 1 s of switching to it",
         )
         await asyncio.sleep(0.3)
+    fanned = largest.fanned_packets
+    await asyncio.sleep(0.2)
+    assert largest.fanned_packets == fanned  # switched: one by one
     await viewer.close()
 
     (ssrc,) = viewer.received.packets
