@@ -83,7 +83,7 @@ async def main(
         ):
             stream = await presenter(browser, origin)
             idle = (await idle_step(pid, duration))["server_cpu_percent"]
-            print(f"0 viewers: cpu {idle:5.1f} %", file=sys.stderr)
+            print(f"0 viewers: cpu {idle:5.1f} %", flush=True)
             for viewers in steps:
                 for quality in ("high", "auto"):
                     url = f"{origin}/whep/{stream}?quality={quality}"
@@ -112,7 +112,7 @@ async def main(
                         f"{packets:7.0f} pkt/s, {row['us_per_pkt_viewer']:5.2f} "
                         f"µs/pkt-viewer ({row['us_beyond_ingest']:5.2f} beyond "
                         f"ingest), loss {row['loss_percent']:.2f} %, layers {layers}",
-                        file=sys.stderr,
+                        flush=True,
                     )
     return rows
 

@@ -52,6 +52,11 @@ SMOKE_RUNS = {
         r"recording one 720p H\.264 stream: -?[\d.]+ % of a core(.|\n)*"
         r"file \S+\.mp4: [\d.]+ s of [\d.]+ s recorded",
     ),
+    "simulcast.py": (
+        ["--viewers", "1", "--duration", "1", "--settle", "0"],
+        r"high x +1: cpu +[\d.]+ %(.|\n)*auto x +1: cpu +[\d.]+ %, +[\d.]+ pkt/s, +"
+        r"[\d.]+ µs/pkt-viewer",
+    ),
     "page_open.py": (
         ["--openings", "1"],
         r"browser presenter: page open -> first frame p50 \d+ ms(.|\n)*"
