@@ -351,3 +351,92 @@ async def test_an_auto_viewer_sees_one_stream_across_a_dozen_switches(
     steps = {(b - a) & 0x7FFF for a, b in itertools.pairwise(pictures)}
     assert steps <= {0, 1}, steps  # the same picture, or the next
     assert not [r for r in caplog.records if "failed to decode" in r.getMessage()]
+
+
+# A WHIP publisher in the page itself, for what the presenter page does not offer: H.264
+# (OpenH264 in Chromium), constrained baseline, at the three sizes.
+H264_SIMULCAST_JS = """async (url) => {
+  const media = await navigator.mediaDevices.getUserMedia(
+    {video: {width: 1280, height: 720}, audio: false});
+  const pc = new RTCPeerConnection();
+  const transceiver = pc.addTransceiver(media.getVideoTracks()[0], {
+    direction: 'sendonly',
+    sendEncodings: [
+      {rid: 'h'}, {rid: 'm', scaleResolutionDownBy: 2}, {rid: 'l', scaleResolutionDownBy: 4},
+    ],
+  });
+  transceiver.setCodecPreferences(RTCRtpSender.getCapabilities('video').codecs.filter(
+    c => c.mimeType === 'video/H264' && /packetization-mode=1/.test(c.sdpFmtpLine)
+      && /profile-level-id=42e01f/.test(c.sdpFmtpLine)));
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(done => {
+    if (pc.iceGatheringState === 'complete') return done();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && done();
+  });
+  const response = await fetch(url, {
+    method: 'POST', headers: {'Content-Type': 'application/sdp'},
+    body: pc.localDescription.sdp,
+  });
+  if (response.status !== 201) throw new Error(response.status + await response.text());
+  await pc.setRemoteDescription({type: 'answer', sdp: await response.text()});
+  window.publisher = pc;
+}"""
+
+
+async def test_h264_layers_each_viewer_its_own_and_auto_switches(
+    make_server, http, chromium, caplog
+):
+    """Three H.264 layers from Chromium: high, medium and low viewers decode their
+    sizes, and an auto viewer switched between them decodes every frame of one
+    continuous stream (H.264 needs no picture ids: sequence and timestamps)."""
+    server = await make_server()
+    origin = str(server.make_url("/")).rstrip("/")
+    context = await chromium.new_context()
+    await context.grant_permissions(["camera"], origin=origin)
+    page = await context.new_page()
+    await page.goto(origin + "/healthz")
+    await page.evaluate(H264_SIMULCAST_JS, origin + "/whip/h264")
+    await wait_for(
+        lambda: layer_sizes(server, "h264") == set(SIZES.values()),
+        timeout=15,
+        message=f"layers: {layer_sizes(server, 'h264')}",
+    )
+    stream = server.app[REGISTRY].get("h264")
+    assert stream.tracks["video"].codec.mimeType == "video/H264"
+    url = str(server.make_url("/whep/h264"))
+    viewers = {q: await watch(http, f"{url}?quality={q}", ("video",)) for q in SIZES}
+    for quality, viewer in viewers.items():
+        await wait_for(
+            lambda v=viewer, q=quality: any(
+                (f.width, f.height) == SIZES[q] for f in v.frames.get("video", [])
+            ),
+            timeout=15,
+            message=f"no {SIZES[quality]} frame for quality={quality}",
+        )
+    auto = await watch(http, url, ("video",))
+    await wait_for(lambda: len(auto.frames.get("video", [])) > 10, timeout=15)
+    (session,) = [v for v in stream.viewers if v.id == auto.location.rsplit("/", 1)[1]]
+    switch = session.switch
+    switch.choice.choose = lambda current, rates, now: current  # this test decides
+    sizes = list(SIZES.values())
+    for layer in (2, 1, 0, 1, 2, 0):
+        switch.switch_to(layer)
+        await wait_for(
+            lambda layer=layer: (
+                (
+                    auto.frames["video"][-1].width,
+                    auto.frames["video"][-1].height,
+                )
+                == sizes[layer]
+            ),
+            timeout=2,
+            message=f"no {sizes[layer]} frame within 2 s of switching to it",
+        )
+    for viewer in (*viewers.values(), auto):
+        await viewer.close()
+    (ssrc,) = auto.received.packets
+    packets = auto.received.packets[ssrc]
+    for before, after in itertools.pairwise(packets):
+        assert (after.sequence_number - before.sequence_number) & 0xFFFF == 1
+        assert (after.timestamp - before.timestamp) & 0xFFFFFFFF < 90000
+    assert not [r for r in caplog.records if "failed to decode" in r.getMessage()]
