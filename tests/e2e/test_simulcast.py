@@ -298,6 +298,35 @@ async def test_an_auto_viewer_steps_down_on_a_narrow_link_and_back_up(
         limit.lift()
 
 
+async def switch_through(switch, viewer, layers, timeout: float) -> None:
+    """Switch an auto viewer to each of `layers` in turn; each must show its size
+    within `timeout` seconds."""
+    sizes = list(SIZES.values())  # the layers, best first
+    for layer in layers:
+        switch.switch_to(layer)
+        await wait_for(
+            lambda layer=layer: (
+                (viewer.frames["video"][-1].width, viewer.frames["video"][-1].height)
+                == sizes[layer]
+            ),
+            timeout=timeout,
+            message=f"no {sizes[layer]} frame within {timeout} s of switching to it",
+        )
+        await asyncio.sleep(0.3)
+
+
+def one_stream(viewer, caplog) -> list:
+    """What a viewer received is one stream, every frame of it decoded: one SSRC,
+    sequence numbers by one, timestamps on (by under a second)."""
+    (ssrc,) = viewer.received.packets
+    packets = viewer.received.packets[ssrc]
+    for before, after in itertools.pairwise(packets):
+        assert (after.sequence_number - before.sequence_number) & 0xFFFF == 1
+        assert (after.timestamp - before.timestamp) & 0xFFFFFFFF < 90000
+    assert not [r for r in caplog.records if "failed to decode" in r.getMessage()]
+    return packets
+
+
 async def test_an_auto_viewer_sees_one_stream_across_a_dozen_switches(
     make_server, http, chromium, caplog
 ):
@@ -315,42 +344,23 @@ async def test_an_auto_viewer_sees_one_stream_across_a_dozen_switches(
     (session,) = server.app[REGISTRY].get(stream_id).viewers
     switch = session.switch
     switch.choice.choose = lambda current, rates, now: current  # this test decides
-    sizes = list(SIZES.values())  # the layers, best first
     # Until its first switch it gets the largest layer as it is: batched with the
     # layer's other viewers by the fan-out.
     largest = switch.layers[0]
     fanned = largest.fanned_packets
     await asyncio.sleep(0.2)
     assert largest.fanned_packets > fanned
-    for layer in (1, 2, 0, 2, 1, 0, 1, 2, 1, 0, 2, 0):
-        switch.switch_to(layer)
-        await wait_for(
-            lambda layer=layer: (
-                (
-                    viewer.frames["video"][-1].width,
-                    viewer.frames["video"][-1].height,
-                )
-                == sizes[layer]
-            ),
-            timeout=1,
-            message=f"no {sizes[layer]} frame within 1 s of switching to it",
-        )
-        await asyncio.sleep(0.3)
+    await switch_through(switch, viewer, (1, 2, 0, 2, 1, 0, 1, 2, 1, 0, 2, 0), 1.0)
     fanned = largest.fanned_packets
     await asyncio.sleep(0.2)
     assert largest.fanned_packets == fanned  # switched: one by one
     await viewer.close()
 
-    (ssrc,) = viewer.received.packets
-    packets = viewer.received.packets[ssrc]
-    assert ssrc == server.app[REGISTRY].get(stream_id).video_layers()[0].ssrc
-    for before, after in itertools.pairwise(packets):
-        assert (after.sequence_number - before.sequence_number) & 0xFFFF == 1
-        assert (after.timestamp - before.timestamp) & 0xFFFFFFFF < 90000  # on, < 1 s
+    packets = one_stream(viewer, caplog)
+    assert packets[0].ssrc == switch.layers[0].ssrc  # the one its answer named
     pictures = [vp8.picture_ids(p.serialize()).picture_id for p in packets]
     steps = {(b - a) & 0x7FFF for a, b in itertools.pairwise(pictures)}
     assert steps <= {0, 1}, steps  # the same picture, or the next
-    assert not [r for r in caplog.records if "failed to decode" in r.getMessage()]
 
 
 # A WHIP publisher in the page itself, for what the presenter page does not offer: H.264
@@ -416,27 +426,8 @@ async def test_h264_layers_each_viewer_its_own_and_auto_switches(
     auto = await watch(http, url, ("video",))
     await wait_for(lambda: len(auto.frames.get("video", [])) > 10, timeout=15)
     (session,) = [v for v in stream.viewers if v.id == auto.location.rsplit("/", 1)[1]]
-    switch = session.switch
-    switch.choice.choose = lambda current, rates, now: current  # this test decides
-    sizes = list(SIZES.values())
-    for layer in (2, 1, 0, 1, 2, 0):
-        switch.switch_to(layer)
-        await wait_for(
-            lambda layer=layer: (
-                (
-                    auto.frames["video"][-1].width,
-                    auto.frames["video"][-1].height,
-                )
-                == sizes[layer]
-            ),
-            timeout=2,
-            message=f"no {sizes[layer]} frame within 2 s of switching to it",
-        )
+    session.switch.choice.choose = lambda current, rates, now: current  # test decides
+    await switch_through(session.switch, auto, (2, 1, 0, 1, 2, 0), 2.0)
     for viewer in (*viewers.values(), auto):
         await viewer.close()
-    (ssrc,) = auto.received.packets
-    packets = auto.received.packets[ssrc]
-    for before, after in itertools.pairwise(packets):
-        assert (after.sequence_number - before.sequence_number) & 0xFFFF == 1
-        assert (after.timestamp - before.timestamp) & 0xFFFFFFFF < 90000
-    assert not [r for r in caplog.records if "failed to decode" in r.getMessage()]
+    one_stream(auto, caplog)
