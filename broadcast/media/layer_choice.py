@@ -6,7 +6,8 @@ loss or two lossy ones in a row (0.5-1 s), straight to the best layer that fits 
 got through (sent x (1 - loss)). Up is careful: one layer at a time, only after a
 hold without loss since going down; a step up that had to be undone soon is tried
 again only after a hold twice as long, up to MAX_HOLD_S; one that held is followed by
-the next after CLIMB_HOLD_S. Layers are numbered best first.
+the next after CLIMB_HOLD_S. A layer the publisher stops is left at once for the next
+smaller one that runs. Layers are numbered best first.
 
 REMB is not used: without abs-send-time or transport-wide sequence numbers on what we
 send, Chromium's REMB sat at 40-55 kbit/s while it received 130 kbit/s of video
@@ -69,6 +70,13 @@ class LayerChoice:
     def choose(self, current: int, rates: list[int], now: float) -> int:
         """The layer to be on, given each layer's rate (bit/s): `current`, a worse
         one, or the one above."""
+        running = [i for i, rate in enumerate(rates) if rate > 0]
+        if rates[current] <= 0 and running:
+            # The publisher stopped its layer (a browser drops its largest one when
+            # its own uplink narrows): the next smaller that runs, else the nearest.
+            self.reason = "its layer stopped"
+            smaller = [i for i in running if i > current]
+            return self._went(smaller[0] if smaller else running[-1], now)
         if current < len(rates) - 1 and self._lossy_in_row >= LOSSY_SAMPLES_DOWN:
             if self._went_up_at is not None and now - self._went_up_at < FAILED_PROBE_S:
                 self._hold = min(self._hold * 2, MAX_HOLD_S)  # the probe failed

@@ -214,17 +214,20 @@ class LayerSwitch(ViewerTrack):
         self.sent_bps = int((self.octets_sent - octets) * 8 / (now - at))
         self._sent_sample = (self.packets_sent, self.octets_sent, now)
         nacked, self._nacked = self._nacked, set()
-        if self.waiting_for_keyframe or self.target is not None or not sent:
+        if self.waiting_for_keyframe or self.target is not None:
             self._before = (set(), 0)
-            if self.target is not None:
+            if self.target is not None and self.rates_bps[self.target] <= 0:
+                self.switch_to(self.layer)  # the publisher stopped it meanwhile
+            elif self.target is not None:
                 self.layers[self.target].keyframes.request()  # still waiting for it
             return
-        nacked_before, sent_before = self._before
-        self._before = (nacked, sent)
-        lost = max(
-            len(nacked) / sent, len(nacked | nacked_before) / (sent + sent_before)
-        )
-        self.choice.loss(min(1.0, lost), self.sent_bps, now)
+        if sent:
+            nacked_before, sent_before = self._before
+            self._before = (nacked, sent)
+            lost = max(
+                len(nacked) / sent, len(nacked | nacked_before) / (sent + sent_before)
+            )
+            self.choice.loss(min(1.0, lost), self.sent_bps, now)
         wanted = self.choice.choose(self.layer, self.rates_bps, now)
         if wanted != self.layer:
             logger.debug(

@@ -364,8 +364,8 @@ async def test_an_auto_viewer_sees_one_stream_across_a_dozen_switches(
 
 
 # A WHIP publisher in the page itself, for what the presenter page does not offer: H.264
-# (OpenH264 in Chromium), constrained baseline, at the three sizes.
-H264_SIMULCAST_JS = """async (url) => {
+# (OpenH264 in Chromium, constrained baseline) at the three sizes, a layer paused.
+SIMULCAST_JS = """async ([url, codec]) => {
   const media = await navigator.mediaDevices.getUserMedia(
     {video: {width: 1280, height: 720}, audio: false});
   const pc = new RTCPeerConnection();
@@ -376,8 +376,9 @@ H264_SIMULCAST_JS = """async (url) => {
     ],
   });
   transceiver.setCodecPreferences(RTCRtpSender.getCapabilities('video').codecs.filter(
-    c => c.mimeType === 'video/H264' && /packetization-mode=1/.test(c.sdpFmtpLine)
-      && /profile-level-id=42e01f/.test(c.sdpFmtpLine)));
+    c => c.mimeType === codec && (codec !== 'video/H264' || (
+      /packetization-mode=1/.test(c.sdpFmtpLine)
+      && /profile-level-id=42e01f/.test(c.sdpFmtpLine)))));
   await pc.setLocalDescription(await pc.createOffer());
   await new Promise(done => {
     if (pc.iceGatheringState === 'complete') return done();
@@ -393,6 +394,22 @@ H264_SIMULCAST_JS = """async (url) => {
 }"""
 
 
+async def simulcast_publisher(server, chromium, stream_id: str, codec: str):
+    """A page publishing three layers of `codec` to `stream_id`, once all three came."""
+    origin = str(server.make_url("/")).rstrip("/")
+    context = await chromium.new_context()
+    await context.grant_permissions(["camera"], origin=origin)
+    page = await context.new_page()
+    await page.goto(origin + "/healthz")
+    await page.evaluate(SIMULCAST_JS, [f"{origin}/whip/{stream_id}", codec])
+    await wait_for(
+        lambda: layer_sizes(server, stream_id) == set(SIZES.values()),
+        timeout=15,
+        message=f"layers: {layer_sizes(server, stream_id)}",
+    )
+    return page
+
+
 async def test_h264_layers_each_viewer_its_own_and_auto_switches(
     make_server, http, chromium, caplog
 ):
@@ -400,17 +417,7 @@ async def test_h264_layers_each_viewer_its_own_and_auto_switches(
     sizes, and an auto viewer switched between them decodes every frame of one
     continuous stream (H.264 needs no picture ids: sequence and timestamps)."""
     server = await make_server()
-    origin = str(server.make_url("/")).rstrip("/")
-    context = await chromium.new_context()
-    await context.grant_permissions(["camera"], origin=origin)
-    page = await context.new_page()
-    await page.goto(origin + "/healthz")
-    await page.evaluate(H264_SIMULCAST_JS, origin + "/whip/h264")
-    await wait_for(
-        lambda: layer_sizes(server, "h264") == set(SIZES.values()),
-        timeout=15,
-        message=f"layers: {layer_sizes(server, 'h264')}",
-    )
+    await simulcast_publisher(server, chromium, "h264", "video/H264")
     stream = server.app[REGISTRY].get("h264")
     assert stream.tracks["video"].codec.mimeType == "video/H264"
     url = str(server.make_url("/whep/h264"))
@@ -431,3 +438,34 @@ async def test_h264_layers_each_viewer_its_own_and_auto_switches(
     for viewer in (*viewers.values(), auto):
         await viewer.close()
     one_stream(auto, caplog)
+
+
+async def test_an_auto_viewer_leaves_a_layer_the_publisher_stops(
+    make_server, http, chromium
+):
+    """A browser stops its largest layer when its own uplink narrows: its auto viewers
+    go on with the next size instead of freezing on it."""
+    server = await make_server()
+    page = await simulcast_publisher(server, chromium, "paused", "video/VP8")
+    viewer = await watch(http, str(server.make_url("/whep/paused")), ("video",))
+    await wait_for(lambda: len(viewer.frames.get("video", [])) > 10, timeout=15)
+    (session,) = server.app[REGISTRY].get("paused").viewers
+    assert session.layer == "h"
+    await page.evaluate("""async () => {
+      const sender = window.publisher.getSenders()[0];
+      const parameters = sender.getParameters();
+      parameters.encodings[0].active = false;
+      await sender.setParameters(parameters);
+    }""")
+    await wait_for(lambda: session.layer == "m", timeout=5)
+    await wait_for(
+        lambda: (
+            (viewer.frames["video"][-1].width, viewer.frames["video"][-1].height)
+            == SIZES["medium"]
+        ),
+        timeout=3,
+    )
+    count = len(viewer.frames["video"])
+    await asyncio.sleep(1)
+    assert len(viewer.frames["video"]) > count + 15  # it plays on
+    await viewer.close()
