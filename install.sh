@@ -22,7 +22,7 @@ readonly USAGE="usage: install.sh [options]
                      with --domain: a trusted certificate from Let's Encrypt (certbot,
                      HTTP-01: DOMAIN must point here and port 80 be open), renewed by
                      certbot.timer; the server reloads it, live broadcasts carry on.
-                     EMAIL gets Let's Encrypt's expiry warnings
+                     EMAIL: the ACME account's contact address
   --acme-server URL  with --letsencrypt: another ACME directory (default Let's Encrypt's)
   --cluster URL      join a cluster: its Redis, redis://[:PASSWORD@]HOST:6379/0
   --role ROLE        with --cluster: both (default), origin or edge
@@ -254,6 +254,10 @@ if (( uninstall )); then
         systemctl daemon-reload
         if [[ -f $CONFIG ]] && ufw_active; then
             while read -r rule; do
+                # Kept certificates keep renewing, on port 80 (unless --purge).
+                if [[ $rule == 80/tcp ]] && (( ! purge )); then
+                    continue
+                fi
                 ufw delete allow "$rule" || true
             done < <(firewall_rules)
         fi
@@ -281,6 +285,10 @@ if (( uninstall )); then
         echo "broadcast is uninstalled. Kept: $CONF_DIR (config, keys, certificate) and" \
             "$LOG_DIR; remove them with: install.sh --uninstall --purge. Kept too:" \
             "the recordings in $RECORDINGS_DIR."
+        if [[ -f $LE_RENEWAL ]]; then
+            echo "The Let's Encrypt certificate keeps renewing (port 80 stays open for it);" \
+                "stop that with: certbot delete --cert-name broadcast"
+        fi
     fi
     exit 0
 fi
@@ -403,6 +411,10 @@ certbot_fix() {  # what to do about a failed certbot run, from its output (file 
     local public=${ip:-$(config_value ip)}
     if grep -q -i -e "already in use" -e "could not bind" "$1"; then
         echo "free port 80 (ss -ltnp 'sport = :80' names what holds it), then run install.sh again"
+    elif grep -q -e "unauthorized" -e "Invalid response" "$1"; then
+        echo "$domain points at another server that answers on port 80 (an old host, a" \
+            "CDN): point its A record at ${public:-the public IP of this server}, then run" \
+            "install.sh again"
     elif grep -q -i -e "DNS problem" -e "NXDOMAIN" -e "could not resolve" "$1"; then
         echo "point $domain at this server: an A record for ${public:-its public IP}" \
             "(AAAA for IPv6) at your DNS provider; once 'getent ahosts $domain' shows it," \
@@ -430,18 +442,27 @@ lets_encrypt() {  # a certificate for $domain from the ACME server, installed by
     begin "checking port 80 and $domain for Let's Encrypt" "see the message above"
     command -v certbot >/dev/null \
         || die "certbot is missing: apt-get install certbot (install.sh does it unless --no-systemd)"
+    # Free for IPv4 and for IPv6 alone (nginx's `listen [::]:80` holds only that).
     if ! "$python" -c 'import socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 80))' 2>/dev/null; then
+for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    try:
+        s = socket.socket(family)
+    except OSError:
+        continue  # no IPv6 here
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((address, 80))' 2>/dev/null; then
         holder=$(ss -Hltnp 'sport = :80' 2>/dev/null | grep -o 'users:(("[^"]*"' | head -n 1 \
             | cut -d '"' -f 2) || true
         die "port 80 is taken${holder:+ by $holder}: Let's Encrypt checks $domain on port 80" \
-            "(HTTP-01) for a few seconds now and at each renewal. Stop it (e.g. systemctl" \
-            "stop ${holder:-nginx}), or get a certificate another way and pass --cert/--key"
+            "(HTTP-01) for a few seconds now and at each renewal. Move it off port 80 for" \
+            "good (systemctl disable --now ${holder:-nginx}), or get a certificate another" \
+            "way and pass --cert/--key"
     fi
-    resolved=$(getent ahosts "$domain" 2>/dev/null | awk '{print $1}' | sort -u | paste -sd ' ') \
-        || true
+    # /etc/hosts may name this machine 127.0.1.1: what Let's Encrypt sees is the DNS's.
+    resolved=$(getent ahosts "$domain" 2>/dev/null | awk '{print $1}' \
+        | grep -v -e '^127\.' -e '^::1$' | sort -u | paste -sd ' ') || true
     if [[ -z $resolved ]]; then
         echo "install.sh: warning: $domain does not resolve here; Let's Encrypt needs it to" \
             "point at this server (${public:-its public IP})" >&2
@@ -449,8 +470,19 @@ s.bind(("0.0.0.0", 80))' 2>/dev/null; then
         echo "install.sh: warning: $domain points at $resolved, not at this server's" \
             "$public: Let's Encrypt will look for it there" >&2
     fi
-    if systemd && ufw_active; then
+    local opened_80=0 wanted=${acme_server:-$LETS_ENCRYPT} before renew=()
+    if systemd && ufw_active && ! ufw status | grep -q '^80/tcp .*ALLOW'; then
         ufw allow 80/tcp >/dev/null
+        opened_80=1  # closed again if no certificate comes of it
+    fi
+    if [[ -f $LE_RENEWAL ]]; then
+        # certbot keeps a certificate not yet due whatever server it came from: one
+        # from another server (staging, then the real one) is replaced at once.
+        before=$(sed -n 's/^server = //p' "$LE_RENEWAL")
+        if [[ $before != "$wanted" ]]; then
+            echo "    (the certificate came from $before: a new one replaces it)"
+            renew=(--force-renewal --break-my-certs)
+        fi
     fi
 
     ca="Let's Encrypt"
@@ -461,10 +493,13 @@ s.bind(("0.0.0.0", 80))' 2>/dev/null; then
     install -m 0755 "$SOURCE_DIR/deploy/letsencrypt-deploy-hook" "$DEPLOY_HOOK"
     le_log=$(mktemp)
     if ! certbot certonly --standalone --non-interactive --agree-tos --email "$letsencrypt" \
-        --domain "$domain" --cert-name broadcast --server "${acme_server:-$LETS_ENCRYPT}" \
-        --keep-until-expiring --deploy-hook "$DEPLOY_HOOK" "${LE_ARGS[@]}" >"$le_log" 2>&1
+        --domain "$domain" --cert-name broadcast --server "$wanted" --keep-until-expiring \
+        "${renew[@]}" --deploy-hook "$DEPLOY_HOOK" "${LE_ARGS[@]}" >"$le_log" 2>&1
     then
         cat "$le_log" >&2
+        if (( opened_80 )); then
+            ufw delete allow 80/tcp >/dev/null || true
+        fi
         fix=$(certbot_fix "$le_log")
         failed_command="certbot certonly --standalone --domain $domain"
         false  # the ERR trap reports the step and what to do
@@ -488,10 +523,30 @@ s.bind(("0.0.0.0", 80))' 2>/dev/null; then
 if [[ -n $letsencrypt ]]; then
     lets_encrypt
 elif [[ -n $cert ]]; then
+    if [[ -f $LE_RENEWAL ]]; then
+        # Else its next renewal would copy the Let's Encrypt certificate over this one.
+        begin "deleting the Let's Encrypt certificate (--cert replaces it)" \
+            "delete it with: certbot delete --cert-name broadcast"
+        certbot delete --non-interactive --cert-name broadcast "${LE_ARGS[@]}"
+        if systemd && ufw_active; then
+            ufw delete allow 80/tcp >/dev/null || true
+        fi
+    fi
     begin "copying the certificate $cert and key $key" "check both are PEM files"
     install -m 0644 "$cert" "$CERT_FILE"
     install -m 0640 "$key" "$KEY_FILE"
     certificate_note="$CERT_FILE (copied from $cert: run install.sh with --cert/--key again after a renewal)"
+elif [[ -f $LE_RENEWAL ]]; then
+    # An upgrade: the hook of this version, and the URLs for the certificate's name.
+    install -m 0755 "$SOURCE_DIR/deploy/letsencrypt-deploy-hook" "$DEPLOY_HOOK"
+    if [[ -z $domain ]]; then
+        domain=$(openssl x509 -in "$LE_DIR/live/broadcast/cert.pem" -noout \
+            -ext subjectAltName 2>/dev/null | grep -o 'DNS:[^,]*' | head -n 1 | cut -c 5-) \
+            || true
+    fi
+    echo "==> kept the Let's Encrypt certificate for ${domain:-its domain}"
+    certificate_note="$CERT_FILE, from Let's Encrypt for ${domain:-its domain} (kept;
+              renewed by certbot, each renewal reloads the server)"
 elif [[ -f $CERT_FILE && -f $KEY_FILE ]]; then
     echo "==> kept the existing certificate $CERT_FILE"
     certificate_note="$CERT_FILE (kept)"

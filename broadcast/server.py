@@ -27,11 +27,15 @@ def reload_certificate(context: ssl.SSLContext | None, config: Config) -> None:
     """SIGHUP (a renewal's deploy hook, `systemctl reload broadcast`): read the
     certificate and key again into the serving context. New connections get the new
     certificate; open ones, and every broadcast, carry on. A file that does not load
-    leaves the old certificate in place."""
+    leaves the old certificate in place: the pair is tried in a context of its own
+    first, since a key that fails to load after its certificate did would leave the
+    serving context with a certificate and no key (every handshake failing)."""
     if context is None or not config.tls_certificate or not config.tls_key:
         logger.info("SIGHUP: no TLS certificate to reload")
         return
     try:
+        trial = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        trial.load_cert_chain(config.tls_certificate, config.tls_key)
         context.load_cert_chain(config.tls_certificate, config.tls_key)
     except (OSError, ssl.SSLError) as error:
         logger.error("certificate not reloaded, the old one stays: %s", error)

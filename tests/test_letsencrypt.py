@@ -8,6 +8,7 @@ would on a server on the internet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -89,9 +90,9 @@ class Acme:
             return response.read().decode()
 
 
-@pytest.fixture(scope="module")
-def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
-    base = tmp_path_factory.mktemp("acme")
+@contextlib.contextmanager
+def running_acme(base: Path) -> Iterator[Acme]:
+    """pebble and its DNS on free ports of 127.0.0.1, with a CA of their own."""
     cert, key = self_signed(base, "127.0.0.1")
     port, management = _free_port(), _free_port()
     dns, dns_management = _free_udp_port(), _free_port()
@@ -112,40 +113,52 @@ def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
             }
         )
     )
-    # Only the DNS and its management API: no challenge servers of its own.
-    dns_server = subprocess.Popen(
+    commands = [
+        # Only the DNS and its management API: no challenge servers of its own.
         [
             _tool("pebble-challtestsrv"),
-            *(
-                "-dns01",
-                f"127.0.0.1:{dns}",
-                "-management",
-                f"127.0.0.1:{dns_management}",
-            ),
+            *("-dns01", f"127.0.0.1:{dns}"),
+            *("-management", f"127.0.0.1:{dns_management}"),
             *("-http01", "", "-https01", "", "-tlsalpn01", ""),
             *("-defaultIPv4", "", "-defaultIPv6", ""),  # unknown names do not resolve
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        [_tool("pebble"), "-config", str(config), "-dnsserver", f"127.0.0.1:{dns}"],
+    ]
     # No sleeps before validating, and no nonces refused at random (5 % by default).
     env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
-    pebble = subprocess.Popen(
-        [_tool("pebble"), "-config", str(config), "-dnsserver", f"127.0.0.1:{dns}"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        _wait_listening(dns_management, dns_server)
-        _wait_listening(port, pebble)
+        for command in commands:
+            processes.append(
+                subprocess.Popen(
+                    command,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        _wait_listening(dns_management, processes[0])
+        _wait_listening(port, processes[1])
         yield Acme(
             f"https://127.0.0.1:{port}/dir", Path(cert), management, dns_management
         )
     finally:
-        for process in (pebble, dns_server):
-            process.terminate()
+        for process in processes:
+            process.kill()
             process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
+    with running_acme(tmp_path_factory.mktemp("acme")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def second_acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
+    """Another ACME server: as Let's Encrypt's staging one is to its real one."""
+    with running_acme(tmp_path_factory.mktemp("acme")) as running:
+        yield running
 
 
 def _install_args(root: Path, domain: str, acme: Acme, *extra: str) -> list[str]:
@@ -181,18 +194,24 @@ def _served_certificate(port: int, root_pem: str) -> x509.Certificate:
 
 @pytest.mark.timeout(600)
 async def test_a_certificate_is_issued_served_and_renewed_under_a_live_broadcast(
-    acme: Acme, tmp_path: Path
+    acme: Acme, second_acme: Acme, tmp_path: Path
 ) -> None:
+    """Issued, served and renewed; then, on re-runs of install.sh: one from another
+    ACME server replaces it at once (staging, then the real one), and a certificate
+    of one's own replaces it for good (its renewal deleted)."""
     acme.point(DOMAIN, "127.0.0.1")
     _build_wheelhouse(tmp_path / "wheels")
     http_port, https_port = _free_port(), _free_port()
     root = tmp_path / "root"
+    common = [
+        *("--http-port", str(http_port), "--https-port", str(https_port)),
+        *("--pip-args", f"--no-index --find-links {tmp_path / 'wheels'}"),
+    ]
     args = _install_args(
         root,
         DOMAIN,
         acme,
-        *("--http-port", str(http_port), "--https-port", str(https_port)),
-        *("--pip-args", f"--no-index --find-links {tmp_path / 'wheels'}"),
+        *common,
     )
     output = _succeeded(_run(args, acme))
     assert "Successfully received certificate" in output
@@ -266,6 +285,35 @@ async def test_a_certificate_is_issued_served_and_renewed_under_a_live_broadcast
             assert publisher.pc.connectionState == "connected"
             await viewer.close()
             await publisher.close()
+
+        second_acme.point(DOMAIN, "127.0.0.1")
+        rerun = _install_args(root, DOMAIN, second_acme, *common)
+        output = _succeeded(await asyncio.to_thread(_run, rerun, second_acme))
+        assert "a new one replaces it" in output, output
+        second_root = second_acme.issuing_root()
+
+        def from_second() -> bool:
+            try:
+                _served_certificate(https_port, second_root)
+            except ssl.SSLCertVerificationError:
+                return False
+            return True
+
+        await wait_for(from_second, timeout=10, message="still the first server's")
+        renewal = (root / "etc/letsencrypt/renewal/broadcast.conf").read_text()
+        assert f"server = {second_acme.directory}" in renewal
+
+        own = tmp_path / "own"
+        own.mkdir()
+        own_cert, own_key = self_signed(own)
+        mine = [
+            *("--root", str(root), "--no-systemd", "--yes", "--cert", own_cert),
+            *("--key", own_key, "--python", sys._base_executable, *common),  # type: ignore[attr-defined]
+        ]
+        _succeeded(await asyncio.to_thread(_run, mine, acme))
+        assert not (root / "etc/letsencrypt/renewal/broadcast.conf").exists()
+        tls = root / "etc/broadcast/tls/cert.pem"
+        assert tls.read_bytes() == Path(own_cert).read_bytes()
     finally:
         server.terminate()
         server.wait(10)
@@ -296,7 +344,7 @@ def test_port_80_taken_is_said_before_anything_is_asked(
 ) -> None:
     with socket.create_server(("0.0.0.0", 80)):
         stderr = _failed(_run(_install_args(tmp_path, DOMAIN, acme), acme))
-    assert "port 80 is taken" in stderr
+    assert "port 80 is taken by python" in stderr  # this test's process
     assert not (tmp_path / "etc/letsencrypt").exists()  # certbot was not run
 
 

@@ -185,7 +185,16 @@ async def test_sighup_reloads_the_certificate_and_the_broadcast_goes_on(tmp_path
             await wait_for(lambda: len(viewer.frames["video"]) > seen + 30, timeout=10)
             assert viewer.pc.connectionState == "connected"
 
-            (live / "key.pem").write_text("not a key")  # a renewal gone wrong
+            # Renewals gone wrong: a new certificate copied without its key (the
+            # key no longer matches), then a key that is not one. The certificate
+            # that loaded last keeps serving, and handshakes keep working.
+            third = tmp_path / "third"
+            third.mkdir()
+            shutil.copy(self_signed(third)[0], live / "cert.pem")
+            process.send_signal(signal.SIGHUP)
+            await asyncio.sleep(1)
+            assert await asyncio.to_thread(served_certificate, https_port) == after
+            (live / "key.pem").write_text("not a key")
             process.send_signal(signal.SIGHUP)
             await asyncio.sleep(1)
             assert await asyncio.to_thread(served_certificate, https_port) == after
