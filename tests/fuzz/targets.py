@@ -50,7 +50,14 @@ from broadcast.config_xml import load_config
 from broadcast.errors import BadRequest
 from broadcast.ingest.camera import Camera, _unsupported
 from broadcast.ingest.rtsp import CameraError, RtspSession, control_url, parse_sdp
-from broadcast.media import h264, keyframe_detect, resolution, udp_mux, ufrag_routing
+from broadcast.media import (
+    h264,
+    keyframe_detect,
+    resolution,
+    udp_mux,
+    ufrag_routing,
+    vp8,
+)
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.transcode import split_access_units
 from broadcast.media.transport import SecureTransport
@@ -650,8 +657,9 @@ def _codec_seeds() -> list[bytes]:
 
 
 def check_codec_payloads(data: bytes) -> None:
-    """Keyframe tests, resolution parsers and the H.264 repacketizer take any payload;
-    repacketized payloads fit the budget and are single NAL units, STAP-A or FU-A."""
+    """Keyframe tests, resolution parsers, VP8 picture ids and the H.264 repacketizer
+    take any payload; repacketized payloads fit the budget and are single NAL units,
+    STAP-A or FU-A."""
     if not data:
         return
     max_payload = MAX_PAYLOADS[data[0] % len(MAX_PAYLOADS)]
@@ -660,6 +668,14 @@ def check_codec_payloads(data: bytes) -> None:
         ",".join(base64.b64encode(p).decode() for p in payloads[:2]), max_payload
     )
     for index, payload in enumerate(payloads):
+        # An auto viewer's switch reads and shifts VP8 picture ids in place (at
+        # `start`, the payload's offset): within the packet, and back exactly.
+        packet = bytearray(payload)
+        ids = vp8.picture_ids(packet, 0)
+        vp8.shift_picture_ids(packet, 1 + index, 7 * index, 0)
+        assert len(packet) == len(payload)
+        vp8.shift_picture_ids(packet, -1 - index, -7 * index, 0)
+        assert packet == payload and vp8.picture_ids(packet, 0) == ids
         keyframe_detect.vp8_starts_keyframe(payload)
         keyframe_detect.h264_starts_keyframe(payload)
         resolution.keyframe_resolution("video/VP8", payload)
