@@ -42,6 +42,20 @@ def layer_sizes(server, stream_id: str) -> set:
     return {t.resolution for t in stream.layers.values()} if stream else set()
 
 
+async def viewer_per_quality(http, url: str) -> dict:
+    """A viewer asking each quality of the WHEP `url`, once each decodes its size."""
+    viewers = {q: await watch(http, f"{url}?quality={q}", ("video",)) for q in SIZES}
+    for quality, viewer in viewers.items():
+        await wait_for(
+            lambda v=viewer, q=quality: any(
+                (f.width, f.height) == SIZES[q] for f in v.frames.get("video", [])
+            ),
+            timeout=15,
+            message=f"no {SIZES[quality]} frame for quality={quality}",
+        )
+    return viewers
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_three_layers_from_the_presenter_page_and_each_viewer_its_own(
     make_server, http, chromium, workers
@@ -56,15 +70,7 @@ async def test_three_layers_from_the_presenter_page_and_each_viewer_its_own(
         message=f"layers: {layer_sizes(server, stream_id)}",
     )
     url = str(server.make_url(f"/whep/{stream_id}"))
-    viewers = {q: await watch(http, f"{url}?quality={q}", ("video",)) for q in SIZES}
-    for quality, viewer in viewers.items():
-        await wait_for(
-            lambda v=viewer, q=quality: any(
-                (f.width, f.height) == SIZES[q] for f in v.frames.get("video", [])
-            ),
-            timeout=15,
-            message=f"no {SIZES[quality]} frame for quality={quality}",
-        )
+    viewers = await viewer_per_quality(http, url)
     for quality, viewer in viewers.items():  # one size each, from its first frame
         sizes = {(f.width, f.height) for f in viewer.frames["video"]}
         assert sizes == {SIZES[quality]}, (quality, sizes)
@@ -421,15 +427,7 @@ async def test_h264_layers_each_viewer_its_own_and_auto_switches(
     stream = server.app[REGISTRY].get("h264")
     assert stream.tracks["video"].codec.mimeType == "video/H264"
     url = str(server.make_url("/whep/h264"))
-    viewers = {q: await watch(http, f"{url}?quality={q}", ("video",)) for q in SIZES}
-    for quality, viewer in viewers.items():
-        await wait_for(
-            lambda v=viewer, q=quality: any(
-                (f.width, f.height) == SIZES[q] for f in v.frames.get("video", [])
-            ),
-            timeout=15,
-            message=f"no {SIZES[quality]} frame for quality={quality}",
-        )
+    viewers = await viewer_per_quality(http, url)
     auto = await watch(http, url, ("video",))
     await wait_for(lambda: len(auto.frames.get("video", [])) > 10, timeout=15)
     (session,) = [v for v in stream.viewers if v.id == auto.location.rsplit("/", 1)[1]]
