@@ -267,6 +267,7 @@ async def watch(
     url: str,
     kinds=("video", "audio"),
     drop=None,
+    headers: dict[str, str] | None = None,
 ) -> Viewer:
     """Watch over WHEP; decoded frames are collected by kind."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -288,7 +289,7 @@ async def watch(
         "track", lambda track: consumers.append(asyncio.ensure_future(consume(track)))
     )
     viewer.location, viewer.etag, viewer.answered_by = await _exchange(
-        http, url, pc, {}
+        http, url, pc, headers or {}
     )
     _record_received(pc, viewer.received, drop)
     return viewer

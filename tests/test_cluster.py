@@ -3,7 +3,10 @@
 Viewers POST to the origin and are sent (307) to the edges, which pull the stream from
 the origin once each; counts are summed over the cluster; a publish to a stream owned
 elsewhere is refused with the owner named. The faults: an edge killed, a publisher
-that drops and returns, Redis stopped or hung, the origin killed.
+that drops and returns, Redis stopped or hung, the origin killed. On a cluster with
+keys, private viewing and one viewer per stream per edge: credentials that survive a
+307 to another origin, and edges full for a stream that never bounce a viewer between
+them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as redis
 
+from broadcast import tokens
 from tests.cluster_nodes import ADMIN, Node, start_node
 from tests.cluster_redis import RedisServer, start_redis
 from tests.peers import Peer, Viewer, publish, recvonly_offer, wait_for, watch
@@ -34,6 +38,16 @@ QUICK = (
     "<cluster><linger_seconds>3</linger_seconds></cluster>"
     "<media><publisher_timeout_s>2</publisher_timeout_s></media>"
 )
+PUBLISH_KEY = "cluster-publish-key-0123456789"
+TOKEN_SECRET = "cluster-token-secret-0123456789"
+# Publishing needs the key, viewing a token; each edge takes one viewer per stream.
+GUARDED = (
+    f"<auth><publish_key>{PUBLISH_KEY}</publish_key>"
+    f"<token_secret>{TOKEN_SECRET}</token_secret>"
+    "<private_viewing>true</private_viewing></auth>"
+    "<limits><max_viewers_per_stream>1</max_viewers_per_stream></limits>"
+)
+KEY = {"Authorization": f"Bearer {PUBLISH_KEY}"}
 
 
 @dataclass
@@ -56,14 +70,17 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def running_cluster(
-    directory: Path, edges: int, edge_settings: str = ""
+    directory: Path, edges: int, edge_settings: str = "", settings: str = ""
 ) -> AsyncIterator[Cluster]:
-    """Redis, an origin (role origin) and `edges` edges, all knowing each other."""
+    """Redis, an origin (role origin) and `edges` edges, all knowing each other;
+    `settings` for every node, `edge_settings` for the edges only."""
     redis = await start_redis(directory)
     nodes: list[Node] = []
     try:
         nodes.append(
-            await start_node(directory, redis.url, "origin", "origin", settings=QUICK)
+            await start_node(
+                directory, redis.url, "origin", "origin", settings=QUICK + settings
+            )
         )
         for index in range(1, edges + 1):
             nodes.append(
@@ -72,7 +89,7 @@ async def running_cluster(
                     redis.url,
                     f"edge{index}",
                     "edge",
-                    settings=QUICK + edge_settings,
+                    settings=QUICK + settings + edge_settings,
                 )
             )
         async with aiohttp.ClientSession() as http:
@@ -88,6 +105,14 @@ async def running_cluster(
 async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
     async with running_cluster(
         tmp_path_factory.mktemp("cluster"), 2, FIVE_VIEWERS
+    ) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def guarded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+    async with running_cluster(
+        tmp_path_factory.mktemp("guarded"), 2, settings=GUARDED
     ) as running:
         yield running
 
@@ -116,12 +141,14 @@ async def stream_info(http: aiohttp.ClientSession, node: Node, stream: str) -> d
         return await response.json()
 
 
-async def redirected_to(http: aiohttp.ClientSession, url: str) -> str:
+async def redirected_to(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> str:
     """Where a WHEP POST to `url` is sent (its 307 Location), without following it."""
     async with http.post(
         url,
         data=await recvonly_offer(),
-        headers={"Content-Type": "application/sdp"},
+        headers={"Content-Type": "application/sdp", **(headers or {})},
         allow_redirects=False,
     ) as response:
         assert response.status == 307, await response.text()
@@ -217,7 +244,9 @@ async def test_publishers_go_to_the_origin_and_a_taken_stream_names_its_owner(
     http = cluster.http
     edge = cluster.edges[0]
     location = await redirected_to(http, f"{edge.url}/whip/owned?key=k")
-    assert location == f"{cluster.origin.url}/whip/owned?key=k"
+    assert location.startswith(f"{cluster.origin.url}/whip/owned?key=k&token="), (
+        location
+    )
     publisher = await publish(http, f"{edge.url}/whip/owned")  # follows the 307
     await publisher.wait_connected()
     assert cluster.node_of(publisher.answered_by) is cluster.origin
@@ -242,6 +271,43 @@ async def test_publishers_go_to_the_origin_and_a_taken_stream_names_its_owner(
             await second.stop()
     finally:
         await publisher.close()
+
+
+async def test_a_viewers_token_and_a_publishers_key_survive_the_307(guarded: Cluster):
+    """Clients drop Authorization on a redirect to another origin (aiohttp, as
+    browsers do): what admitted the request travels in the Location."""
+    http, origin, edge = guarded.http, guarded.origin, guarded.edges[0]
+    # Publishers with the key, sent by an edge to the origin (a server-chosen id too).
+    publisher = await publish(http, f"{edge.url}/whip/guarded", headers=KEY)
+    await publisher.wait_connected()
+    unnamed = await publish(http, f"{edge.url}/whip", headers=KEY)
+    assert guarded.node_of(publisher.answered_by) is origin
+    assert guarded.node_of(unnamed.answered_by) is origin
+    await unnamed.close()
+    # The key itself is not in the Location, and its ticket is good for its stream only.
+    location = await redirected_to(http, f"{edge.url}/whip/guarded", headers=KEY)
+    assert PUBLISH_KEY not in location
+    ticket = location.partition("token=")[2]
+    async with http.post(
+        f"{origin.url}/whip/other?token={ticket}",
+        data=await recvonly_offer(),
+        headers={"Content-Type": "application/sdp"},
+    ) as response:
+        assert response.status == 401, await response.text()
+    # A viewer with its view token as a Bearer, sent by the origin to an edge.
+    token = tokens.mint(TOKEN_SECRET, tokens.VIEW, "guarded", 600)
+    viewer = await watch(
+        http,
+        f"{origin.url}/whep/guarded",
+        kinds=("video",),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    try:
+        assert guarded.node_of(viewer.answered_by) in guarded.edges
+        await viewer.wait_connected()
+        await pictures(viewer)
+    finally:
+        await asyncio.gather(viewer.close(), publisher.close())
 
 
 async def test_a_publisher_that_returns_keeps_edge_viewers_continuous(cluster: Cluster):

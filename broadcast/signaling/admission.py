@@ -13,6 +13,13 @@ A refusal is a domain error (`errors.py`) that the HTTP layer answers.
 With `<hooks>` `publish_auth` / `play_auth`, the operator's back end is asked in place
 of our keys and view tokens (broadcast/hooks/auth.py), at the same point; an edge's
 relay is ours and never asked.
+
+In a cluster a request may be answered with a 307 to another node. Clients drop
+`Authorization` on a redirect to another origin (the Fetch standard, aiohttp, requests),
+so what admitted the request travels in the `Location` instead: a viewer's own view
+token as `?token=`, and for a publisher (whose key must not end up in URLs) a ticket
+signed with the cluster's secret, good for that stream for a minute, that the next node
+takes in place of the key and the back end's `publish_auth` (asked here already).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Generic, TypeVar
 
 from aiohttp import web
 
+from broadcast import tokens
 from broadcast.auth import bearer_token, check_publish_key, may_view, view_token
 from broadcast.cluster.membership import Membership
 from broadcast.cluster.placement import place_publisher, place_viewer
@@ -50,6 +58,8 @@ S = TypeVar("S", bound=Stream | None)
 # An edge pulling a stream from its owner names itself, and proves it is one of ours.
 RELAY_HEADER = "Broadcast-Relay"
 SECRET_HEADER = "Broadcast-Cluster-Secret"
+# A redirected publisher's ticket (in `?token=`): long enough to follow one 307.
+TICKET_TTL_S = 60
 
 
 @dataclass(frozen=True)
@@ -99,8 +109,9 @@ class Admission:
             if named
             else new_stream_id()
         )
-        asks = self.hooks is not None and self.hooks.asks("publish")
-        if not asks:
+        ticketed = named and self._has_ticket(request, stream_id)
+        asks = not ticketed and self.hooks is not None and self.hooks.asks("publish")
+        if not asks and not ticketed:
             check_publish_key(request, self.config, stream_id if named else None)
         client = client_address(request)
         self.rate.take(client)
@@ -119,7 +130,9 @@ class Admission:
         if self.cluster is not None:
             placement = await place_publisher(self.cluster, stream_id)
             if placement.redirect_to is not None:
-                raise _redirect(placement.redirect_to, request, "publisher")
+                raise self._redirect_publisher(
+                    placement.redirect_to, request, stream_id
+                )
         self.rate.check_connecting(client)
         yield Admitted(client, stream_id, offer, existing, self.rate)
 
@@ -188,7 +201,11 @@ class Admission:
         if placement is None:
             return None
         if placement.redirect_to is not None:
-            raise _redirect(placement.redirect_to, request, "viewer")
+            query = {}
+            bearer = bearer_token(request)
+            if bearer and "token" not in request.query:
+                query["token"] = bearer  # the view token, where the next node reads it
+            raise _redirect(placement.redirect_to, request, "viewer", query)
         if placement.pull_from is not None and self.start_relay is not None:
             return self.start_relay(stream_id)
         return stream
@@ -202,6 +219,26 @@ class Admission:
             return may_view(self.config, stream_id, token)
         await self.hooks.check("play", request, stream_id, client, token)
         return True
+
+    def _redirect_publisher(
+        self, node_url: str, request: web.Request, stream_id: str
+    ) -> TemporaryRedirect:
+        """To `node_url`, with a ticket standing for the key checked here; a server-
+        chosen id goes along in the path (the ticket is for that stream)."""
+        assert self.cluster is not None
+        query = {}
+        if self.cluster.secret is not None:
+            query["token"] = tokens.mint(
+                self.cluster.secret, tokens.PUBLISH, stream_id, TICKET_TTL_S
+            )
+        return _redirect(node_url, request, "publisher", query, f"/whip/{stream_id}")
+
+    def _has_ticket(self, request: web.Request, stream_id: str) -> bool:
+        """Another node of the cluster admitted this publisher and sent it here."""
+        secret = self.cluster.secret if self.cluster is not None else None
+        return secret is not None and tokens.verify(
+            secret, request.query.get("token"), tokens.PUBLISH, stream_id
+        )
 
     def _is_relay(self, request: web.Request) -> bool:
         return RELAY_HEADER in request.headers
@@ -288,10 +325,19 @@ async def _source_ready(stream: Stream) -> bool:
     return True
 
 
-def _redirect(node_url: str, request: web.Request, who: str) -> TemporaryRedirect:
-    """Send the client to the same path (its token and all) on another node."""
+def _redirect(
+    node_url: str,
+    request: web.Request,
+    who: str,
+    query: dict[str, str],
+    path: str | None = None,
+) -> TemporaryRedirect:
+    """Send the client to the same request on another node, its query (a share
+    link's token) kept and `query` added."""
+    url = request.rel_url.with_path(path or request.path).with_query(request.query)
+    url = url.update_query(query)
     return TemporaryRedirect(
-        node_url + request.path_qs,
+        node_url + str(url),
         f"This {who} is served by another node of the cluster: {node_url}.",
     )
 
