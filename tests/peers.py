@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -207,16 +208,42 @@ async def wait_for(condition, timeout: float = 10, message: str = "") -> None:
         await asyncio.sleep(0.05)
 
 
+_H264_FMTP = re.compile(r"(a=fmtp:(\d+) [^\r\n]*profile-level-id=)([0-9a-fA-F]{6})")
+
+
+@dataclass
+class H264Claim:
+    """An aiortc peer's H.264 offered as another profile (High, as OBS and browsers
+    send it): aiortc encodes Constrained Baseline, which every profile decodes, so
+    its stream is a valid one of that profile. The answer is turned back to the
+    profile aiortc offered, which it insists on; the server sees only the claim."""
+
+    profile: str
+    offered: dict[str, str] = field(default_factory=dict)  # by payload type
+
+    def offer(self, sdp: str) -> str:
+        def claim(match: re.Match[str]) -> str:
+            self.offered[match[2]] = match[3]
+            return match[1] + self.profile
+
+        return _H264_FMTP.sub(claim, sdp)
+
+    def answer(self, sdp: str) -> str:
+        return _H264_FMTP.sub(lambda m: m[1] + self.offered.get(m[2], m[3]), sdp)
+
+
 async def _exchange(
     http: aiohttp.ClientSession,
     url: str,
     pc: RTCPeerConnection,
     headers: dict[str, str],
+    claim: H264Claim | None = None,
 ) -> tuple[str, str, str]:
     await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
     async with http.post(
         url,
-        data=pc.localDescription.sdp,
+        data=claim.offer(offer) if claim else offer,
         headers={"Content-Type": "application/sdp", **headers},
     ) as response:
         body = await response.text()
@@ -226,6 +253,8 @@ async def _exchange(
         location = response.headers["Location"]
         etag = response.headers["ETag"]
         answered_by = str(response.url)
+    if claim is not None:
+        body = claim.answer(body)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
     return location, etag, answered_by
 
@@ -236,8 +265,10 @@ async def publish(
     video: str | None = "video/VP8",
     audio: str | None = "audio/opus",
     headers: dict[str, str] | None = None,
+    h264_profile: str | None = None,
 ) -> Peer:
-    """Publish a synthetic camera (and tone) over WHIP with the given codecs."""
+    """Publish a synthetic camera (and tone) over WHIP with the given codecs; its H.264
+    offered as `h264_profile` if set (`H264Claim`)."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     tracks: list[MediaStreamTrack] = []
     if video:
@@ -249,7 +280,8 @@ async def publish(
         pc.addTransceiver(tracks[-1], direction="sendonly")
         _prefer(pc, "audio", audio)
     sent = RtpLog()
-    location, etag, answered_by = await _exchange(http, url, pc, headers or {})
+    claim = H264Claim(h264_profile) if h264_profile else None
+    location, etag, answered_by = await _exchange(http, url, pc, headers or {}, claim)
     _record_sent(pc, sent)
     return Peer(pc, location, etag, sent, RtpLog(), tracks, answered_by=answered_by)
 
@@ -268,8 +300,10 @@ async def watch(
     kinds=("video", "audio"),
     drop=None,
     headers: dict[str, str] | None = None,
+    h264_profile: str | None = None,
 ) -> Viewer:
-    """Watch over WHEP; decoded frames are collected by kind."""
+    """Watch over WHEP; decoded frames are collected by kind; H.264 offered as
+    `h264_profile` if set (`H264Claim`)."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     for kind in kinds:
         pc.addTransceiver(kind, direction="recvonly")
@@ -288,8 +322,9 @@ async def watch(
     pc.on(
         "track", lambda track: consumers.append(asyncio.ensure_future(consume(track)))
     )
+    claim = H264Claim(h264_profile) if h264_profile else None
     viewer.location, viewer.etag, viewer.answered_by = await _exchange(
-        http, url, pc, headers or {}
+        http, url, pc, headers or {}, claim
     )
     _record_received(pc, viewer.received, drop)
     return viewer

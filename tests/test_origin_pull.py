@@ -1,8 +1,9 @@
 """The edge's pull (ingest/origin_pull.py) between two servers in this process, on a
 real Redis: what the process-level cluster tests do not look at closely. The relay is
 admitted only with the cluster's secret, is not one of the origin's viewers, carries
-audio as well as video, merges its viewers' keyframe requests into one upstream PLI and
-lets go of the origin `linger_seconds` after its last viewer leaves."""
+audio as well as video and H.264 of every profile, merges its viewers' keyframe requests
+into one upstream PLI and lets go of the origin `linger_seconds` after its last viewer
+leaves."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
+from aiortc.sdp import H264Profile, parse_h264_profile_level_id
 
 from broadcast.app import create_app
 from broadcast.config import Config
 from broadcast.ingest.origin_pull import RELAY_HEADER, SECRET_HEADER
+from broadcast.signaling.sdp import PULL_CODECS
 from broadcast.stream import Stream
 from broadcast.web_keys import CLUSTER, REGISTRY
 from tests.cluster_redis import start_redis
@@ -79,9 +82,16 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
         await redis.stop()
 
 
-async def published(pair: Pair, http: aiohttp.ClientSession) -> Peer:
-    """A publisher on the origin, its stream's owner known to the edge."""
-    publisher = await publish(http, str(pair.origin.make_url(f"/whip/{STREAM}")))
+async def published(
+    pair: Pair, http: aiohttp.ClientSession, h264_profile: str | None = None
+) -> Peer:
+    """A publisher on the origin (H.264 of `h264_profile` if set, else VP8), its
+    stream's owner known to the edge."""
+    url = str(pair.origin.make_url(f"/whip/{STREAM}"))
+    if h264_profile is None:
+        publisher = await publish(http, url)
+    else:
+        publisher = await publish(http, url, "video/H264", h264_profile=h264_profile)
     await publisher.wait_connected()
     edge = pair.edge.app[CLUSTER]
     for _ in range(100):
@@ -204,4 +214,37 @@ async def test_the_pull_lingers_then_lets_go_of_the_origin(
     # After it: the edge's stream ends and its upstream session is gone from the origin.
     await wait_for(lambda: pair.stream(pair.edge) is None, timeout=5)
     await wait_for(lambda: not origin_stream.relays, timeout=5)
+    await asyncio.gather(viewer.close(), publisher.close())
+
+
+def test_the_pull_offers_every_h264_profile():
+    """An edge takes what the origin's publisher sends: the origin answers the pull
+    only with its stream's own profile (browsers and OBS send High, 64001f/640028)."""
+    offered = {
+        parse_h264_profile_level_id(parameters["profile-level-id"])[0]
+        for name, _, _, _, parameters in PULL_CODECS["video"]
+        if name == "H264"
+    }
+    assert offered == set(H264Profile)
+
+
+@pytest.mark.parametrize("profile", ["640028", "64001f"])
+async def test_the_edge_relays_a_high_profile_publisher(
+    pair: Pair, http: aiohttp.ClientSession, profile: str
+):
+    publisher = await published(pair, http, h264_profile=profile)
+    viewer = await watch(
+        http,
+        str(pair.edge.make_url(f"/whep/{STREAM}")),
+        ("video",),
+        h264_profile="64001f",  # a viewer that takes High
+    )
+    await viewer.wait_connected()
+    await wait_for(
+        lambda: len(viewer.frames.get("video", [])) > 10, message="no High via the edge"
+    )
+    edge_stream = pair.stream(pair.edge)
+    assert edge_stream is not None
+    codec = edge_stream.tracks["video"].codec
+    assert codec.parameters["profile-level-id"] == profile, codec
     await asyncio.gather(viewer.close(), publisher.close())

@@ -315,7 +315,10 @@ def _with_simulcast(sdp: str, answers: list[MediaAnswer]) -> str:
 
 
 # What an edge offers its origin: every codec we forward, by kind (the origin answers
-# its stream's), with the feedback the origin answers.
+# its stream's), with the feedback the origin answers. The origin answers H.264 only
+# with a profile the offer names (`is_codec_compatible`), so every profile a publisher
+# may send is here: Constrained Baseline, Baseline, Main, Constrained High, High (what
+# browsers and OBS send), High 4:4:4 Predictive.
 PullCodec = tuple[str, int, int | None, int, dict[str, str]]
 PULL_CODECS: dict[str, list[PullCodec]] = {
     "audio": [
@@ -337,7 +340,9 @@ PULL_CODECS: dict[str, list[PullCodec]] = {
                     "level-asymmetry-allowed": "1",
                 },
             )
-            for index, profile in enumerate(("42e01f", "42001f", "4d001f", "640c1f"))
+            for index, profile in enumerate(
+                ("42e01f", "42001f", "4d001f", "640c1f", "64001f", "f4001f")
+            )
         ),
     ],
 }
