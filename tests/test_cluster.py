@@ -310,6 +310,44 @@ async def test_a_viewers_token_and_a_publishers_key_survive_the_307(guarded: Clu
         await asyncio.gather(viewer.close(), publisher.close())
 
 
+async def test_edges_full_for_a_stream_send_a_viewer_on_once_never_back_and_forth(
+    guarded: Cluster,
+):
+    """One viewer per stream per edge, a limit the other nodes cannot see: a full edge
+    sends a viewer on once, and the edge it lands on, full too, answers 503 rather
+    than sending it back (aiohttp would follow the ping-pong to TooManyRedirects)."""
+    http, origin = guarded.http, guarded.origin
+    publisher = await publish(http, f"{origin.url}/whip/full", headers=KEY)
+    await publisher.wait_connected()
+    token = {
+        "Authorization": f"Bearer {tokens.mint(TOKEN_SECRET, 'view', 'full', 600)}"
+    }
+    viewers: list[Viewer] = []
+    try:
+        for _ in range(2):  # the second is sent on by the edge the first filled
+            viewers.append(
+                await watch(http, f"{origin.url}/whep/full", ("video",), headers=token)
+            )
+        where = {guarded.node_of(v.answered_by).name for v in viewers}
+        assert where == {"edge1", "edge2"}, where
+        for viewer in viewers:
+            await viewer.wait_connected()
+            await pictures(viewer)
+        for node in guarded.nodes:
+            async with http.post(
+                f"{node.url}/whep/full",
+                data=await recvonly_offer(),
+                headers={"Content-Type": "application/sdp", **token},
+            ) as response:
+                body = await response.json()
+            assert response.status == 503, (node.name, response.status, body)
+            assert body["error"] == "cluster_full", body
+            assert "not sent on again" in body["message"], body
+            assert len(response.history) <= 2, response.history
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers), publisher.close())
+
+
 async def test_a_publisher_that_returns_keeps_edge_viewers_continuous(cluster: Cluster):
     http = cluster.http
     await no_viewers_left(cluster)

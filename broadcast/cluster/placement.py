@@ -5,7 +5,10 @@ pulling the stream from its owner first if it does not carry it yet. Otherwise (
 `origin`, or full) the viewer goes to the least-loaded live node with room, preferring
 one that already carries the stream. A node never sends a viewer on to a node it
 expects to send it back, so a redirected viewer stays where it lands unless that node
-filled up meanwhile.
+filled up meanwhile. A viewer sent on by a full node (an overflow, marked in the URL)
+is never sent on again: nodes full for a stream (a per-stream limit, which the others
+cannot see) would bounce it between them, so it gets a 503. An origin's dispatch is
+no overflow: a node it picked may still send the viewer on once.
 
 A publisher: the stream's owner takes it (a reconnect); a stream owned elsewhere is a
 409 naming the owner; an edge sends a new publisher to an origin.
@@ -26,15 +29,21 @@ class Placement:
 
     redirect_to: str | None = None
     pull_from: str | None = None
+    overflow: bool = False  # sent on because this node, which takes viewers, is full
 
 
 HERE = Placement()
 
 
 async def place_viewer(
-    cluster: Membership, stream_id: str, carried_here: bool, room_here: bool
+    cluster: Membership,
+    stream_id: str,
+    carried_here: bool,
+    room_here: bool,
+    overflowed: bool = False,
 ) -> Placement | None:
-    """Where a new viewer of `stream_id` goes; None if no node carries the stream."""
+    """Where a new viewer of `stream_id` goes; None if no node carries the stream.
+    `overflowed`: a full node sent it here; it goes no further."""
     serves_viewers = cluster.role != "origin"
     if not cluster.redis_up:
         # Only what is here is known: serve it (an origin too, rather than nobody).
@@ -47,9 +56,16 @@ async def place_viewer(
             return None
         if serves_viewers and room_here:
             return Placement(pull_from=owner.url)
+    if overflowed:
+        raise ServiceUnavailable(
+            "cluster_full",
+            f"A full node of the cluster sent this viewer of '{stream_id}' here, and "
+            "this node has no room for it either; it is not sent on again. Try again.",
+            {"Retry-After": "10"},
+        )
     node = cluster.pick_edge(stream_id, exclude=cluster.node_id)
     if node is not None:
-        return Placement(redirect_to=node.url)
+        return Placement(redirect_to=node.url, overflow=serves_viewers)
     if carried_here and serves_viewers:
         return HERE  # full here too: admission's own limits answer
     raise ServiceUnavailable(

@@ -60,6 +60,8 @@ RELAY_HEADER = "Broadcast-Relay"
 SECRET_HEADER = "Broadcast-Cluster-Secret"
 # A redirected publisher's ticket (in `?token=`): long enough to follow one 307.
 TICKET_TTL_S = 60
+# In a viewer's Location: a full node sent it on (placement.py: it goes no further).
+OVERFLOW_PARAM = "overflow"
 
 
 @dataclass(frozen=True)
@@ -196,12 +198,16 @@ class Admission:
         be), or a 307 to the node that takes it."""
         assert self.cluster is not None
         placement = await place_viewer(
-            self.cluster, stream_id, stream is not None, self._has_room(stream)
+            self.cluster,
+            stream_id,
+            stream is not None,
+            self._has_room(stream),
+            overflowed=request.query.get(OVERFLOW_PARAM) == "1",
         )
         if placement is None:
             return None
         if placement.redirect_to is not None:
-            query = {}
+            query = {OVERFLOW_PARAM: "1"} if placement.overflow else {}
             bearer = bearer_token(request)
             if bearer and "token" not in request.query:
                 query["token"] = bearer  # the view token, where the next node reads it
