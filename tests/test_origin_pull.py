@@ -2,8 +2,8 @@
 real Redis: what the process-level cluster tests do not look at closely. The relay is
 admitted only with the cluster's secret, is not one of the origin's viewers, carries
 audio as well as video and H.264 of every profile, merges its viewers' keyframe requests
-into one upstream PLI and lets go of the origin `linger_seconds` after its last viewer
-leaves."""
+into one upstream PLI, lets go of the origin `linger_seconds` after its last viewer
+leaves, and ends the stream once it is published nowhere for the grace period."""
 
 from __future__ import annotations
 
@@ -248,3 +248,31 @@ async def test_the_edge_relays_a_high_profile_publisher(
     codec = edge_stream.tracks["video"].codec
     assert codec.parameters["profile-level-id"] == profile, codec
     await asyncio.gather(viewer.close(), publisher.close())
+
+
+async def test_a_stream_ended_on_its_origin_ends_on_the_edge_after_the_grace(
+    tmp_path: Path, http: aiohttp.ClientSession
+):
+    """Its viewers keep the edge's pull from lingering out: without this the stream
+    stayed `reconnecting` there for good after the publisher hung up."""
+    redis = await start_redis(tmp_path)
+    origin = await start_node(redis.url, "origin", "origin")
+    edge = await start_node(redis.url, "edge", "edge", reconnect_grace_s=2.0)
+    try:
+        pair = Pair(origin, edge)
+        publisher = await published(pair, http)
+        viewer = await watch(http, str(edge.make_url(f"/whep/{STREAM}")), ("video",))
+        await viewer.wait_connected()
+        await wait_for(lambda: bool(viewer.frames.get("video")))
+        async with http.delete(str(origin.make_url(publisher.location))) as response:
+            assert response.status in (200, 204)  # the presenter hangs up
+        await wait_for(lambda: pair.stream(origin) is None, timeout=5)
+        await asyncio.sleep(1.5)  # within the grace: a publisher may yet come back
+        stream = pair.stream(edge)
+        assert stream is not None and stream.state == "reconnecting", stream
+        await wait_for(lambda: pair.stream(edge) is None, timeout=10)
+        assert edge.app[REGISTRY].viewer_count() == 0
+        await asyncio.gather(viewer.close(), publisher.close())
+    finally:
+        await asyncio.gather(origin.close(), edge.close())
+        await redis.stop()

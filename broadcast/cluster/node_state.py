@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from broadcast.cluster.membership import LocalState, Membership
 from broadcast.config import Config
-from broadcast.ingest.origin_pull import OriginPull
+from broadcast.ingest.origin_pull import OriginPull, PullError
 from broadcast.media.host import MediaHost
 from broadcast.registry import StreamRegistry
 from broadcast.stream import Stream
@@ -46,6 +46,9 @@ def start_relay(
 
     async def locate() -> str | None:
         owner = await cluster.owner(stream_id)
+        if owner is None and not cluster.redis_up:
+            # Not known to be unpublished: this must not end the stream here.
+            raise PullError("Redis is down: where the stream is published is unknown")
         return owner.url if owner is not None and owner.url else None
 
     return registry.add_pulled(
@@ -58,5 +61,6 @@ def start_relay(
             lambda: cluster.secret,
             config.relay_linger_s,
             config.publisher_timeout_s,
+            config.reconnect_grace_s,
         ),
     )

@@ -10,6 +10,8 @@ The pull is the stream's source for as long as it has viewers here, and `linger_
 after the last one leaves; while the origin is away (its publisher dropped, the origin
 died) the stream is `reconnecting` and the pull retries, asking where the stream is
 published now each time (`locate`), so viewers resume wherever the publisher returns.
+Once no node has published it for `gone_after_s` (the grace period a publisher has to
+come back), the broadcast is over: the pull ends the stream here too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
 from urllib.parse import urljoin
@@ -70,6 +73,7 @@ class OriginPull:
         secret: Callable[[], str | None],
         linger_s: float,
         silence_timeout_s: float,
+        gone_after_s: float,
     ) -> None:
         self.id = secrets.token_urlsafe(16)
         self.stream = stream
@@ -81,6 +85,9 @@ class OriginPull:
         self._secret = secret
         self._linger_s = linger_s
         self._silence_timeout_s = silence_timeout_s
+        self._gone_after_s = gone_after_s
+        # Since when no node publishes the stream (the cluster or the origin says so).
+        self._unpublished_since: float | None = None
         self._session: Publisher | None = None
         self._session_url: str | None = None
         self._live = asyncio.Event()
@@ -137,9 +144,9 @@ class OriginPull:
                 self._linger_s, self._let_go
             )
 
-    def _let_go(self) -> None:
+    def _let_go(self, reason: str = "no viewers", cause: str = "idle") -> None:
         # Held here: the loop keeps only a weak reference to a task.
-        self._closing = asyncio.ensure_future(self.close("no viewers", "idle"))
+        self._closing = asyncio.ensure_future(self.close(reason, cause))
 
     def source_counters(self) -> dict[str, int]:
         counts = Counter(self._ended_counts)
@@ -191,6 +198,9 @@ class OriginPull:
                         if not waiter.done():
                             waiter.set_exception(PullError(problem))
                 self._live.clear()
+                if self._gone():
+                    self._let_go("the stream ended on every node", "ended")
+                    return
                 self.stream.source_lost(self, problem)
                 logger.info("%r: %s; again in %.1f s", self, problem, wait)
                 await asyncio.sleep(wait)
@@ -200,7 +210,7 @@ class OriginPull:
         """One upstream session, from the offer until it ends."""
         origin = await self._locate()
         if origin is None:
-            raise PullError("the stream is not published on any node now")
+            raise self._unpublished("the stream is not published on any node now")
         self.pull_url = f"{origin}/whep/{self.stream.id}"
         transport = self._media.transport(f"relay {self.stream.id}")
         try:
@@ -259,11 +269,23 @@ class OriginPull:
         ) as response:
             body = await response.text()
             if response.status == 404:
-                raise PullError("the stream is not on its origin now")
+                raise self._unpublished("the stream is not on its origin now")
             if response.status != 201:
                 raise PullError(f"the origin answered {response.status}: {body[:200]}")
+            self._unpublished_since = None
             self._session_url = urljoin(self.pull_url, response.headers["Location"])
             return body
+
+    def _unpublished(self, problem: str) -> PullError:
+        """No node publishes the stream: the clock of `_gone` starts (if not yet)."""
+        if self._unpublished_since is None:
+            self._unpublished_since = time.monotonic()
+        return PullError(problem)
+
+    def _gone(self) -> bool:
+        """Unpublished for longer than a publisher has to come back: it ended."""
+        since = self._unpublished_since
+        return since is not None and time.monotonic() - since > self._gone_after_s
 
     def _upstream_track(self, media: aiortc_sdp.MediaDescription) -> UpstreamTrack:
         """This m-line's source track (made at the first pull), fed by the pull."""
