@@ -21,7 +21,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -105,7 +105,10 @@ class NodeInfo:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> NodeInfo:
-        data = json.loads(text)
+        """A heartbeat, read by what this version knows of it: a newer node's added
+        fields are left out (in a rolling upgrade they would fail every read)."""
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in json.loads(text).items() if k in known}
         data["relays"] = tuple(data.get("relays", ()))
         return cls(**data)
 
