@@ -61,6 +61,7 @@ class Stream:
         self.presenter_media = PRESENTER_MEDIA_ON
         self._reconnect_grace_s = reconnect_grace_s
         self._grace_timer: asyncio.TimerHandle | None = None
+        self._retiring: asyncio.Task[None] | None = None  # a source taken over
         self._on_end = on_end
         self._events = events
         events.publish(state_event(stream_id, self.state))
@@ -75,11 +76,14 @@ class Stream:
             self.problem = problem
             self._events.publish(state_event(self.id, state, problem))
 
-    def attach(self, source: Source) -> None:
-        """Take `source`; a second live one is refused."""
+    def attach(self, source: Source, replacing: Source | None = None) -> None:
+        """Take `source`; a second live one is refused, unless it is `replacing` (an
+        edge's pull gives way to the stream's publisher come back here): that one is
+        closed, its viewers stay for the new source."""
         if self.state == ENDED:
             raise Conflict("stream_ended", f"Stream '{self.id}' has just ended.")
-        if self.source is not None:
+        previous = self.source
+        if previous is not None and previous is not replacing:
             raise Conflict(
                 "stream_busy", f"Stream '{self.id}' already has a publisher."
             )
@@ -87,6 +91,10 @@ class Stream:
             self._grace_timer.cancel()
             self._grace_timer = None
         self.source = source
+        if previous is not None:  # what it says from now on is not heard
+            self._retiring = asyncio.get_running_loop().create_task(
+                previous.close("its publisher is back on this node", "replaced")
+            )
         self.set_presenter_media(PRESENTER_MEDIA_ON)  # a new session starts with both
         for track in self.tracks.values():
             track.upstream_changed()

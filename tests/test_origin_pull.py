@@ -3,7 +3,8 @@ real Redis: what the process-level cluster tests do not look at closely. The rel
 admitted only with the cluster's secret, is not one of the origin's viewers, carries
 audio as well as video and H.264 of every profile, merges its viewers' keyframe requests
 into one upstream PLI, lets go of the origin `linger_seconds` after its last viewer
-leaves, and ends the stream once it is published nowhere for the grace period."""
+leaves, ends the stream once it is published nowhere for the grace period, and gives
+way to the stream's publisher come back on the edge's own node."""
 
 from __future__ import annotations
 
@@ -275,4 +276,49 @@ async def test_a_stream_ended_on_its_origin_ends_on_the_edge_after_the_grace(
         await asyncio.gather(viewer.close(), publisher.close())
     finally:
         await asyncio.gather(origin.close(), edge.close())
+        await redis.stop()
+
+
+async def test_a_both_node_relaying_a_stream_takes_its_returning_publisher(
+    tmp_path: Path, http: aiohttp.ClientSession
+):
+    """Two `both` nodes: the stream published on the first, watched on the second
+    (which pulls it); the first goes away and the publisher comes back on the
+    second. It takes over as the stream's origin, its viewer stays; before, 409."""
+    redis = await start_redis(tmp_path)
+    first = await start_node(redis.url, "first", "both")
+    second = await start_node(redis.url, "second", "both")
+    try:
+        pair = Pair(first, second)
+        publisher = await published(pair, http)
+        viewer = await watch(http, str(second.make_url(f"/whep/{STREAM}")), ("video",))
+        await viewer.wait_connected()
+        await wait_for(lambda: len(viewer.frames.get("video", [])) > 5)
+        relayed = pair.stream(second)
+        assert relayed is not None and relayed.source is not None
+        assert relayed.source.kind == "relay"
+        # While the first node has it, the stream is the first node's.
+        async with http.post(
+            second.make_url(f"/whip/{STREAM}"),
+            data=await recvonly_offer(),
+            headers={"Content-Type": "application/sdp"},
+        ) as response:
+            assert response.status == 409 and "'first'" in await response.text()
+        assert relayed.source.kind == "relay"
+        await first.close()  # its claim on the stream is released with it
+        await publisher.close()
+        returned = await publish(http, str(second.make_url(f"/whip/{STREAM}")))
+        await returned.wait_connected()
+        assert pair.stream(second) is relayed and relayed.source is not None
+        assert relayed.source.kind == "whip"
+        seen = len(viewer.frames["video"])
+        await wait_for(
+            lambda: len(viewer.frames["video"]) > seen + 10,
+            message="the viewer got nothing from the returned publisher",
+        )
+        owner = await second.app[CLUSTER].owner(STREAM)
+        assert owner is not None and owner.id == "second"
+        await asyncio.gather(viewer.close(), returned.close())
+    finally:
+        await asyncio.gather(first.close(), second.close())
         await redis.stop()

@@ -50,7 +50,7 @@ from broadcast.registry import StreamRegistry, check_stream_id, new_stream_id
 from broadcast.session import Session
 from broadcast.signaling.http import SDP_TYPE, read_body
 from broadcast.signaling.sdp import Offer, parse_offer
-from broadcast.source import SourceUnavailable
+from broadcast.source import Source, SourceUnavailable
 from broadcast.stream import ENDED, Stream
 
 S = TypeVar("S", bound=Stream | None)
@@ -74,6 +74,8 @@ class Admitted(Generic[S]):
     stream: S  # the watched stream; a publisher's, if it already exists
     rate: SessionRateLimit = field(repr=False)
     relay: bool = False  # an edge of our cluster pulling the stream: not a viewer
+    # A publisher's stream this node relays: that pull gives way (it is ours now).
+    takes_over: Source | None = None
 
     def follow(self, session: Session) -> None:
         """Charge the client for `session` if it never connects."""
@@ -123,7 +125,10 @@ class Admission:
             await self.hooks.check("publish", request, stream_id, client, token)
         offer = await self._offer(request)
         existing = self.registry.get(stream_id)
-        if existing is not None and existing.source is not None:
+        # A stream relayed here is published nowhere else once we claim it below.
+        relayed = existing is not None and _relayed(existing)
+        takes_over = existing.source if existing is not None and relayed else None
+        if existing is not None and existing.source is not None and not relayed:
             raise Conflict(
                 "stream_busy", f"Stream '{stream_id}' already has a publisher."
             )
@@ -136,7 +141,9 @@ class Admission:
                     placement.redirect_to, request, stream_id
                 )
         self.rate.check_connecting(client)
-        yield Admitted(client, stream_id, offer, existing, self.rate)
+        yield Admitted(
+            client, stream_id, offer, existing, self.rate, takes_over=takes_over
+        )
 
     @contextlib.asynccontextmanager
     async def watch(self, request: web.Request) -> AsyncIterator[Admitted[Stream]]:
@@ -268,9 +275,7 @@ class Admission:
         stream_id = check_stream_id(request.match_info["stream_id"])
         offer = await self._offer(request)
         stream = self.registry.get(stream_id)
-        if stream is None or (
-            stream.source is not None and stream.source.kind == "relay"
-        ):
+        if stream is None or _relayed(stream):
             # Not published here (a relay's stream is not pulled again: no loops).
             raise NotFound("stream_not_found", f"Stream '{stream_id}' is not here.")
         await _source_ready(stream)  # an on-demand camera starts for its edges too
@@ -308,6 +313,11 @@ class Admission:
         total = self.config.max_viewers_total
         if total and self.registry.viewer_count() >= total:
             raise _full(f"This server has its maximum of {total} viewers.")
+
+
+def _relayed(stream: Stream) -> bool:
+    """Its source is an edge's pull from the node that publishes it."""
+    return stream.source is not None and stream.source.kind == "relay"
 
 
 async def _source_ready(stream: Stream) -> bool:

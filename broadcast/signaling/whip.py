@@ -78,7 +78,7 @@ async def _publish(
             config.publisher_timeout_s,
             extensions,
         )
-        stream.attach(publisher)
+        stream.attach(publisher, replacing=admitted.takes_over)
         return publisher
 
     response = await answer_session(request, admitted, answers, make_publisher, "whip")
