@@ -106,6 +106,10 @@ class Stream:
             video = self.tracks.get("video")
             return [video] if video is not None else []
         order = list(self.layers.values())
+        if any(t.resolution is None for t in order):
+            # Sizes come with keyframes, the smallest layer's often first: sorting
+            # some could put a small one before a larger one still unknown.
+            return order
         return sorted(
             order,
             key=lambda t: (

@@ -32,8 +32,12 @@ HOLD_S = 8.0
 MAX_HOLD_S = 64.0
 # ...or this long after a step up (the link carried it: try the next).
 CLIMB_HOLD_S = 2.0
-# Down again within this long of going up: the probe failed, the hold doubles.
+# Down again within this long of going up: the probe failed, the hold doubles. It
+# is back to HOLD_S only after this long without a switch: a link just too narrow
+# for the layer above, behind a deep buffer, loses only after a while, and a hold
+# reset by each probe that lasted FAILED_PROBE_S would freeze it every 16 s.
 FAILED_PROBE_S = 8.0
+HOLD_RESET_S = 60.0
 
 
 class LayerChoice:
@@ -83,8 +87,11 @@ class LayerChoice:
             self._went_up_at = None
             room = (self.estimate_bps or 0) * FIT_MARGIN
             self.reason = f"loss: {self.estimate_bps} bit/s got through"
-            fits = [i for i in range(current + 1, len(rates)) if 0 < rates[i] <= room]
-            return self._went(fits[0] if fits else len(rates) - 1, now)
+            smaller = [i for i in running if i > current]
+            if not smaller:
+                return current  # nothing smaller runs: better this than a freeze
+            fits = [i for i in smaller if rates[i] <= room]
+            return self._went(fits[0] if fits else smaller[-1], now)
         held = min(now - self._switched_at, now - self._clean_since)
         hold = CLIMB_HOLD_S if self._went_up_at is not None else self._hold
         # The better layer must be sending (a publisher may pause one).
@@ -93,8 +100,9 @@ class LayerChoice:
             self.reason = f"{held:.0f} s without loss"
             return self._went(current - 1, now)
         if self._went_up_at is not None and now - self._went_up_at > FAILED_PROBE_S:
-            self._went_up_at = None  # that step up held: back to the short hold
-            self._hold = HOLD_S
+            self._went_up_at = None  # that step up held
+        if now - self._switched_at > HOLD_RESET_S:
+            self._hold = HOLD_S  # long on one layer: the link may have changed
         return current
 
     def _went(self, layer: int, now: float) -> int:

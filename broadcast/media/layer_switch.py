@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from broadcast.media import vp8
+from broadcast.media.history import VIDEO_HISTORY_PACKETS
 from broadcast.media.layer_choice import LayerChoice
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.transport_protocol import NativeTarget
@@ -36,6 +37,11 @@ TICK_S = 0.5
 # full: the loss that made the viewer switch down would go on after the switch.
 RETRANSMIT_SHARE = 0.25
 RETRANSMIT_FLOOR = 10.0
+# A receiver report this soon after a switch still covers the layer left.
+REPORT_SETTLE_S = 1.0
+# A layer silent this long has stopped (at a low frame rate a tick may pass without
+# a packet of a small layer).
+STOPPED_S = 1.5
 SEQ_TS_SSRC = struct.Struct("!HII")
 
 
@@ -44,7 +50,13 @@ class _Segment:
     """What is sent from one layer since a switch: how its numbers are shifted."""
 
     layer: int
-    first_seq: int | None  # the first sequence number sent from it (None: not yet)
+    # Switched to (not the layer started on, whose numbers are its own): the first
+    # sequence number sent from it (None: not yet) and how many since. Until the
+    # history has forgotten what came before it, a number before it is the layer
+    # left's: a NACK of it is not looked up here, a late packet of it not sent.
+    switched: bool = False
+    first_seq: int | None = None
+    sent: int = 0
     seq_shift: int = 0
     ts_shift: int = 0
     picture_shift: int = 0
@@ -75,6 +87,9 @@ class _LayerInput:
     def fanned_from(self, packets: int, octets: int) -> None:
         self._switch.fanned_from(packets, octets)
 
+    def fan_out_left(self) -> None:
+        self._switch.fan_out_left()
+
 
 class LayerSwitch(ViewerTrack):
     """One viewer's video over all of a stream's layers (best first), on one."""
@@ -103,7 +118,7 @@ class LayerSwitch(ViewerTrack):
         self._on_switch = on_switch
         self._ssrc = layers[start].ssrc
         self._inputs = [_LayerInput(self, i) for i in range(len(layers))]
-        self._segment = _Segment(start, None)
+        self._segment = _Segment(start)
         self._vp8 = layers[start].codec.mimeType.lower() == "video/vp8"
         self._last_seq = self._last_ts = 0
         self._last_at = 0.0
@@ -120,6 +135,7 @@ class LayerSwitch(ViewerTrack):
         self._timer: asyncio.TimerHandle | None = None
         self._draining = False  # going down: the current layer is not sent meanwhile
         self._switched = False  # once: its packets are rewritten, one by one
+        self._switched_at = 0.0
 
     @property
     def ssrc(self) -> int:
@@ -130,6 +146,7 @@ class LayerSwitch(ViewerTrack):
 
     def attach(self) -> None:
         """It takes the layer it watches, and another only while switching to it."""
+        self.joined_at = time.monotonic()
         self.source.add_viewer(self._inputs[self.layer])
         self._timer = asyncio.get_running_loop().call_later(TICK_S, self._tick)
 
@@ -151,8 +168,7 @@ class LayerSwitch(ViewerTrack):
         self._switched = True
         if self._fanned_from is None:
             return
-        self._packets_sent, self._octets_sent = self.packets_sent, self.octets_sent
-        self._fanned_from = None
+        self.fan_out_left()
         newest = self.source.newest
         if newest is not None:  # the last packet the fan-out sent it
             self._last_seq, self._last_ts = newest
@@ -171,32 +187,42 @@ class LayerSwitch(ViewerTrack):
 
         Going down, nothing more of the current layer is sent meanwhile: the link
         is losing most of it anyway, and what is queued on it would hold up the
-        keyframe that ends the freeze."""
-        self._draining = layer > self.layer
-        if self.target is not None and self.target != layer:
-            self.layers[self.target].remove_viewer(self._inputs[self.target])
-            self.target = None
-        if layer == self.layer:
-            return
+        keyframe that ends the freeze. A switch called off after that resumes the
+        current layer at its next keyframe: what was held back is gone."""
+        previous = self.target
+        held_back = previous is not None and self._draining
+        if previous not in (None, self.layer, layer):
+            self.layers[previous].remove_viewer(self._inputs[previous])
+        self.target = None
+        self._draining = False
+        if layer == self.layer and not held_back:
+            return  # called off, the current layer sent all along
         if not self._switched:
             self._leave_fan_out()
-        if self.target is None:
-            self.target = layer
+        if layer != self.layer and previous != layer:
             self.layers[layer].add_viewer(self._inputs[layer])
+        self._draining = held_back or layer >= self.layer
+        self.target = layer
         self.layers[layer].keyframes.request()
 
     def receiver_report(self, fraction_lost: float) -> None:
-        """The loss the viewer's receiver report gives (0-1)."""
-        self.choice.loss(fraction_lost, self.sent_bps, time.monotonic())
+        """The loss the viewer's receiver report gives (0-1): not while a switch is
+        pending or just done, when it tells of the layer left (a second step down)."""
+        now = time.monotonic()
+        if self.target is None and now - self._switched_at >= REPORT_SETTLE_S:
+            self.choice.loss(fraction_lost, self.sent_bps, now)
 
     def retransmit(self, sequence_numbers: Iterable[int]) -> None:
         """A NACK: answered, and counted as loss of the layer being watched."""
         wanted = [seq & 0xFFFF for seq in sequence_numbers]
-        first = self._segment.first_seq
-        if first is not None:
-            wanted = [s for s in wanted if ((s - first) & 0xFFFF) < 0x8000]
+        segment = self._segment
+        first = segment.first_seq
+        if first is not None and segment.sent < VIDEO_HISTORY_PACKETS:
+            since = (self._last_seq - first) & 0xFFFF
+            wanted = [s for s in wanted if ((s - first) & 0xFFFF) <= since]
         self._nacked.update(wanted)
-        super().retransmit(wanted)
+        if not self._draining:  # nor while the link drains for a keyframe
+            super().retransmit(wanted)
 
     def _tick(self) -> None:
         """Every TICK_S: measure the layers and the viewer's loss, choose."""
@@ -204,6 +230,8 @@ class LayerSwitch(ViewerTrack):
         now = time.monotonic()
         for index, layer in enumerate(self.layers):
             octets, at = self._rate_samples[index]
+            if layer.bytes_in == octets and now - at < STOPPED_S:
+                continue  # silent a moment: its last rate stands
             self.rates_bps[index] = int((layer.bytes_in - octets) * 8 / (now - at))
             self._rate_samples[index] = (layer.bytes_in, now)
         packets, octets, at = self._sent_sample
@@ -214,13 +242,18 @@ class LayerSwitch(ViewerTrack):
         self.sent_bps = int((self.octets_sent - octets) * 8 / (now - at))
         self._sent_sample = (self.packets_sent, self.octets_sent, now)
         nacked, self._nacked = self._nacked, set()
-        if self.waiting_for_keyframe or self.target is not None:
+        pending = self.target
+        if self.waiting_for_keyframe or pending is not None:
             self._before = (set(), 0)
-            if self.target is not None and self.rates_bps[self.target] <= 0:
+            if pending is not None and self.rates_bps[pending] > 0:
+                self.layers[pending].keyframes.request()  # still waiting for it
+                return
+            if pending is not None and pending != self.layer:
                 self.switch_to(self.layer)  # the publisher stopped it meanwhile
-            elif self.target is not None:
-                self.layers[self.target].keyframes.request()  # still waiting for it
-            return
+                return
+            if self.rates_bps[self.layer] > 0 or now - self.joined_at < STOPPED_S:
+                return  # waiting for a keyframe of the layer it is on, which runs
+            # The layer it starts on or resumes stopped: one that runs, below.
         if sent:
             nacked_before, sent_before = self._before
             self._before = (nacked, sent)
@@ -241,9 +274,9 @@ class LayerSwitch(ViewerTrack):
 
     def take(self, layer: int, packet: bytes, keyframe: bool) -> None:
         """A packet of one of the layers: sent if it is the one being watched."""
-        if keyframe and layer == self.target and not self.waiting_for_keyframe:
+        if keyframe and layer == self.target:
             self._switch(layer, packet)
-        if layer != self.layer or (self._draining and self.target is not None):
+        if layer != self.layer or self._draining:
             return
         if self.waiting_for_keyframe:
             if not keyframe:
@@ -253,8 +286,12 @@ class LayerSwitch(ViewerTrack):
         segment = self._segment
         out = self._rewritten(packet, segment)
         seq, ts = SEQ_TS_SSRC.unpack_from(out, 2)[:2]
-        if segment.first_seq is None:
-            segment.first_seq = seq
+        if segment.switched and segment.sent < VIDEO_HISTORY_PACKETS:
+            if segment.first_seq is None:
+                segment.first_seq = seq
+            elif ((seq - segment.first_seq) & 0xFFFF) >= 0x8000:
+                return  # late, from before the keyframe: its number was used
+            segment.sent += 1
         if ((seq - self._last_seq) & 0xFFFF) < 0x8000 or self._last_at == 0.0:
             self._last_seq, self._last_ts = seq, ts
             self._last_at = time.monotonic()
@@ -295,7 +332,7 @@ class LayerSwitch(ViewerTrack):
         seq, ts, _ = SEQ_TS_SSRC.unpack_from(packet, 2)
         segment = _Segment(
             layer,
-            None,
+            switched=True,
             seq_shift=(self._last_seq + 1 - seq) & 0xFFFF,
             ts_shift=self._timestamp_shift(layer, ts),
         )
@@ -307,9 +344,12 @@ class LayerSwitch(ViewerTrack):
                 segment.tl0_shift = self._last_tl0 + 1 - ids.tl0_index
         self._segment = segment
         old, self.layer, self.target = self.layer, layer, None
-        self.layers[old].remove_viewer(self._inputs[old])
-        self.source = self.layers[layer]
-        self._on_switch(old, layer)
+        self._draining = False
+        self._switched_at = time.monotonic()
+        if old != layer:  # (else it resumes its layer, a switch called off)
+            self.layers[old].remove_viewer(self._inputs[old])
+            self.source = self.layers[layer]
+            self._on_switch(old, layer)
 
     def _timestamp_shift(self, layer: int, ts: int) -> int:
         """What to add to `layer`'s timestamps so that they continue ours.

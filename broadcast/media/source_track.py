@@ -67,6 +67,8 @@ class TrackViewer(Protocol):
 
     def fanned_from(self, packets: int, octets: int) -> None: ...
 
+    def fan_out_left(self) -> None: ...
+
 
 def _uint16_newer(a: int, b: int) -> bool:
     return a != b and ((a - b) & 0xFFFF) < 0x8000
@@ -353,6 +355,7 @@ class SourceTrack:
         found = viewer.fan_out_target()
         if found is None:
             del self._fanned[viewer]
+            viewer.fan_out_left()
             self._one_by_one.append(viewer)
         else:
             self._fanned[viewer] = found

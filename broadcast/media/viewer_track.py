@@ -120,6 +120,11 @@ class ViewerTrack:
         """From now on the source's fan-out sends this viewer's packets."""
         self._fanned_from = (packets, octets)
 
+    def fan_out_left(self) -> None:
+        """It is sent one by one from now on: what the fan-out sent it is kept."""
+        self._packets_sent, self._octets_sent = self.packets_sent, self.octets_sent
+        self._fanned_from = None
+
     @property
     def packets_sent(self) -> int:
         if self._fanned_from is None:

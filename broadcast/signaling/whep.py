@@ -41,8 +41,10 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
     if quality == "auto" and not admitted.relay:
         layers = [(stream.rid_of(t) or "", t) for t in stream.video_layers()]
 
+    switches = request.app[METRICS].layer_switches  # (the request would stay alive)
+
     def on_layer_switch(up: bool) -> None:
-        request.app[METRICS].layer_switches.labels("up" if up else "down").inc()
+        switches.labels("up" if up else "down").inc()
 
     answers, payload_types = _choose_codecs(offer, stream, tracks)
     if not payload_types:

@@ -1,0 +1,126 @@
+"""An auto viewer's LayerSwitch over real SourceTracks, packet by packet: what it
+sends, with which numbers, and which NACKs it answers, around switches."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+from aiortc import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+from broadcast.media.layer_choice import LayerChoice
+from broadcast.media.layer_switch import LayerSwitch
+from broadcast.media.source_track import SourceTrack
+
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+KEYFRAME = b"\x10\x00"  # descriptor with S set, partition 0; P bit clear
+DELTA = b"\x10\x01"
+
+
+class Layer:
+    """One simulcast layer: a SourceTrack fed numbered packets."""
+
+    def __init__(self, ssrc: int) -> None:
+        self.track = SourceTrack("video", VP8)
+        self._ssrc = ssrc
+        self.seq = 1000 * ssrc
+
+    def send(self, payload: bytes = DELTA, seq: int | None = None) -> None:
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        self.track.forward(
+            RtpPacket(
+                payload_type=96,
+                sequence_number=seq & 0xFFFF,
+                timestamp=(seq * 3000) & 0xFFFFFFFF,
+                ssrc=self._ssrc,
+                payload=payload,
+            )
+        )
+
+
+def numbers(packets: list[bytes]) -> list[int]:
+    return [struct.unpack_from("!H", p, 2)[0] for p in packets]
+
+
+@pytest.fixture
+async def switch() -> AsyncIterator[tuple[LayerSwitch, list[Layer], list[bytes]]]:
+    """A viewer on the first of two layers, past its keyframe."""
+    layers = [Layer(1), Layer(2)]
+    sent: list[bytes] = []
+    viewer = LayerSwitch([layer.track for layer in layers], 0, sent.append, 96)
+    viewer.attach()
+    layers[0].send(KEYFRAME)
+    layers[0].send()
+    yield viewer, layers, sent
+    viewer.detach()
+
+
+async def test_nacks_are_answered_long_after_a_switch(switch):
+    viewer, layers, sent = switch
+    viewer.switch_to(1)
+    layers[1].send(KEYFRAME)
+    assert viewer.layer == 1
+    for _ in range(40_000):  # past half the sequence space since the switch
+        layers[1].send()
+    last = numbers(sent)[-1]
+    sent.clear()
+    viewer.retransmit([(last - 5) & 0xFFFF])
+    assert numbers(sent[:1]) == [(last - 5) & 0xFFFF], "a NACK of a recent packet"
+
+
+async def test_a_late_packet_of_the_new_layer_is_not_sent_with_a_used_number(switch):
+    viewer, layers, sent = switch
+    viewer.switch_to(1)
+    keyframe_seq = layers[1].seq + 1
+    layers[1].send(KEYFRAME)
+    layers[1].send()
+    before = len(sent)
+    layers[1].send(DELTA, seq=keyframe_seq - 1)  # reordered: from before the switch
+    assert len(sent) == before
+    viewer.retransmit([numbers(sent)[before - 3]])  # a number of the layer left
+    assert len(sent) == before, "a NACK of the layer left answered from the new one"
+
+
+async def test_a_down_switch_called_off_resumes_at_a_keyframe(switch):
+    viewer, layers, sent = switch
+    last = numbers(sent)[-1]
+    viewer.switch_to(1)  # going down: the current layer is held back meanwhile
+    layers[0].send()
+    viewer.retransmit([last])
+    assert numbers(sent)[-1] == last and len(sent) == 2, "sent while draining"
+    viewer.switch_to(0)  # called off: what was held back is gone
+    layers[0].send()
+    assert len(sent) == 2, "a delta frame whose reference was held back"
+    layers[0].send(KEYFRAME)
+    layers[0].send()
+    assert numbers(sent)[2:] == [(last + 1) & 0xFFFF, (last + 2) & 0xFFFF]
+    assert viewer.layer == 0 and viewer.target is None
+
+
+def test_going_down_skips_a_layer_the_publisher_stopped():
+    choice = LayerChoice(0.0)
+    choice.loss(0.5, 100_000, 1.0)
+    # The middle layer fits what got through; the smallest has stopped.
+    assert choice.choose(0, [2_000_000, 25_000, 0], 1.0) == 1
+    choice.loss(0.5, 100_000, 2.0)
+    assert choice.choose(1, [2_000_000, 25_000, 0], 2.0) == 1, "to a stopped layer"
+
+
+def test_the_hold_stays_doubled_after_a_probe_that_held_a_while():
+    choice = LayerChoice(0.0)
+    choice.loss(0.5, 1_000_000, 0.5)
+    assert choice.choose(0, [2_000_000, 500_000], 0.5) == 1
+    assert choice.choose(1, [2_000_000, 500_000], 8.5) == 0  # up after 8 s
+    choice.loss(0.5, 2_000_000, 9.0)  # failed at once: the hold doubles to 16 s
+    assert choice.choose(0, [2_000_000, 500_000], 9.0) == 1
+    assert choice.choose(1, [2_000_000, 500_000], 24.0) == 1
+    assert choice.choose(1, [2_000_000, 500_000], 25.0) == 0
+    assert choice.choose(0, [2_000_000, 500_000], 34.0) == 0  # held 9 s
+    choice.loss(0.5, 2_000_000, 35.0)  # the link fills only after a while
+    assert choice.choose(0, [2_000_000, 500_000], 35.0) == 1
+    assert choice.choose(1, [2_000_000, 500_000], 44.0) == 1, "back to an 8 s hold"
+    assert choice.choose(1, [2_000_000, 500_000], 51.5) == 0
