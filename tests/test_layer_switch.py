@@ -3,6 +3,7 @@ sends, with which numbers, and which NACKs it answers, around switches."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import AsyncIterator
 
@@ -124,3 +125,13 @@ def test_the_hold_stays_doubled_after_a_probe_that_held_a_while():
     assert choice.choose(0, [2_000_000, 500_000], 35.0) == 1
     assert choice.choose(1, [2_000_000, 500_000], 44.0) == 1, "back to an 8 s hold"
     assert choice.choose(1, [2_000_000, 500_000], 51.5) == 0
+
+
+async def test_heavy_loss_moves_down_before_the_tick(switch):
+    viewer, layers, sent = switch
+    for _ in range(40):
+        layers[0].send()
+        layers[1].send()
+    await asyncio.sleep(0.25)  # into the tick (every 0.5 s), past EARLY_S
+    viewer.retransmit(numbers(sent)[-15:])  # 15 of 42: heavy loss
+    assert viewer.target == 1, "the choice waited for the tick"

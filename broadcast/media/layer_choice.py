@@ -1,8 +1,9 @@
 """LayerChoice: the simulcast layer an `auto` viewer's network carries.
 
 What the viewer tells us is loss: the packets it NACKs (within a round trip) and its
-receiver reports' loss (about once a second). Down is quick: one sample with heavy
-loss or two lossy ones in a row (0.5-1 s), straight to the best layer that fits what
+receiver reports' loss (about once a second). Down is quick: heavy loss (the viewer's
+LayerSwitch asks as soon as NACKs show it, 0.2 s into a sample) or two lossy samples
+in a row (1 s), straight to the best layer that fits what
 got through (sent x (1 - loss)). Up is careful: one layer at a time, only after a
 hold without loss since going down; a step up that had to be undone soon is tried
 again only after a hold twice as long, up to MAX_HOLD_S; one that held is followed by

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from broadcast.media import vp8
 from broadcast.media.history import VIDEO_HISTORY_PACKETS
-from broadcast.media.layer_choice import LayerChoice
+from broadcast.media.layer_choice import SEVERE_LOSS, LayerChoice
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.transport_protocol import NativeTarget
 from broadcast.media.udp_mux import FanOutTarget, MediaSocket
@@ -32,11 +32,18 @@ logger = logging.getLogger(__name__)
 
 # How often the layers' rates and the viewer's NACKs are measured, and the choice made.
 TICK_S = 0.5
+# Heavy loss decides before the tick: once this long into it, with this many sent.
+EARLY_S = 0.2
+EARLY_PACKETS = 20
 # Packets sent again, at most this share of those sent (and RETRANSMIT_FLOOR a second).
 # On a link too narrow for the layer, answering every NACK (twice) is what keeps it
 # full: the loss that made the viewer switch down would go on after the switch.
 RETRANSMIT_SHARE = 0.25
 RETRANSMIT_FLOOR = 10.0
+# For REPORT_SETTLE_S after a switch, though: the new layer's keyframe meets the queue
+# the layer left filled, and until what it lost there is sent again, the picture stays
+# frozen (with the floor alone, up to a second more).
+SWITCH_REPAIR_PER_S = 60.0
 # A receiver report this soon after a switch still covers the layer left.
 REPORT_SETTLE_S = 1.0
 # A layer silent this long has stopped (at a low frame rate a tick may pass without
@@ -223,6 +230,22 @@ class LayerSwitch(ViewerTrack):
         self._nacked.update(wanted)
         if not self._draining:  # nor while the link drains for a keyframe
             super().retransmit(wanted)
+        if self.target is None and not self.waiting_for_keyframe:
+            self._decide_early()
+
+    def _decide_early(self) -> None:
+        """Heavy loss already this tick: the choice made now, not up to 0.5 s on (a
+        link that narrowed freezes the picture until the smaller layer comes)."""
+        packets, _, at = self._sent_sample
+        sent = self.packets_sent - packets
+        if (
+            sent >= EARLY_PACKETS
+            and time.monotonic() - at >= EARLY_S
+            and len(self._nacked) > SEVERE_LOSS * sent
+            and self._timer is not None
+        ):
+            self._timer.cancel()
+            self._tick()
 
     def _tick(self) -> None:
         """Every TICK_S: measure the layers and the viewer's loss, choose."""
@@ -236,8 +259,10 @@ class LayerSwitch(ViewerTrack):
             self._rate_samples[index] = (layer.bytes_in, now)
         packets, octets, at = self._sent_sample
         sent = self.packets_sent - packets
+        settling = now - self._switched_at < REPORT_SETTLE_S
         self.retransmit_rate = max(
-            RETRANSMIT_FLOOR, RETRANSMIT_SHARE * sent / (now - at)
+            SWITCH_REPAIR_PER_S if settling else RETRANSMIT_FLOOR,
+            RETRANSMIT_SHARE * sent / (now - at),
         )
         self.sent_bps = int((self.octets_sent - octets) * 8 / (now - at))
         self._sent_sample = (self.packets_sent, self.octets_sent, now)
@@ -346,6 +371,8 @@ class LayerSwitch(ViewerTrack):
         old, self.layer, self.target = self.layer, layer, None
         self._draining = False
         self._switched_at = time.monotonic()
+        self.retransmit_rate = max(self.retransmit_rate, SWITCH_REPAIR_PER_S)
+        self._budget = self.retransmit_rate
         if old != layer:  # (else it resumes its layer, a switch called off)
             self.layers[old].remove_viewer(self._inputs[old])
             self.source = self.layers[layer]
