@@ -17,6 +17,7 @@ from broadcast.events import (
     viewer_event,
     viewers_event,
 )
+from broadcast.media.layer_choice import layer_index
 from broadcast.media.source_track import SourceTrack
 
 if TYPE_CHECKING:
@@ -127,8 +128,7 @@ class Stream:
         layers = self.video_layers()
         if len(layers) < 2:
             return self.tracks
-        index = {"low": len(layers) - 1, "medium": len(layers) // 2}.get(quality, 0)
-        return {**self.tracks, "video": layers[index]}
+        return {**self.tracks, "video": layers[layer_index(quality, len(layers))]}
 
     def source_live(self, source: Source) -> None:
         if source is not self.source:

@@ -26,6 +26,8 @@ from aiortc.rtp import (
     RtcpSrPacket,
 )
 
+from broadcast.errors import Conflict
+from broadcast.media.layer_choice import layer_index
 from broadcast.media.layer_switch import LayerSwitch
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.transport_protocol import Transport
@@ -67,6 +69,15 @@ class ViewerSession(Session):
         """What its link carried when it last lost packets (quality=auto), bit/s."""
         return None
 
+    async def set_quality(self, quality: str) -> None:
+        """The viewer chose another size (auto, high, medium, low) of a simulcast
+        stream: from its next keyframe on, in the same session."""
+        raise Conflict(
+            "not_simulcast",
+            f"Stream '{self.stream_id}' comes in one size here: there is no other "
+            "quality to choose.",
+        )
+
 
 class Viewer(ViewerSession):
     """One browser (or any WHEP client) watching a stream, its media carried here."""
@@ -82,10 +93,12 @@ class Viewer(ViewerSession):
         on_join: Callable[[float], None] = lambda seconds: None,
         layers: Sequence[tuple[str, SourceTrack]] = (),
         on_layer_switch: Callable[[bool], None] = lambda up: None,
+        pinned: bool = False,
     ) -> None:
         """`layers`: a simulcast stream's video layers (rid, track), best first, to
-        switch between as its network allows (`?quality=auto`); `tracks["video"]`
-        is the one it starts on."""
+        switch between as its network allows (`?quality=auto`), or as the viewer
+        chooses (`pinned`: it asked for one); `tracks["video"]` is the one it starts
+        on."""
         super().__init__(stream_id, transport, remote_ufrag)
         self.cname = cname
         self.rtcp_ssrc = secrets.randbits(32) or 1
@@ -107,6 +120,7 @@ class Viewer(ViewerSession):
                     transport.fan_out_target,
                     lambda: not transport.on_tcp,
                     switched,
+                    pinned,
                 )
                 self.tracks.append(self.switch)
                 continue
@@ -173,6 +187,13 @@ class Viewer(ViewerSession):
     @property
     def estimate_bps(self) -> int | None:
         return None if self.switch is None else self.switch.choice.estimate_bps
+
+    async def set_quality(self, quality: str) -> None:
+        if self.switch is None:
+            await super().set_quality(quality)
+            return
+        count = len(self.switch.layers)
+        self.switch.pin(None if quality == "auto" else layer_index(quality, count))
 
     @property
     def tracks_waiting(self) -> int:

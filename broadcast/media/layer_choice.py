@@ -41,6 +41,16 @@ FAILED_PROBE_S = 8.0
 HOLD_RESET_S = 60.0
 
 
+# What a viewer may ask for (`?quality=`): auto follows its network.
+QUALITIES = ("auto", "high", "medium", "low")
+
+
+def layer_index(quality: str, layers: int) -> int:
+    """Which of `layers` simulcast layers (best first) `quality` names (auto: the
+    best, where an auto viewer starts)."""
+    return {"low": layers - 1, "medium": layers // 2}.get(quality, 0)
+
+
 class LayerChoice:
     """One viewer's choice: feed it loss samples, ask it which layer at each tick."""
 

@@ -1,4 +1,4 @@
-"""LayerSwitch: an `auto` viewer's video from a simulcast publisher, a layer at a time.
+"""LayerSwitch: a simulcast viewer's video, a layer at a time (auto, or as it chooses).
 
 Each layer is a SourceTrack of its own, with its SSRC, sequence numbers, RTP
 timestamps and (VP8) picture ids. The viewer was answered one SSRC and must see one
@@ -26,7 +26,7 @@ from broadcast.media.layer_choice import SEVERE_LOSS, LayerChoice
 from broadcast.media.source_track import SourceTrack
 from broadcast.media.transport_protocol import NativeTarget
 from broadcast.media.udp_mux import FanOutTarget, MediaSocket
-from broadcast.media.viewer_track import ViewerTrack
+from broadcast.media.viewer_track import MAX_RETRANSMITS_PER_S, ViewerTrack
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,10 @@ class LayerSwitch(ViewerTrack):
         native_target: Callable[[], NativeTarget | None] = lambda: None,
         spare_copies: Callable[[], bool] = lambda: True,
         on_switch: Callable[[int, int], None] = lambda old, new: None,
+        pinned: bool = False,
     ) -> None:
+        """`pinned`: the viewer chose `start` (high, medium, low) and stays on it
+        until it chooses again (`pin`); else the layer follows its network."""
         super().__init__(
             layers[start],
             send_rtp,
@@ -122,6 +125,7 @@ class LayerSwitch(ViewerTrack):
         self.layer = start
         self.target: int | None = None
         self.choice = LayerChoice(time.monotonic())
+        self.pinned = pinned
         self._on_switch = on_switch
         self._ssrc = layers[start].ssrc
         self._inputs = [_LayerInput(self, i) for i in range(len(layers))]
@@ -212,6 +216,15 @@ class LayerSwitch(ViewerTrack):
         self.target = layer
         self.layers[layer].keyframes.request()
 
+    def pin(self, layer: int | None) -> None:
+        """The viewer chose `layer` (at its next keyframe), or auto again (`None`):
+        the choice starts afresh from the layer it is on."""
+        self.choice = LayerChoice(time.monotonic())
+        self.pinned = layer is not None
+        self.retransmit_rate = float(MAX_RETRANSMITS_PER_S)
+        if layer is not None:
+            self.switch_to(layer)
+
     def receiver_report(self, fraction_lost: float) -> None:
         """The loss the viewer's receiver report gives (0-1): not while a switch is
         pending or just done, when it tells of the layer left (a second step down)."""
@@ -230,7 +243,7 @@ class LayerSwitch(ViewerTrack):
         self._nacked.update(wanted)
         if not self._draining:  # nor while the link drains for a keyframe
             super().retransmit(wanted)
-        if self.target is None and not self.waiting_for_keyframe:
+        if self.target is None and not self.waiting_for_keyframe and not self.pinned:
             self._decide_early()
 
     def _decide_early(self) -> None:
@@ -250,6 +263,8 @@ class LayerSwitch(ViewerTrack):
     def _tick(self) -> None:
         """Every TICK_S: measure the layers and the viewer's loss, choose."""
         self._timer = asyncio.get_running_loop().call_later(TICK_S, self._tick)
+        if self.pinned and self.target is None:
+            return  # on the layer the viewer chose, served as any viewer of it
         now = time.monotonic()
         for index, layer in enumerate(self.layers):
             octets, at = self._rate_samples[index]
@@ -260,10 +275,11 @@ class LayerSwitch(ViewerTrack):
         packets, octets, at = self._sent_sample
         sent = self.packets_sent - packets
         settling = now - self._switched_at < REPORT_SETTLE_S
-        self.retransmit_rate = max(
-            SWITCH_REPAIR_PER_S if settling else RETRANSMIT_FLOOR,
-            RETRANSMIT_SHARE * sent / (now - at),
-        )
+        if not self.pinned:  # (its own choice: answered as any viewer is)
+            self.retransmit_rate = max(
+                SWITCH_REPAIR_PER_S if settling else RETRANSMIT_FLOOR,
+                RETRANSMIT_SHARE * sent / (now - at),
+            )
         self.sent_bps = int((self.octets_sent - octets) * 8 / (now - at))
         self._sent_sample = (self.packets_sent, self.octets_sent, now)
         nacked, self._nacked = self._nacked, set()
@@ -278,6 +294,8 @@ class LayerSwitch(ViewerTrack):
                 return
             if self.rates_bps[self.layer] > 0 or now - self.joined_at < STOPPED_S:
                 return  # waiting for a keyframe of the layer it is on, which runs
+            if self.pinned:
+                return  # the viewer chose it: it waits for it
             # The layer it starts on or resumes stopped: one that runs, below.
         if sent:
             nacked_before, sent_before = self._before

@@ -17,6 +17,7 @@ from broadcast.web_keys import REGISTRY
 
 SDP_TYPE = "application/sdp"
 TRICKLE_TYPE = "application/trickle-ice-sdpfrag"
+JSON_TYPE = "application/json"
 
 # Some clients go beyond the specification, and we follow them (tests/e2e/
 # test_interop_npm.py): @eyevinn/whip-web-client trickles only if it can read PATCH in

@@ -1,9 +1,11 @@
-"""Session resources shared by WHIP and WHEP: create, trickle (PATCH), end (DELETE)."""
+"""Session resources shared by WHIP and WHEP: create, trickle (PATCH), end (DELETE);
+and a viewer's choice of quality (PATCH with JSON)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import secrets
 from collections.abc import Callable
@@ -18,11 +20,14 @@ from broadcast.errors import (
     BadRequest,
     PreconditionFailed,
     ServiceUnavailable,
+    UnsupportedMediaType,
 )
+from broadcast.media.layer_choice import QUALITIES
 from broadcast.media.transport_protocol import Transport
 from broadcast.session import Session
 from broadcast.signaling.admission import Admitted
 from broadcast.signaling.http import (
+    JSON_TYPE,
     SDP_TYPE,
     TRICKLE_TYPE,
     read_body,
@@ -34,6 +39,7 @@ from broadcast.signaling.sdp import (
     build_answer,
     usable_candidates,
 )
+from broadcast.viewer import ViewerSession
 from broadcast.web_keys import MEDIA, REGISTRY
 
 logger = logging.getLogger(__name__)
@@ -151,6 +157,8 @@ async def patch_session(request: web.Request) -> web.Response:
     """Trickle ICE candidates into a session (RFC 9725 §4.3.1), or restart its ICE
     when the fragment brings new credentials (§4.4.1)."""
     session = _find_session(request)
+    if request.content_type == JSON_TYPE:
+        return await _choose_quality(request, session)
     if_match = request.headers.get("If-Match")
     if if_match is not None and if_match not in ("*", session.etag):
         raise PreconditionFailed(
@@ -167,6 +175,37 @@ async def patch_session(request: web.Request) -> web.Response:
     if fragment.complete:
         await session.transport.add_remote_candidate(None)
     return web.Response(status=204)
+
+
+def checked_quality(quality: object) -> str:
+    """A quality a viewer may ask for, or a 400 naming them."""
+    if quality not in QUALITIES:
+        raise BadRequest(
+            "bad_quality", f"quality is one of {', '.join(QUALITIES)}, not {quality!r}."
+        )
+    return quality
+
+
+async def _choose_quality(request: web.Request, session: Session) -> web.Response:
+    """`{"quality": "auto|high|medium|low"}`: another size of a simulcast stream for
+    a viewer, from the new layer's next keyframe, in the same session (the viewer
+    page's menu: no new connection, no black frame)."""
+    if not isinstance(session, ViewerSession):
+        raise UnsupportedMediaType(
+            "unsupported_media_type",
+            f"A publisher's session takes '{TRICKLE_TYPE}' only.",
+        )
+    limit = request.app[REGISTRY].config.max_sdp_bytes
+    text = await read_body(request, JSON_TYPE, limit)
+    try:
+        quality = json.loads(text)["quality"]
+    except (ValueError, KeyError, TypeError):
+        raise BadRequest(
+            "bad_quality", 'Send {"quality": "auto", "high", "medium" or "low"}.'
+        ) from None
+    await session.set_quality(checked_quality(quality))
+    logger.info("%r chose quality %s", session, quality)
+    return web.json_response({"quality": quality, "layer": session.layer})
 
 
 async def _restart_ice(

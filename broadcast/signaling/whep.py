@@ -18,7 +18,7 @@ from broadcast.signaling.sdp import (
     describe_codec,
     describe_codecs,
 )
-from broadcast.signaling.session import answer_session
+from broadcast.signaling.session import answer_session, checked_quality
 from broadcast.stream import Stream
 from broadcast.viewer import Viewer, ViewerSession
 from broadcast.web_keys import REGISTRY, WORKERS
@@ -36,10 +36,12 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
     quality = _quality(request)
     tracks = stream.tracks_for(quality)
     layer = stream.rid_of(tracks.get("video"))
-    # An auto viewer switches between the layers; an edge's pull takes the best.
+    # An auto viewer switches between the layers as its network allows, another as
+    # it chooses (PATCH, the page's menu); an edge's pull takes the best.
     layers = []
-    if quality == "auto" and not admitted.relay:
+    if not admitted.relay:
         layers = [(stream.rid_of(t) or "", t) for t in stream.video_layers()]
+    pinned = quality != "auto"
 
     switches = request.app[METRICS].layer_switches  # (the request would stay alive)
 
@@ -77,6 +79,7 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
                 on_join,
                 layers,
                 on_layer_switch,
+                pinned,
             )
             return _counted(stream, remote_viewer, layer)
 
@@ -95,6 +98,7 @@ async def _watch(request: web.Request, admitted: Admitted[Stream]) -> web.Respon
             on_join=on_join,
             layers=layers,
             on_layer_switch=on_layer_switch,
+            pinned=pinned,
         )
         if admitted.relay:
             stream.add_relay(viewer)
@@ -114,17 +118,9 @@ def _counted(stream: Stream, viewer: ViewerSession, layer: str | None) -> Viewer
     return viewer
 
 
-QUALITIES = ("auto", "high", "medium", "low")
-
-
 def _quality(request: web.Request) -> str:
     """`?quality=`: which simulcast layer a viewer gets (auto: the best)."""
-    quality = request.query.get("quality", "auto")
-    if quality not in QUALITIES:
-        raise BadRequest(
-            "bad_quality", f"quality is one of {', '.join(QUALITIES)}, not {quality!r}."
-        )
-    return quality
+    return checked_quality(request.query.get("quality", "auto"))
 
 
 def _choose_codecs(

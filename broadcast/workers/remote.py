@@ -19,6 +19,7 @@ from aiortc import (
     RTCRtpCodecParameters,
 )
 
+from broadcast.errors import ServiceUnavailable
 from broadcast.media.source_track import SourceTrack
 from broadcast.viewer import ViewerSession
 from broadcast.workers.channel import RemoteError
@@ -174,8 +175,9 @@ class RemoteViewer(ViewerSession):
         on_join: Callable[[float], None],
         layers: Sequence[tuple[str, SourceTrack]] = (),
         on_layer_switch: Callable[[bool], None] = lambda up: None,
+        pinned: bool = False,
     ) -> None:
-        """`layers`: as for a `Viewer`, switched between in the worker."""
+        """`layers`, `pinned`: as for a `Viewer`, switched between in the worker."""
         super().__init__(stream_id, transport, remote_ufrag)
         self.remote = transport
         self.worker = worker
@@ -185,6 +187,7 @@ class RemoteViewer(ViewerSession):
         self.sources = [tracks[kind] for kind in payload_types]
         switched = layers if "video" in payload_types and len(layers) > 1 else ()
         self.sources += [t for _, t in switched if t not in self.sources]
+        self._switches = bool(switched)
         numbers = {source: worker.take(source) for source in self.sources}
         self._remote_counters: dict[str, int] = {}
         self._retransmissions = self._tracks_waiting = 0
@@ -198,6 +201,7 @@ class RemoteViewer(ViewerSession):
             "stream_id": stream_id,
             "tracks": {kind: described(tracks[kind]) for kind in payload_types},
             "layers": [(rid, *described(t)) for rid, t in switched],
+            "pinned": pinned,
             "payload_types": payload_types,
             "remote_ufrag": remote_ufrag,
             "cname": cname,
@@ -232,6 +236,20 @@ class RemoteViewer(ViewerSession):
 
     def joined(self, seconds: float) -> None:
         self.on_join(seconds)
+
+    async def set_quality(self, quality: str) -> None:
+        control = self.worker.control
+        if not self._switches:
+            await super().set_quality(quality)
+            return
+        if control is None or control.closed:
+            raise ServiceUnavailable("worker_gone", f"{self.worker!r} is gone.")
+        try:
+            await control.call("set_quality", session=self.id, quality=quality)
+        except (OSError, TimeoutError, RemoteError) as exc:
+            raise ServiceUnavailable(
+                "worker_gone", f"{self.worker!r} did not take the quality: {exc}."
+            ) from exc
 
     def switched_layer(self, layer: str, up: bool) -> None:
         self.layer = layer

@@ -69,6 +69,12 @@ class Worker:
                 raise ConnectionError("the viewer has closed")
             await viewer.transport.restart_ice(**arguments)
             return viewer.transport.local_ice
+        if method == "set_quality":
+            viewer = self.viewers.get(arguments["session"])
+            if viewer is None:
+                raise ConnectionError("the viewer has closed")
+            await viewer.set_quality(arguments["quality"])
+            return None
         if method == "close_viewer":
             viewer = self.viewers.get(arguments["session"])
             if viewer is not None:
@@ -119,6 +125,7 @@ class Worker:
         payload_types: dict[str, int],
         remote_ufrag: str,
         cname: str,
+        pinned: bool,
     ) -> dict[str, Any]:
         """A viewer's transport and tracks here; what the answer needs of them."""
         media = self.media
@@ -145,6 +152,7 @@ class Worker:
             on_layer_switch=lambda up: self.control.tell(
                 "layer", session=session, layer=viewer.layer, up=up
             ),
+            pinned=pinned,
         )
         viewer.id = session  # one name in both processes' logs
         self.viewers[session] = viewer

@@ -181,8 +181,12 @@ async function restartIce(pc, session) {
   return true;
 }
 
-/** The quality menu: the page's link keeps the choice; a new session carries it. */
-function chooseQuality() {
+/**
+ * The quality menu: the live session switches at the new size's next keyframe (no
+ * new connection); the page's link and the next session keep the choice. A server
+ * that cannot switch it (one size only, an older version) gets a new session.
+ */
+async function chooseQuality() {
   const quality = $('quality').value;
   const page = new URL(location.href);
   for (const url of [whepUrl, page]) {
@@ -190,7 +194,15 @@ function chooseQuality() {
     else url.searchParams.set('quality', quality);
   }
   history.replaceState(null, '', page);
-  if (state.pc) {
+  const {pc, session} = state;
+  if (!pc || !session) return;
+  const response = await fetch(session, {
+    method: 'PATCH',
+    headers: {'Content-Type': 'application/json'},
+    body: JSON.stringify({quality}),
+  }).catch(() => null);
+  if (response && response.ok) return;
+  if (pc === state.pc) {
     drop();
     connect();
   }

@@ -37,6 +37,11 @@ async def start_presenter(server, chromium) -> str:
     return await page.evaluate("window.presenter.streamId")
 
 
+def frame_size(viewer) -> tuple[int, int] | None:
+    frames = viewer.frames.get("video")
+    return (frames[-1].width, frames[-1].height) if frames else None
+
+
 def layer_sizes(server, stream_id: str) -> set:
     stream = server.app[REGISTRY].get(stream_id)
     return {t.resolution for t in stream.layers.values()} if stream else set()
@@ -91,6 +96,35 @@ async def test_three_layers_from_the_presenter_page_and_each_viewer_its_own(
     assert all(layer["bitrate_kbps"] > 0 for layer in shown["layers"])
     assert sorted(v["layer"] for v in shown["viewer_sessions"]) == ["h", "l", "m"]
 
+    # A viewer chooses another size in its session (PATCH, as the page's menu does):
+    # from the new layer's next keyframe, in the worker too.
+    low = viewers["low"]
+    session = str(server.make_url(low.location))
+    for quality in ("high", "medium"):
+        async with http.patch(session, json={"quality": quality}) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["quality"] == quality
+        await wait_for(
+            lambda q=quality: frame_size(low) == SIZES[q],
+            timeout=10,
+            message=f"no {SIZES[quality]} frame after choosing {quality}",
+        )
+    async with http.patch(session, json={"quality": "best"}) as response:
+        assert (response.status, (await response.json())["error"]) == (
+            400,
+            "bad_quality",
+        )
+    stream = server.app[REGISTRY].get(stream_id)
+    assert {v.id: v.layer for v in stream.viewers}[
+        low.location.rsplit("/", 1)[1]
+    ] == "m"
+    assert len(stream.viewers) == 3  # the same sessions
+    async with http.patch(
+        server.make_url(f"/whip/{stream_id}/{stream.source.id}"),
+        json={"quality": "low"},
+    ) as response:
+        assert response.status == 415  # a publisher has no quality to choose
+
     offer = await recvonly_offer()
     sdp = {"Content-Type": "application/sdp"}
     async with http.post(f"{url}?quality=best", data=offer, headers=sdp) as response:
@@ -123,11 +157,13 @@ async def test_three_layers_from_the_presenter_page_and_each_viewer_its_own(
     for control in ("#play", "#unmute", "#fullscreen", "#quality"):
         box = await page.locator(control).bounding_box()
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, control
+    sessions = {v.id for v in stream.viewers}
     await page.select_option("#quality", "high")
     await page.wait_for_function(
         f"({VIDEO_SIZE_JS})().join('x') === '{NATIVE[0]}x{NATIVE[1]}'", timeout=15000
     )
     assert "quality=high" in page.url
+    assert {v.id for v in stream.viewers} == sessions, "a new session for the menu"
     for viewer in viewers.values():
         await viewer.close()
 
@@ -152,6 +188,13 @@ async def test_simulcast_off_takes_the_first_layer_only(
         ),
         timeout=15,
     )
+    async with http.patch(
+        str(server.make_url(viewer.location)), json={"quality": "high"}
+    ) as response:  # one size: nothing to choose
+        assert (response.status, (await response.json())["error"]) == (
+            409,
+            "not_simulcast",
+        )
     await viewer.close()
 
 
