@@ -126,7 +126,7 @@ async def _run_media(app: web.Application) -> AsyncIterator[None]:
     registry, media, workers = app[REGISTRY], app[MEDIA], app[WORKERS]
     await media.open()
     await workers.start(registry.config)
-    app[RECORDINGS].start_pruning()
+    app[RECORDINGS].files.start_pruning()
     for camera in registry.config.cameras:
         registry.add_camera(camera)
     yield

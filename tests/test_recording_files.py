@@ -291,13 +291,13 @@ async def test_retention_prunes_the_oldest_finished_files(make_server, tmp_path)
     await wait_for(
         lambda: not (directory / "talk-20261101T100000Z.webm").exists(), timeout=5
     )
-    assert await asyncio.to_thread(server.app[RECORDINGS].prune) == []
+    assert await asyncio.to_thread(server.app[RECORDINGS].files.prune) == []
     assert sorted(p.name for p in directory.iterdir()) == [
         "talk-20261102T100000Z.webm",
         "talk-20261103T100000Z.webm",
     ]
     write_webm(directory / "talk-20261104T100000Z.webm", seconds=1)
-    pruned = await asyncio.to_thread(server.app[RECORDINGS].prune)
+    pruned = await asyncio.to_thread(server.app[RECORDINGS].files.prune)
     assert pruned == ["talk-20261102T100000Z.webm"]  # over the size: oldest first
 
 
@@ -311,7 +311,7 @@ async def test_retention_never_prunes_the_file_being_written(
     await wait_for(lambda: writing.stat().st_size > 2000, timeout=15)  # over 1 kB
     write_webm(tmp_path / "talk-20261101T100000Z.webm", seconds=1)
     os.utime(tmp_path / "talk-20261101T100000Z.webm", (time.time() - 60,) * 2)
-    pruned = await asyncio.to_thread(server.app[RECORDINGS].prune)
+    pruned = await asyncio.to_thread(server.app[RECORDINGS].files.prune)
     assert pruned == ["talk-20261101T100000Z.webm"]
     assert writing.exists()
     await publisher.close()

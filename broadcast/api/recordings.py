@@ -16,7 +16,8 @@ from broadcast import tokens
 from broadcast.api.admin import admin_stream
 from broadcast.auth import check_admin_key, may_view
 from broadcast.config import Config
-from broadcast.recording.recordings import RECORDINGS, Recordings
+from broadcast.recording.files import RecordingFiles
+from broadcast.recording.recordings import RECORDINGS
 from broadcast.web_keys import REGISTRY
 
 # A signed file URL from the list lives this long (a long talk, watched later).
@@ -56,13 +57,13 @@ def _file_url(config: Config, name: str) -> str:
 async def list_recordings(request: web.Request) -> web.Response:
     config = request.app[REGISTRY].config
     check_admin_key(request, config)
-    files: list[dict[str, Any]] = await request.app[RECORDINGS].listing()
+    files: list[dict[str, Any]] = await request.app[RECORDINGS].files.listing()
     for info in files:
         info["url"] = _file_url(config, info["file"])
     return web.json_response(files)
 
 
-def _check_file_access(request: web.Request, recordings: Recordings, name: str) -> None:
+def _check_file_access(request: web.Request, files: RecordingFiles, name: str) -> None:
     """The admin key, the file's signed URL, or a view token of its stream."""
     config = request.app[REGISTRY].config
     token = request.query.get("token")
@@ -72,7 +73,7 @@ def _check_file_access(request: web.Request, recordings: Recordings, name: str) 
         and tokens.verify(config.admin_key, token, RECORDING_TOKEN, name)
     ):
         return
-    stream_id = recordings.stream_of(name)
+    stream_id = files.stream_of(name)
     if (
         token
         and config.private_viewing
@@ -84,17 +85,17 @@ def _check_file_access(request: web.Request, recordings: Recordings, name: str) 
 
 
 async def serve_recording(request: web.Request) -> web.StreamResponse:
-    recordings = request.app[RECORDINGS]
+    files = request.app[RECORDINGS].files
     name = request.match_info["file"]
-    _check_file_access(request, recordings, name)
-    path = recordings.path_of(name)
+    _check_file_access(request, files, name)
+    path = files.path_of(name)
     return web.FileResponse(path, headers={"Cache-Control": "private, no-cache"})
 
 
 async def delete_recording(request: web.Request) -> web.Response:
     check_admin_key(request, request.app[REGISTRY].config)
     name = request.match_info["file"]
-    request.app[RECORDINGS].delete(name)
+    request.app[RECORDINGS].files.delete(name)
     return web.json_response({"deleted": name})
 
 
