@@ -135,3 +135,11 @@ async def test_heavy_loss_moves_down_before_the_tick(switch):
     await asyncio.sleep(0.25)  # into the tick (every 0.5 s), past EARLY_S
     viewer.retransmit(numbers(sent)[-15:])  # 15 of 42: heavy loss
     assert viewer.target == 1, "the choice waited for the tick"
+
+
+def test_heavy_loss_goes_down_far_enough_at_once():
+    """At its onset heavy loss is underestimated (NACKs come after it): 35 % seen of
+    1.2 Mbit/s must not pick a 450 kbit/s layer for a link that carried 400."""
+    choice = LayerChoice(0.0)
+    choice.loss(0.35, 1_200_000, 1.0)
+    assert choice.choose(0, [1_200_000, 450_000, 130_000], 1.0) == 2

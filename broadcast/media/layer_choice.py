@@ -23,6 +23,9 @@ DOWN_LOSS = 0.10
 # ...once this many samples in a row say so, or at once above SEVERE_LOSS.
 LOSSY_SAMPLES_DOWN = 2
 SEVERE_LOSS = 0.3
+# Heavy loss is seen as it starts (NACKs come after it): at least this share is taken
+# as lost then, or the layer chosen fills the link again and a second step follows.
+ONSET_LOSS = 0.5
 # What got through is shared out with this margin: a layer that would fill the link
 # would lose packets again at its next keyframe, and NACKs come a round trip after
 # the loss, so a sample's loss is less than the link's.
@@ -76,7 +79,8 @@ class LayerChoice:
             self._lossy_in_row = (
                 LOSSY_SAMPLES_DOWN if severe else self._lossy_in_row + 1
             )
-            self.estimate_bps = int(sent_bps * (1 - fraction))
+            lost = max(fraction, ONSET_LOSS) if severe else fraction
+            self.estimate_bps = int(sent_bps * (1 - lost))
         else:
             self._lossy_in_row = 0
         if fraction >= UP_LOSS:
