@@ -113,7 +113,8 @@ class LayerSwitch(ViewerTrack):
         pinned: bool = False,
     ) -> None:
         """`pinned`: the viewer chose `start` (high, medium, low) and stays on it
-        until it chooses again (`pin`); else the layer follows its network."""
+        while the publisher sends it (else on the nearest that runs) until it
+        chooses again (`pin`); else the layer follows its network."""
         super().__init__(
             layers[start],
             send_rtp,
@@ -125,7 +126,7 @@ class LayerSwitch(ViewerTrack):
         self.layer = start
         self.target: int | None = None
         self.choice = LayerChoice(time.monotonic())
-        self.pinned = pinned
+        self.preferred: int | None = start if pinned else None
         self._on_switch = on_switch
         self._ssrc = layers[start].ssrc
         self._inputs = [_LayerInput(self, i) for i in range(len(layers))]
@@ -147,6 +148,11 @@ class LayerSwitch(ViewerTrack):
         self._draining = False  # going down: the current layer is not sent meanwhile
         self._switched = False  # once: its packets are rewritten, one by one
         self._switched_at = 0.0
+
+    @property
+    def auto(self) -> bool:
+        """Whether its layer follows its network (else the viewer chose one)."""
+        return self.preferred is None
 
     @property
     def ssrc(self) -> int:
@@ -220,10 +226,18 @@ class LayerSwitch(ViewerTrack):
         """The viewer chose `layer` (at its next keyframe), or auto again (`None`):
         the choice starts afresh from the layer it is on."""
         self.choice = LayerChoice(time.monotonic())
-        self.pinned = layer is not None
+        self.preferred = layer
         self.retransmit_rate = float(MAX_RETRANSMITS_PER_S)
         if layer is not None:
-            self.switch_to(layer)
+            self.switch_to(self._nearest_running(layer))
+
+    def _nearest_running(self, layer: int) -> int:
+        """`layer` if the publisher sends it, else the next smaller one that it
+        sends, else the next larger (a browser stops its largest when its uplink
+        narrows, and may pause others)."""
+        rates, count = self.rates_bps, len(self.layers)
+        order = [layer, *range(layer + 1, count), *range(layer - 1, -1, -1)]
+        return next((i for i in order if rates[i] > 0), layer)
 
     def receiver_report(self, fraction_lost: float) -> None:
         """The loss the viewer's receiver report gives (0-1): not while a switch is
@@ -243,7 +257,7 @@ class LayerSwitch(ViewerTrack):
         self._nacked.update(wanted)
         if not self._draining:  # nor while the link drains for a keyframe
             super().retransmit(wanted)
-        if self.target is None and not self.waiting_for_keyframe and not self.pinned:
+        if self.target is None and not self.waiting_for_keyframe and self.auto:
             self._decide_early()
 
     def _decide_early(self) -> None:
@@ -263,8 +277,6 @@ class LayerSwitch(ViewerTrack):
     def _tick(self) -> None:
         """Every TICK_S: measure the layers and the viewer's loss, choose."""
         self._timer = asyncio.get_running_loop().call_later(TICK_S, self._tick)
-        if self.pinned and self.target is None:
-            return  # on the layer the viewer chose, served as any viewer of it
         now = time.monotonic()
         for index, layer in enumerate(self.layers):
             octets, at = self._rate_samples[index]
@@ -275,7 +287,7 @@ class LayerSwitch(ViewerTrack):
         packets, octets, at = self._sent_sample
         sent = self.packets_sent - packets
         settling = now - self._switched_at < REPORT_SETTLE_S
-        if not self.pinned:  # (its own choice: answered as any viewer is)
+        if self.auto:  # (else its own choice: answered as any viewer is)
             self.retransmit_rate = max(
                 SWITCH_REPAIR_PER_S if settling else RETRANSMIT_FLOOR,
                 RETRANSMIT_SHARE * sent / (now - at),
@@ -294,9 +306,12 @@ class LayerSwitch(ViewerTrack):
                 return
             if self.rates_bps[self.layer] > 0 or now - self.joined_at < STOPPED_S:
                 return  # waiting for a keyframe of the layer it is on, which runs
-            if self.pinned:
-                return  # the viewer chose it: it waits for it
             # The layer it starts on or resumes stopped: one that runs, below.
+        if self.preferred is not None:  # the viewer's choice, while it is sent
+            wanted = self._nearest_running(self.preferred)
+            if wanted != self.layer:
+                self.switch_to(wanted)
+            return
         if sent:
             nacked_before, sent_before = self._before
             self._before = (nacked, sent)

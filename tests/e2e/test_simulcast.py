@@ -504,29 +504,36 @@ async def test_h264_layers_each_viewer_its_own_and_auto_switches(
 async def test_an_auto_viewer_leaves_a_layer_the_publisher_stops(
     make_server, http, chromium
 ):
-    """A browser stops its largest layer when its own uplink narrows: its auto viewers
-    go on with the next size instead of freezing on it."""
+    """A browser stops its largest layer when its own uplink narrows: its auto viewers,
+    and those who chose it, go on with the next size instead of freezing on it; those
+    who chose it get it back when it comes back."""
     server = await make_server()
     page = await simulcast_publisher(server, chromium, "paused", "video/VP8")
-    viewer = await watch(http, str(server.make_url("/whep/paused")), ("video",))
+    url = str(server.make_url("/whep/paused"))
+    viewer = await watch(http, url, ("video",))
+    chose = await watch(http, url + "?quality=high", ("video",))
     await wait_for(lambda: len(viewer.frames.get("video", [])) > 10, timeout=15)
-    (session,) = server.app[REGISTRY].get("paused").viewers
-    assert session.layer == "h"
-    await page.evaluate("""async () => {
+    await wait_for(lambda: len(chose.frames.get("video", [])) > 10, timeout=15)
+    sessions = {
+        s.id: s for s in server.app[REGISTRY].get("paused").viewers
+    }  # the auto viewer's, the other's
+    auto, fixed = (sessions[p.location.rsplit("/", 1)[1]] for p in (viewer, chose))
+    assert (auto.layer, fixed.layer) == ("h", "h")
+    top_layer = """async (active) => {
       const sender = window.publisher.getSenders()[0];
       const parameters = sender.getParameters();
-      parameters.encodings[0].active = false;
+      parameters.encodings[0].active = active;
       await sender.setParameters(parameters);
-    }""")
-    await wait_for(lambda: session.layer == "m", timeout=5)
-    await wait_for(
-        lambda: (
-            (viewer.frames["video"][-1].width, viewer.frames["video"][-1].height)
-            == SIZES["medium"]
-        ),
-        timeout=3,
-    )
+    }"""
+    await page.evaluate(top_layer, False)
+    await wait_for(lambda: (auto.layer, fixed.layer) == ("m", "m"), timeout=5)
+    for peer in (viewer, chose):
+        await wait_for(lambda p=peer: frame_size(p) == SIZES["medium"], timeout=3)
     count = len(viewer.frames["video"])
     await asyncio.sleep(1)
     assert len(viewer.frames["video"]) > count + 15  # it plays on
+    await page.evaluate(top_layer, True)
+    await wait_for(lambda: fixed.layer == "h", timeout=5)
+    await wait_for(lambda: frame_size(chose) == SIZES["high"], timeout=3)
     await viewer.close()
+    await chose.close()
