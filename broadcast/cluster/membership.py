@@ -260,14 +260,6 @@ class Membership:
             return None
         return self.nodes.get(_text(owner)) or NodeInfo(_text(owner), "", "unknown")
 
-    async def release(self, stream_id: str) -> None:
-        """The stream ended here: another node may take it at once."""
-        self.claimed.discard(stream_id)
-        with self._talking("release"):
-            await self._redis.eval(
-                RELEASE_SCRIPT, 1, _owner_key(stream_id), self.node_id
-            )
-
     async def owner(self, stream_id: str) -> NodeInfo | None:
         """The live node that owns `stream_id`, if any (and Redis answers)."""
         if stream_id in self.claimed:
