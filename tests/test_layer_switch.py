@@ -143,3 +143,23 @@ def test_heavy_loss_goes_down_far_enough_at_once():
     choice = LayerChoice(0.0)
     choice.loss(0.35, 1_200_000, 1.0)
     assert choice.choose(0, [1_200_000, 450_000, 130_000], 1.0) == 2
+
+
+async def test_a_viewer_starting_on_a_paused_layer_moves_to_one_that_runs():
+    """The largest layer is paused when the viewer joins (a browser drops it when its
+    uplink narrows): it must not wait for it for good."""
+    layers = [Layer(1), Layer(2)]
+    sent: list[bytes] = []
+    viewer = LayerSwitch([layer.track for layer in layers], 0, sent.append, 96)
+    viewer.attach()
+    try:
+        layers[1].send(KEYFRAME)
+        for _ in range(8):  # 2 s of the small layer only
+            await asyncio.sleep(0.25)
+            layers[1].send()
+        assert viewer.target == 1, "waiting for the paused layer"
+        layers[1].send(KEYFRAME)
+        layers[1].send()
+        assert viewer.layer == 1 and len(sent) == 2
+    finally:
+        viewer.detach()
