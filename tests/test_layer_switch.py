@@ -11,9 +11,11 @@ import pytest
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from broadcast.events import StreamEvents
 from broadcast.media.layer_choice import LayerChoice
 from broadcast.media.layer_switch import LayerSwitch
 from broadcast.media.source_track import SourceTrack
+from broadcast.stream import Stream
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 KEYFRAME = b"\x10\x00"  # descriptor with S set, partition 0; P bit clear
@@ -163,3 +165,16 @@ async def test_a_viewer_starting_on_a_paused_layer_moves_to_one_that_runs():
         assert viewer.layer == 1 and len(sent) == 2
     finally:
         viewer.detach()
+
+
+def test_layers_keep_the_publishers_order_until_every_size_is_known():
+    """The smallest layer's keyframe often comes first: sorted on what is known, it
+    went before a larger one still unknown, and auto viewers started on it."""
+    stream = Stream("s", 10.0, lambda _: None, StreamEvents())
+    high, medium, low = (Layer(n).track for n in (1, 2, 3))
+    stream.layers = {"h": high, "m": medium, "l": low}
+    low.resolution = (320, 180)
+    assert stream.video_layers() == [high, medium, low]
+    high.resolution, medium.resolution = (1280, 720), (640, 360)
+    stream.layers = {"l": low, "h": high, "m": medium}
+    assert stream.video_layers() == [high, medium, low]
