@@ -178,3 +178,69 @@ def test_layers_keep_the_publishers_order_until_every_size_is_known():
     high.resolution, medium.resolution = (1280, 720), (640, 360)
     stream.layers = {"l": low, "h": high, "m": medium}
     assert stream.video_layers() == [high, medium, low]
+
+
+def three_layers(count: int = 3) -> tuple[LayerSwitch, list[Layer], list[bytes]]:
+    layers = [Layer(n + 1) for n in range(count)]
+    sent: list[bytes] = []
+    viewer = LayerSwitch([layer.track for layer in layers], 0, sent.append, 96)
+    return viewer, layers, sent
+
+
+async def test_nacks_of_the_layer_left_are_no_loss_of_the_new_one():
+    """NACKed while a down switch drained, they were counted against the new layer's
+    first packets: a second step down at once."""
+    viewer, layers, sent = three_layers()
+    viewer.attach()
+    try:
+        layers[0].send(KEYFRAME)
+        for _ in range(30):
+            for layer in layers:
+                layer.send()
+        await asyncio.sleep(0.55)  # a tick: every layer runs, no loss
+        old = numbers(sent)[-15:]
+        viewer.switch_to(1)
+        viewer.retransmit(old)  # what the old layer lost meanwhile
+        layers[1].send(KEYFRAME)
+        for _ in range(24):
+            layers[1].send()
+        assert viewer.layer == 1
+        await asyncio.sleep(0.25)
+        viewer.retransmit([numbers(sent)[-3]])  # 1 of 25 new-layer packets lost
+        assert viewer.target is None, f"stepped down again to {viewer.target}"
+    finally:
+        viewer.detach()
+
+
+async def test_a_burst_nacked_after_the_tick_does_not_decide_early():
+    """12 packets lost late in one sample, NACKed just after the tick, and one more
+    0.2 s on: the tick (13 of ~75) would not go down, nor may the early choice."""
+    viewer, layers, sent = three_layers(2)
+    viewer.attach()
+    try:
+        layers[0].send(KEYFRAME)
+        for _ in range(50):
+            layers[0].send()
+            layers[1].send()
+        await asyncio.sleep(0.55)
+        viewer.retransmit(numbers(sent)[-12:])
+        for _ in range(22):
+            layers[0].send()
+            layers[1].send()
+        await asyncio.sleep(0.22)
+        viewer.retransmit([numbers(sent)[-2]])
+        assert viewer.target is None
+    finally:
+        viewer.detach()
+
+
+async def test_a_quality_chosen_before_the_viewer_connects_sends_each_packet_once():
+    viewer, layers, sent = three_layers(2)
+    viewer.pin(1)  # PATCH {"quality": "low"} while ICE still connects
+    layers[1].send(KEYFRAME)
+    assert viewer.layer == 1
+    viewer.attach()
+    layers[1].send()
+    assert len(sent) == 2, "each packet once"
+    viewer.detach()
+    assert not layers[1].track.viewers, "left on the layer after it closed"

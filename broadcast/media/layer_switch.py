@@ -120,7 +120,7 @@ class LayerSwitch(ViewerTrack):
             send_rtp,
             payload_type,
             native_target,
-            lambda: spare_copies() and not self.choice.lossy,
+            lambda: spare_copies() and not self.choice.lossy and not self.settling,
         )
         self.layers = list(layers)
         self.layer = start
@@ -150,6 +150,11 @@ class LayerSwitch(ViewerTrack):
         self._switched_at = 0.0
 
     @property
+    def settling(self) -> bool:
+        """Just switched: the link may still be full of the layer left."""
+        return time.monotonic() - self._switched_at < REPORT_SETTLE_S
+
+    @property
     def auto(self) -> bool:
         """Whether its layer follows its network (else the viewer chose one)."""
         return self.preferred is None
@@ -164,7 +169,8 @@ class LayerSwitch(ViewerTrack):
     def attach(self) -> None:
         """It takes the layer it watches, and another only while switching to it."""
         self.joined_at = time.monotonic()
-        self.source.add_viewer(self._inputs[self.layer])
+        if self._inputs[self.layer] not in self.source.viewers:  # (a switch before)
+            self.source.add_viewer(self._inputs[self.layer])
         self._timer = asyncio.get_running_loop().call_later(TICK_S, self._tick)
 
     def detach(self) -> None:
@@ -265,10 +271,13 @@ class LayerSwitch(ViewerTrack):
         link that narrowed freezes the picture until the smaller layer comes)."""
         packets, _, at = self._sent_sample
         sent = self.packets_sent - packets
+        nacked_before, sent_before = self._before
         if (
             sent >= EARLY_PACKETS
             and time.monotonic() - at >= EARLY_S
             and len(self._nacked) > SEVERE_LOSS * sent
+            # (NACKs of a burst late in the last sample are no loss of this one)
+            and len(self._nacked | nacked_before) > SEVERE_LOSS * (sent + sent_before)
             and self._timer is not None
         ):
             self._timer.cancel()
@@ -404,6 +413,9 @@ class LayerSwitch(ViewerTrack):
         old, self.layer, self.target = self.layer, layer, None
         self._draining = False
         self._switched_at = time.monotonic()
+        # What is NACKed and sent from here on is the new layer's loss, not the old's.
+        self._nacked, self._before = set(), (set(), 0)
+        self._sent_sample = (self.packets_sent, self.octets_sent, self._switched_at)
         self.retransmit_rate = max(self.retransmit_rate, SWITCH_REPAIR_PER_S)
         self._budget = self.retransmit_rate
         if old != layer:  # (else it resumes its layer, a switch called off)
