@@ -51,7 +51,7 @@ from broadcast.session import Session
 from broadcast.signaling.http import SDP_TYPE, read_body
 from broadcast.signaling.sdp import Offer, parse_offer
 from broadcast.source import Source, SourceUnavailable
-from broadcast.stream import ENDED, Stream
+from broadcast.stream import ENDED, LIVE, Stream
 
 S = TypeVar("S", bound=Stream | None)
 
@@ -138,8 +138,18 @@ class Admission:
             placement = await place_publisher(self.cluster, stream_id)
             if placement.redirect_to is not None:
                 raise self._redirect_publisher(
-                    placement.redirect_to, request, stream_id
+                    placement.redirect_to, request, stream_id, ticketed or asks
                 )
+        if (
+            existing is not None
+            and takes_over is not None
+            and not self._orphaned(existing)
+        ):
+            raise Conflict(
+                "stream_busy",
+                f"Stream '{stream_id}' is published on another node of the cluster "
+                "(relayed here), or where it is cannot be known now (Redis).",
+            )
         self.rate.check_connecting(client)
         yield Admitted(
             client, stream_id, offer, existing, self.rate, takes_over=takes_over
@@ -216,12 +226,25 @@ class Admission:
         if placement.redirect_to is not None:
             query = {OVERFLOW_PARAM: "1"} if placement.overflow else {}
             bearer = bearer_token(request)
-            if bearer and "token" not in request.query:
+            if bearer and not request.query.get("token") and self._needs_view_token():
                 query["token"] = bearer  # the view token, where the next node reads it
             raise _redirect(placement.redirect_to, request, "viewer", query)
         if placement.pull_from is not None and self.start_relay is not None:
             return self.start_relay(stream_id)
         return stream
+
+    def _orphaned(self, relayed: Stream) -> bool:
+        """A stream relayed here whose origin is gone: its publisher may come back
+        here. Not while the relay plays (its origin publishes it), nor while Redis is
+        away (who owns it cannot be known: two publishers would be the result)."""
+        cluster = self.cluster
+        return cluster is not None and cluster.redis_up and relayed.state != LIVE
+
+    def _needs_view_token(self) -> bool:
+        """Whether what admits a viewer is its token (else a Bearer it sends, a publish
+        key reused, say, has no business in a URL)."""
+        hooked = self.hooks is not None and self.hooks.asks("play")
+        return hooked or bool(self.config.private_viewing and self.config.token_secret)
 
     async def _may_view(
         self, request: web.Request, stream_id: str, client: str
@@ -234,23 +257,30 @@ class Admission:
         return True
 
     def _redirect_publisher(
-        self, node_url: str, request: web.Request, stream_id: str
+        self, node_url: str, request: web.Request, stream_id: str, vouched: bool
     ) -> TemporaryRedirect:
-        """To `node_url`, with a ticket standing for the key checked here; a server-
-        chosen id goes along in the path (the ticket is for that stream)."""
+        """To `node_url`, with a ticket standing for the check made here; a server-
+        chosen id goes along in the path (the ticket is for that stream).
+
+        A ticket that came with the request goes on as it is (a new one each time
+        would keep a leaked ticket good for ever). Where nothing was checked (this
+        node has no keys or token secret and asks no back end) there is no ticket: the
+        next node checks for itself, or an open edge would open the origin."""
         assert self.cluster is not None
         query = {}
-        if self.cluster.secret is not None:
-            query["token"] = tokens.mint(
-                self.cluster.secret, tokens.PUBLISH, stream_id, TICKET_TTL_S
-            )
+        enforced = vouched or bool(self.config.publish_keys or self.config.token_secret)
+        key = self.cluster.secret
+        if self._has_ticket(request, stream_id):
+            query["token"] = request.query["token"]
+        elif enforced and key is not None:
+            query["token"] = tokens.mint(key, tokens.PUBLISH, stream_id, TICKET_TTL_S)
         return _redirect(node_url, request, "publisher", query, f"/whip/{stream_id}")
 
     def _has_ticket(self, request: web.Request, stream_id: str) -> bool:
         """Another node of the cluster admitted this publisher and sent it here."""
-        secret = self.cluster.secret if self.cluster is not None else None
-        return secret is not None and tokens.verify(
-            secret, request.query.get("token"), tokens.PUBLISH, stream_id
+        key = self.cluster.secret if self.cluster is not None else None
+        return key is not None and tokens.verify(
+            key, request.query.get("token"), tokens.PUBLISH, stream_id
         )
 
     def _is_relay(self, request: web.Request) -> bool:
