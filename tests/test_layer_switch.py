@@ -30,7 +30,10 @@ class Layer:
         self._ssrc = ssrc
         self.seq = 1000 * ssrc
 
-    def send(self, payload: bytes = DELTA, seq: int | None = None) -> None:
+    def send(
+        self, payload: bytes = DELTA, seq: int | None = None, ends_frame: bool = True
+    ) -> None:
+        """One packet, a whole frame unless `ends_frame` is false."""
         if seq is None:
             self.seq += 1
             seq = self.seq
@@ -41,6 +44,7 @@ class Layer:
                 timestamp=(seq * 3000) & 0xFFFFFFFF,
                 ssrc=self._ssrc,
                 payload=payload,
+                marker=int(ends_frame),
             )
         )
 
@@ -244,3 +248,24 @@ async def test_a_quality_chosen_before_the_viewer_connects_sends_each_packet_onc
     assert len(sent) == 2, "each packet once"
     viewer.detach()
     assert not layers[1].track.viewers, "left on the layer after it closed"
+
+
+async def test_a_switch_waits_for_the_end_of_the_frame_being_sent():
+    """A frame of the current layer cut short by the switch would reach the viewer
+    numbered as if whole: the target's keyframe waits for its last packet."""
+    layers = [Layer(1), Layer(2)]
+    sent: list[bytes] = []
+    viewer = LayerSwitch([layer.track for layer in layers], 1, sent.append, 96)
+    viewer.attach()
+    try:
+        layers[1].send(KEYFRAME)
+        viewer.switch_to(0)  # up: the current layer goes on meanwhile
+        layers[1].send(DELTA, ends_frame=False)  # a frame begins
+        layers[0].send(KEYFRAME)  # the target's keyframe, meanwhile
+        assert viewer.layer == 1, "switched in the middle of a frame"
+        layers[1].send(b"\x00\x01")  # the frame's last packet
+        assert viewer.layer == 0
+        assert [p[1] & 0x80 for p in sent] == [0x80, 0, 0x80, 0x80]
+        assert numbers(sent) == [(numbers(sent)[0] + n) & 0xFFFF for n in range(4)]
+    finally:
+        viewer.detach()

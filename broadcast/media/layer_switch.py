@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 # How often the layers' rates and the viewer's NACKs are measured, and the choice made.
 TICK_S = 0.5
+# The target's keyframe waits at most this long (or this many packets) for the end of
+# the frame being sent (its last packet may be lost).
+HOLD_MAX_S = 0.1
+HOLD_MAX_PACKETS = 300
 # Heavy loss decides before the tick: once this long into it, with this many sent.
 EARLY_S = 0.2
 EARLY_PACKETS = 20
@@ -147,6 +151,9 @@ class LayerSwitch(ViewerTrack):
         self._timer: asyncio.TimerHandle | None = None
         self._draining = False  # going down: the current layer is not sent meanwhile
         self._switched = False  # once: its packets are rewritten, one by one
+        self._frame_open = False  # the last packet sent did not end its frame
+        self._held: list[bytes] = []  # the target's keyframe on, till that frame ends
+        self._held_at = 0.0
         self._switched_at = 0.0
 
     @property
@@ -197,6 +204,7 @@ class LayerSwitch(ViewerTrack):
             self._last_seq, self._last_ts = newest
             self._last_at = time.monotonic()
             packet = self.source.history.get(self._last_seq)
+            self._frame_open = packet is not None and not packet[1] & 0x80
             if self._vp8 and packet is not None:
                 self._last_picture, self._last_tl0 = vp8.picture_ids(packet)
         self.source.retarget(self._inputs[self.layer])
@@ -214,6 +222,7 @@ class LayerSwitch(ViewerTrack):
         current layer at its next keyframe: what was held back is gone."""
         previous = self.target
         held_back = previous is not None and self._draining
+        self._held = []
         if previous not in (None, self.layer, layer):
             self.layers[previous].remove_viewer(self._inputs[previous])
         self.target = None
@@ -340,10 +349,35 @@ class LayerSwitch(ViewerTrack):
             self.switch_to(wanted)
 
     def take(self, layer: int, packet: bytes, keyframe: bool) -> None:
-        """A packet of one of the layers: sent if it is the one being watched."""
-        if keyframe and layer == self.target:
-            self._switch(layer, packet)
-        if layer != self.layer or self._draining:
+        """A packet of one of the layers: sent if it is the one being watched.
+
+        The switch happens at the end of a frame of the current layer: the target's
+        keyframe waits (a few ms) while the frame being sent is finished, else the
+        viewer would get a frame cut short, numbered as if whole (decoders without
+        a marker check, aiortc's, fail on it)."""
+        if layer == self.target and (keyframe or self._held):
+            if not self._held:
+                self._held_at = time.monotonic()
+            self._held.append(packet)
+            if (
+                not self._frame_open
+                or len(self._held) > HOLD_MAX_PACKETS
+                or time.monotonic() - self._held_at > HOLD_MAX_S
+            ):
+                self._switch_held()
+            return
+        self._forward(layer, packet, keyframe)
+
+    def _switch_held(self) -> None:
+        held, self._held = self._held, []
+        assert self.target is not None
+        self._switch(self.target, held[0])
+        for index, packet in enumerate(held):
+            self._forward(self.layer, packet, index == 0)
+
+    def _forward(self, layer: int, packet: bytes, keyframe: bool) -> None:
+        # Draining, the current layer's frame being sent is finished, then no more.
+        if layer != self.layer or (self._draining and not self._frame_open):
             return
         if self.waiting_for_keyframe:
             if not keyframe:
@@ -369,6 +403,9 @@ class LayerSwitch(ViewerTrack):
         self._send_rtp(out)
         self._packets_sent += 1
         self._octets_sent += len(out) - 12
+        self._frame_open = not out[1] & 0x80  # (the marker ends a frame)
+        if self._held and not self._frame_open:
+            self._switch_held()
 
     def _copy_of(self, seq: int) -> bytes | None:
         """A NACKed packet of the layer being watched (those of a layer left are of
