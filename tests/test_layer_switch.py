@@ -53,12 +53,20 @@ def numbers(packets: list[bytes]) -> list[int]:
     return [struct.unpack_from("!H", p, 2)[0] for p in packets]
 
 
+def three_layers(
+    count: int = 3, start: int = 0
+) -> tuple[LayerSwitch, list[Layer], list[bytes]]:
+    """A viewer over `count` layers, on `start` (not attached yet), and what it sent."""
+    layers = [Layer(n + 1) for n in range(count)]
+    sent: list[bytes] = []
+    viewer = LayerSwitch([layer.track for layer in layers], start, sent.append, 96)
+    return viewer, layers, sent
+
+
 @pytest.fixture
 async def switch() -> AsyncIterator[tuple[LayerSwitch, list[Layer], list[bytes]]]:
     """A viewer on the first of two layers, past its keyframe."""
-    layers = [Layer(1), Layer(2)]
-    sent: list[bytes] = []
-    viewer = LayerSwitch([layer.track for layer in layers], 0, sent.append, 96)
+    viewer, layers, sent = three_layers(2, 0)
     viewer.attach()
     layers[0].send(KEYFRAME)
     layers[0].send()
@@ -154,9 +162,7 @@ def test_heavy_loss_goes_down_far_enough_at_once():
 async def test_a_viewer_starting_on_a_paused_layer_moves_to_one_that_runs():
     """The largest layer is paused when the viewer joins (a browser drops it when its
     uplink narrows): it must not wait for it for good."""
-    layers = [Layer(1), Layer(2)]
-    sent: list[bytes] = []
-    viewer = LayerSwitch([layer.track for layer in layers], 0, sent.append, 96)
+    viewer, layers, sent = three_layers(2, 0)
     viewer.attach()
     try:
         layers[1].send(KEYFRAME)
@@ -182,13 +188,6 @@ def test_layers_keep_the_publishers_order_until_every_size_is_known():
     high.resolution, medium.resolution = (1280, 720), (640, 360)
     stream.layers = {"l": low, "h": high, "m": medium}
     assert stream.video_layers() == [high, medium, low]
-
-
-def three_layers(count: int = 3) -> tuple[LayerSwitch, list[Layer], list[bytes]]:
-    layers = [Layer(n + 1) for n in range(count)]
-    sent: list[bytes] = []
-    viewer = LayerSwitch([layer.track for layer in layers], 0, sent.append, 96)
-    return viewer, layers, sent
 
 
 async def test_nacks_of_the_layer_left_are_no_loss_of_the_new_one():
@@ -253,9 +252,7 @@ async def test_a_quality_chosen_before_the_viewer_connects_sends_each_packet_onc
 async def test_a_switch_waits_for_the_end_of_the_frame_being_sent():
     """A frame of the current layer cut short by the switch would reach the viewer
     numbered as if whole: the target's keyframe waits for its last packet."""
-    layers = [Layer(1), Layer(2)]
-    sent: list[bytes] = []
-    viewer = LayerSwitch([layer.track for layer in layers], 1, sent.append, 96)
+    viewer, layers, sent = three_layers(2, 1)
     viewer.attach()
     try:
         layers[1].send(KEYFRAME)

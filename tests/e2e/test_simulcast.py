@@ -37,6 +37,19 @@ async def start_presenter(server, chromium) -> str:
     return await page.evaluate("window.presenter.streamId")
 
 
+async def viewer_shown(http, server, stream_id: str, session_id: str) -> dict:
+    """A viewer session as `/api/streams/<id>` shows it."""
+    async with http.get(
+        server.make_url(f"/api/streams/{stream_id}"), headers=ADMIN
+    ) as response:
+        (shown,) = [
+            v
+            for v in (await response.json())["viewer_sessions"]
+            if v["id"] == session_id
+        ]
+    return shown
+
+
 def frame_size(viewer) -> tuple[int, int] | None:
     frames = viewer.frames.get("video")
     return (frames[-1].width, frames[-1].height) if frames else None
@@ -314,14 +327,7 @@ async def test_an_auto_viewer_steps_down_on_a_narrow_link_and_back_up(
         await page.evaluate("window.frameClock.reset()")
         await asyncio.sleep(5)
         assert session.layer == "l"  # no probe up within the hold (8 s)
-        async with http.get(
-            server.make_url(f"/api/streams/{stream_id}"), headers=ADMIN
-        ) as response:
-            (shown,) = [
-                v
-                for v in (await response.json())["viewer_sessions"]
-                if v["id"] == session.id
-            ]
+        shown = await viewer_shown(http, server, stream_id, session.id)
         # What got through when it lost packets: under the limit.
         assert shown["layer"] == "l" and 0 <= shown["estimate_kbps"] < kbps
         gap_narrow_s = await longest_gap_s()
@@ -352,14 +358,7 @@ async def test_an_auto_viewer_steps_down_on_a_narrow_link_and_back_up(
         ups = metric(metrics, 'broadcast_layer_switches_total{direction="up"}')
         assert downs >= 1 and ups >= 2
         assert metric(metrics, 'broadcast_viewers_by_layer{layer="h"}') == 1
-        async with http.get(
-            server.make_url(f"/api/streams/{stream_id}"), headers=ADMIN
-        ) as response:
-            (shown,) = [
-                v
-                for v in (await response.json())["viewer_sessions"]
-                if v["id"] == session.id
-            ]
+        shown = await viewer_shown(http, server, stream_id, session.id)
         assert shown["layer"] == "h"
         # The page's quality reports (every 5 s) are kept with the layer it was on.
         assert shown["seen_by_viewer"]["layer"] in ("h", "m", "l")
