@@ -257,9 +257,8 @@ class LayerSwitch(ViewerTrack):
     def receiver_report(self, fraction_lost: float) -> None:
         """The loss the viewer's receiver report gives (0-1): not while a switch is
         pending or just done, when it tells of the layer left (a second step down)."""
-        now = time.monotonic()
-        if self.target is None and now - self._switched_at >= REPORT_SETTLE_S:
-            self.choice.loss(fraction_lost, self.sent_bps, now)
+        if self.target is None and not self.settling:
+            self.choice.loss(fraction_lost, self.sent_bps, time.monotonic())
 
     def retransmit(self, sequence_numbers: Iterable[int]) -> None:
         """A NACK: answered, and counted as loss of the layer being watched."""
@@ -304,10 +303,9 @@ class LayerSwitch(ViewerTrack):
             self._rate_samples[index] = (layer.bytes_in, now)
         packets, octets, at = self._sent_sample
         sent = self.packets_sent - packets
-        settling = now - self._switched_at < REPORT_SETTLE_S
         if self.auto:  # (else its own choice: answered as any viewer is)
             self.retransmit_rate = max(
-                SWITCH_REPAIR_PER_S if settling else RETRANSMIT_FLOOR,
+                SWITCH_REPAIR_PER_S if self.settling else RETRANSMIT_FLOOR,
                 RETRANSMIT_SHARE * sent / (now - at),
             )
         self.sent_bps = int((self.octets_sent - octets) * 8 / (now - at))
