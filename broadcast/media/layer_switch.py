@@ -349,16 +349,20 @@ class LayerSwitch(ViewerTrack):
     def take(self, layer: int, packet: bytes, keyframe: bool) -> None:
         """A packet of one of the layers: sent if it is the one being watched.
 
-        The switch happens at the end of a frame of the current layer: the target's
-        keyframe waits (a few ms) while the frame being sent is finished, else the
-        viewer would get a frame cut short, numbered as if whole (decoders without
-        a marker check, aiortc's, fail on it)."""
+        Going up, the switch happens at the end of a frame of the current layer:
+        the target's keyframe waits (a few ms) while the frame being sent is
+        finished, else the viewer would get a frame cut short, numbered as if whole
+        (decoders without a marker check, aiortc's, fail on it). Going down, the
+        current layer stopped at once (finishing its frame, a keyframe of the large
+        layer, say, would cross the narrow link before the small layer's: seconds).
+        """
         if layer == self.target and (keyframe or self._held):
             if not self._held:
                 self._held_at = time.monotonic()
             self._held.append(packet)
             if (
                 not self._frame_open
+                or self._draining
                 or len(self._held) > HOLD_MAX_PACKETS
                 or time.monotonic() - self._held_at > HOLD_MAX_S
             ):
@@ -374,8 +378,7 @@ class LayerSwitch(ViewerTrack):
             self._forward(self.layer, packet, index == 0)
 
     def _forward(self, layer: int, packet: bytes, keyframe: bool) -> None:
-        # Draining, the current layer's frame being sent is finished, then no more.
-        if layer != self.layer or (self._draining and not self._frame_open):
+        if layer != self.layer or self._draining:
             return
         if self.waiting_for_keyframe:
             if not keyframe:
